@@ -1,0 +1,79 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Transport for records: the BPF ring buffer, or per-CPU perf buffers where the ring buffer is
+ * missing or the user forced them (--perf-buffer). The loader switches the map type of `events`
+ * and sets `use_ringbuf` before load; this file hides the difference behind reserve/submit.
+ */
+#ifndef SQLSPAN_BUFFER_BPF_H
+#define SQLSPAN_BUFFER_BPF_H
+
+const volatile bool use_ringbuf = true;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 8 << 20);
+} events SEC(".maps");
+
+/* One record-sized scratch area per CPU, used to build records for the perf buffer. */
+struct scratch {
+	__u8 bytes[sizeof(struct ev_text)];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct scratch);
+} heap SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, ST__COUNT);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+static __always_inline void stat_add(__u32 idx, __u64 n)
+{
+	__u64 *v = bpf_map_lookup_elem(&stats, &idx);
+
+	if (v)
+		*v += n;
+}
+
+static __always_inline void *rec_reserve(__u32 size)
+{
+	__u32 zero = 0;
+
+	if (use_ringbuf)
+		return bpf_ringbuf_reserve(&events, size, 0);
+	return bpf_map_lookup_elem(&heap, &zero);
+}
+
+/* Returns 0 when the record was handed over, <0 when it was lost (perf buffer full). */
+static __always_inline long rec_submit(void *ctx, void *rec, __u32 size)
+{
+	if (use_ringbuf) {
+		bpf_ringbuf_submit(rec, 0);
+		return 0;
+	}
+	return bpf_perf_event_output(ctx, &events, BPF_F_CURRENT_CPU, rec, size);
+}
+
+static __always_inline void rec_discard(void *rec)
+{
+	if (use_ringbuf)
+		bpf_ringbuf_discard(rec, 0);
+}
+
+static __always_inline void hdr_fill(struct ev_hdr *h, __u32 kind, __u64 pid_tgid, __u64 ts,
+				     __u32 flags)
+{
+	h->kind = kind;
+	h->pid = pid_tgid >> 32;
+	h->tid = (__u32)pid_tgid;
+	h->flags = flags;
+	h->ts = ts;
+}
+
+#endif

@@ -1,0 +1,86 @@
+/* SPDX-License-Identifier: MIT */
+/* Maps shared by the libpq probes and the socket tracepoints. */
+#ifndef SQLSPAN_MAPS_BPF_H
+#define SQLSPAN_MAPS_BPF_H
+
+/* Processes being traced (tgid as the host sees it). Filled by the loader. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, __u8);
+} pids SEC(".maps");
+
+/* Per traced process: the libpq text ranges and the PGconn offsets of each. Filled by the loader. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, struct proc_libs);
+} libs SEC(".maps");
+
+struct fd_key {
+	__u32 tgid;
+	__s32 fd;
+};
+
+/* fd_state.flags */
+#define FS_SYNCED (1 << 0) /* the stream is at a known message boundary */
+#define FS_GAP (1 << 1)    /* a record of this socket was lost: tell userspace with the next one */
+
+/* Where the walk of a socket's backend message stream stands between reads. */
+struct fd_state {
+	__u64 conn;      /* PGconn * that owns the socket */
+	__u32 body_left; /* bytes of the current message body not yet read */
+	__u32 body_len;  /* body length of the current message */
+	__u32 rows;      /* DataRows since the last record sent */
+	__u16 cap;       /* body bytes to copy of the current message */
+	__u16 copied;    /* body bytes copied so far */
+	__u8 type;       /* current message type */
+	__u8 hdr_have;   /* bytes of a split header kept in hdr */
+	__u8 flags;
+	__u8 _pad;
+	__u8 hdr[8]; /* the first bytes of a header split across reads */
+};
+
+/* Sockets of traced processes that carry libpq connections. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct fd_key);
+	__type(value, struct fd_state);
+} fds SEC(".maps");
+
+/* recvfrom arguments between syscall entry and exit, per thread. */
+struct recv_args {
+	__u64 buf;
+	__s32 fd;
+	__u32 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct recv_args);
+} recvs SEC(".maps");
+
+/* An outer libpq call (PQexec) already reported, whose inner call (PQsendQuery) must be skipped. */
+struct nest_val {
+	__u64 conn;
+	__u64 text;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct nest_val);
+} nest SEC(".maps");
+
+static __always_inline bool traced(__u32 tgid)
+{
+	return bpf_map_lookup_elem(&pids, &tgid) != NULL;
+}
+
+#endif

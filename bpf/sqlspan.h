@@ -1,0 +1,162 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Records that the BPF programs send to the loader, shared by both sides.
+ *
+ * Every record starts with struct ev_hdr; `kind` says which record follows. Fixed-width types,
+ * addresses as __u64, explicit padding, sizes checked below.
+ */
+#ifndef SQLSPAN_H
+#define SQLSPAN_H
+
+#ifndef __VMLINUX_H__
+#include <linux/types.h>
+#endif
+
+/* Bytes of statement text carried by one EV_TEXT record. */
+#define SQLSPAN_TEXT_CHUNK 4064
+/* Upper bound of text chunks per statement (SQLSPAN_TEXT_CHUNK * 256 = ~1 MiB). */
+#define SQLSPAN_MAX_CHUNKS 256
+/* Statement and portal names: PostgreSQL's NAMEDATALEN. */
+#define SQLSPAN_NAME_LEN 64
+/* Body bytes copied from a backend message: short and long records. */
+#define SQLSPAN_MSG_SHORT 64
+#define SQLSPAN_MSG_LONG 512
+/* Address ranges of libpq text segments a process may have mapped. */
+#define SQLSPAN_MAX_LIBS 4
+
+enum ev_kind {
+	EV_TEXT = 1,   /* a chunk of statement text, sent before its EV_REQ */
+	EV_REQ = 2,    /* a request handed to libpq: query, prepare, execute, describe, sync */
+	EV_MSG = 3,    /* a backend protocol message seen on a tracked socket */
+	EV_DESYNC = 4, /* the message stream of a socket could not be followed */
+	EV_CLOSE = 5,  /* a tracked socket was closed */
+	EV_FINISH = 6, /* PQfinish / PQreset on a connection */
+	EV_EXIT = 7,   /* a traced process exited */
+	EV_MMAP = 8,   /* a traced process mapped an executable file (a library may have loaded) */
+};
+
+/* Header flags. */
+#define EVF_GAP (1u << 0)       /* records of this socket were lost just before this one */
+#define EVF_TEXT_CUT (1u << 1)  /* the statement text is longer than what was captured */
+#define EVF_TEXT_FAULT (1u << 2) /* the statement text could not be read */
+#define EVF_NAME_CUT (1u << 3)  /* the statement name was longer than SQLSPAN_NAME_LEN - 1 */
+#define EVF_NEW_FD (1u << 4)    /* first request seen on this socket */
+#define EVF_NESTED (1u << 5)    /* the inner call of an already reported outer call */
+
+struct ev_hdr {
+	__u32 kind;
+	__u32 pid; /* process (tgid) as seen from the host */
+	__u32 tid; /* thread as seen from the host */
+	__u32 flags;
+	__u64 ts; /* CLOCK_MONOTONIC, ns */
+};
+
+/* The libpq function that made the request. */
+enum sqlspan_api {
+	API_NONE = 0,
+	API_SEND_QUERY,           /* PQsendQuery (and PQexec) */
+	API_SEND_QUERY_PARAMS,    /* PQsendQueryParams (and PQexecParams) */
+	API_SEND_PREPARE,         /* PQsendPrepare (and PQprepare) */
+	API_SEND_QUERY_PREPARED,  /* PQsendQueryPrepared (and PQexecPrepared) */
+	API_DESCRIBE_PREPARED,    /* PQdescribePrepared, PQsendDescribePrepared */
+	API_DESCRIBE_PORTAL,      /* PQdescribePortal, PQsendDescribePortal */
+	API_CLOSE_PREPARED,       /* PQclosePrepared, PQsendClosePrepared (libpq 17+) */
+	API_CLOSE_PORTAL,         /* PQclosePortal, PQsendClosePortal (libpq 17+) */
+	API_PIPELINE_SYNC,        /* PQpipelineSync, PQsendPipelineSync */
+	API_EXEC,                 /* PQexec itself (outer call, only when probed) */
+	API_EXEC_PARAMS,          /* PQexecParams itself */
+	API_PREPARE,              /* PQprepare itself */
+	API_EXEC_PREPARED,        /* PQexecPrepared itself */
+	API__COUNT,
+};
+
+struct ev_text {
+	struct ev_hdr h; /* pid, tid and ts of the EV_REQ this text belongs to */
+	__u32 seq;       /* chunk index */
+	__u32 len;       /* bytes used in data */
+	char data[SQLSPAN_TEXT_CHUNK];
+};
+
+struct ev_req {
+	struct ev_hdr h;
+	__u64 conn;      /* PGconn * */
+	__s32 fd;        /* the connection's socket, -1 if unknown */
+	__u16 api;       /* enum sqlspan_api */
+	__u8 pipeline;   /* PQpipelineStatus at the call: 0 off, 1 on, 2 aborted; 0xff unknown */
+	__u8 _pad0;
+	__u32 text_len;  /* statement text bytes captured (sum of the chunks) */
+	__u16 nchunks;   /* EV_TEXT records sent for this request */
+	__u16 _pad1;
+	char name[SQLSPAN_NAME_LEN]; /* statement or portal name ("" = unnamed) */
+};
+
+/*
+ * One backend message (or the part of it that arrived in this read). The BPF side copies at most
+ * `cap` bytes of a message body in total; userspace reassembles parts until it has `cap` bytes.
+ */
+struct ev_msg {
+	struct ev_hdr h;
+	__s32 fd;
+	__u32 len;  /* body length: the message length field minus 4 */
+	__u32 off;  /* offset in the body of data[0] */
+	__u32 rows; /* DataRow messages seen on this socket since the previous EV_MSG */
+	__u16 cap;  /* body bytes the BPF side copies of this message in total */
+	__u16 n;    /* bytes in data */
+	__u8 type;  /* message type byte */
+	__u8 _pad[3];
+	__u8 data[]; /* SQLSPAN_MSG_SHORT or SQLSPAN_MSG_LONG bytes reserved */
+};
+
+/* EV_DESYNC, EV_CLOSE, EV_FINISH, EV_EXIT, EV_MMAP */
+struct ev_conn {
+	struct ev_hdr h;
+	__u64 conn; /* PGconn * for EV_FINISH */
+	__s32 fd;
+	__u32 arg; /* EV_DESYNC: reason; EV_FINISH: 1 = PQreset, 0 = PQfinish */
+};
+
+enum desync_reason {
+	DESYNC_BAD_HEADER = 1, /* a message header that no backend sends */
+	DESYNC_TOO_MANY = 2,   /* more messages in one read than the walker may visit */
+	DESYNC_READ_FAULT = 3, /* the receive buffer could not be read */
+};
+
+/* Counters in the per-CPU `stats` map. */
+enum sqlspan_stat {
+	ST_DROP_TEXT = 0, /* text chunks lost: ring/perf buffer full */
+	ST_DROP_REQ,      /* requests lost */
+	ST_DROP_MSG,      /* backend messages lost */
+	ST_DROP_OTHER,    /* other records lost */
+	ST_DESYNC,        /* sockets whose stream could not be followed */
+	ST_FD_FULL,       /* sockets not tracked: table full */
+	ST_REQS,          /* requests seen */
+	ST_MSGS,          /* backend messages seen (DataRows excluded) */
+	ST_ROWS,          /* DataRows skipped */
+	ST_RECVS,         /* reads of tracked sockets */
+	ST__COUNT,
+};
+
+/* Per-library data for the BPF side: where in a PGconn the socket and pipeline status live. */
+struct lib_range {
+	__u64 lo, hi;  /* text addresses of this libpq in the process */
+	__s32 sock_off; /* offsetof(PGconn, sock), -1 if unknown */
+	__s32 pipe_off; /* offsetof(PGconn, pipelineStatus), -1 if none */
+};
+
+struct proc_libs {
+	struct lib_range lib[SQLSPAN_MAX_LIBS];
+};
+
+#ifdef __cplusplus
+#define SQLSPAN_ASSERT static_assert
+#else
+#define SQLSPAN_ASSERT _Static_assert
+#endif
+SQLSPAN_ASSERT(sizeof(struct ev_hdr) == 24, "ev_hdr size");
+SQLSPAN_ASSERT(sizeof(struct ev_text) == 4096, "ev_text size");
+SQLSPAN_ASSERT(sizeof(struct ev_req) == 24 + 24 + SQLSPAN_NAME_LEN, "ev_req size");
+SQLSPAN_ASSERT(sizeof(struct ev_msg) == 48, "ev_msg size");
+SQLSPAN_ASSERT(sizeof(struct ev_conn) == 40, "ev_conn size");
+SQLSPAN_ASSERT(sizeof(struct lib_range) == 24, "lib_range size");
+
+#endif

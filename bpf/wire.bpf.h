@@ -1,0 +1,316 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Walks the PostgreSQL backend message stream of a socket, one read at a time: follows message
+ * framing across reads, counts and skips DataRows without copying them, and sends the messages
+ * that end or describe a statement (CommandComplete, ErrorResponse, ReadyForQuery, ...) to
+ * userspace, with at most `cap` bytes of each body. Decoding is left to userspace.
+ */
+#ifndef SQLSPAN_WIRE_BPF_H
+#define SQLSPAN_WIRE_BPF_H
+
+/* Messages visited per program run; a read with more continues through tail calls. */
+#define WALK_STEPS 128
+#define WALK_TAILS 32
+
+/* The walk of one read, kept per CPU so that a tail call can continue it. */
+struct walk {
+	__u64 buf;
+	__u64 pid_tgid;
+	__u32 n;   /* bytes read */
+	__u32 pos; /* bytes walked */
+	__s32 fd;
+	__u32 tails;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct walk);
+} walks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} walk_progs SEC(".maps");
+
+static __always_inline bool backend_type(__u8 t)
+{
+	switch (t) {
+	case 'R': case 'K': case 'S': case 'Z': case 'T': case 'D': case 'C': case 'E': case 'N':
+	case 'A': case 'I': case '1': case '2': case '3': case 'n': case 's': case 't': case 'G':
+	case 'H': case 'W': case 'd': case 'c': case 'V': case 'v':
+		return true;
+	}
+	return false;
+}
+
+/* Body bytes worth copying; 0 = send the header only; -1 = do not send at all. */
+static __always_inline int msg_cap(__u8 t, __u32 body)
+{
+	__u32 cap;
+
+	switch (t) {
+	case 'C':
+		cap = SQLSPAN_MSG_SHORT - 1;
+		break;
+	case 'E':
+		cap = SQLSPAN_MSG_LONG - 1;
+		break;
+	case 'Z':
+		cap = 1;
+		break;
+	case 'K':
+		cap = 8;
+		break;
+	case 'T': case 'I': case '1': case '2': case '3': case 'n': case 's': case 'G': case 'H':
+	case 'W': case 'c':
+		cap = 0;
+		break;
+	default:
+		return -1;
+	}
+	return body < cap ? body : cap;
+}
+
+static __always_inline void walk_desync(void *ctx, struct walk *w, struct fd_state *st, __u32 why)
+{
+	struct ev_conn *e;
+
+	st->flags &= ~FS_SYNCED;
+	st->body_left = 0;
+	st->hdr_have = 0;
+	stat_add(ST_DESYNC, 1);
+	e = rec_reserve(sizeof(*e));
+	if (!e) {
+		stat_add(ST_DROP_OTHER, 1);
+		return;
+	}
+	hdr_fill(&e->h, EV_DESYNC, w->pid_tgid, bpf_ktime_get_ns(), 0);
+	e->conn = st->conn;
+	e->fd = w->fd;
+	e->arg = why;
+	if (rec_submit(ctx, e, sizeof(*e)))
+		stat_add(ST_DROP_OTHER, 1);
+}
+
+/* Send `want` body bytes at `src` (offset `off` in the body) in a record with `datasz` data bytes. */
+static __always_inline void walk_emit_sz(void *ctx, struct walk *w, struct fd_state *st, __u64 src,
+					 __u32 want, __u32 off, const __u32 datasz)
+{
+	struct ev_msg *m = rec_reserve(sizeof(struct ev_msg) + datasz);
+	__u64 n;
+
+	if (!m) {
+		st->flags |= FS_GAP;
+		stat_add(ST_DROP_MSG, 1);
+		return;
+	}
+	hdr_fill(&m->h, EV_MSG, w->pid_tgid, bpf_ktime_get_ns(), (st->flags & FS_GAP) ? EVF_GAP : 0);
+	m->fd = w->fd;
+	m->len = st->body_len;
+	m->off = off;
+	m->rows = off == 0 ? st->rows : 0;
+	m->cap = st->cap;
+	m->type = st->type;
+	m->_pad[0] = m->_pad[1] = m->_pad[2] = 0;
+	/* caps stay below the data sizes, which are powers of two: the mask keeps the verifier sure */
+	n = want;
+	asm volatile("%[n] &= %[mask]" : [n] "+r"(n) : [mask] "i"(datasz - 1));
+	if (n && bpf_probe_read_user(m->data, n, (const void *)src))
+		n = 0;
+	m->n = n;
+	if (rec_submit(ctx, m, sizeof(struct ev_msg) + datasz)) {
+		st->flags |= FS_GAP;
+		stat_add(ST_DROP_MSG, 1);
+		return;
+	}
+	if (off == 0)
+		st->rows = 0;
+	st->flags &= ~FS_GAP;
+	stat_add(ST_MSGS, 1);
+}
+
+static __always_inline void walk_emit(void *ctx, struct walk *w, struct fd_state *st, __u64 src,
+				      __u32 want, __u32 off)
+{
+	if (st->cap >= SQLSPAN_MSG_SHORT)
+		walk_emit_sz(ctx, w, st, src, want, off, SQLSPAN_MSG_LONG);
+	else
+		walk_emit_sz(ctx, w, st, src, want, off, SQLSPAN_MSG_SHORT);
+}
+
+/*
+ * A message header has been read (hdr) and w->pos points at its body: set the walk up for the
+ * message, send what is to be sent, skip what is in this read. Returns 1 if the stream is lost.
+ */
+static __always_inline int walk_header(void *ctx, struct walk *w, struct fd_state *st,
+				       const __u8 *hdr)
+{
+	__u32 len = ((__u32)hdr[1] << 24) | ((__u32)hdr[2] << 16) | ((__u32)hdr[3] << 8) | hdr[4];
+	__u32 body, avail, take, want;
+	int cap;
+
+	if (!backend_type(hdr[0]) || len < 4 || len > (1u << 30)) {
+		walk_desync(ctx, w, st, DESYNC_BAD_HEADER);
+		return 1;
+	}
+	body = len - 4;
+	avail = w->n - w->pos;
+	take = body < avail ? body : avail;
+	st->type = hdr[0];
+	st->body_len = body;
+	st->body_left = body - take;
+	st->copied = 0;
+	st->cap = 0;
+	if (hdr[0] == 'D') {
+		/* a row: counted, skipped by its length, never copied */
+		st->rows++;
+		w->pos += take;
+		return 0;
+	}
+	cap = msg_cap(hdr[0], body);
+	if (cap >= 0) {
+		st->cap = cap;
+		want = (__u32)cap < avail ? (__u32)cap : avail;
+		walk_emit(ctx, w, st, w->buf + w->pos, want, 0);
+		st->copied = want;
+	}
+	w->pos += take;
+	return 0;
+}
+
+/* Keep the 1-4 bytes at the end of a read that begin a header. */
+static __always_inline void walk_stash(struct walk *w, struct fd_state *st)
+{
+	__u32 have = st->hdr_have;
+
+	for (int i = 0; i < 4; i++) {
+		if (w->pos >= w->n || have >= 4)
+			break;
+		bpf_probe_read_user(&st->hdr[have & 7], 1, (const void *)(w->buf + w->pos));
+		have++;
+		w->pos++;
+	}
+	st->hdr_have = have;
+}
+
+/* Finish what the previous read left: the rest of a split header, or of a message body. */
+static __always_inline int walk_resume(void *ctx, struct walk *w, struct fd_state *st)
+{
+	__u32 avail, take, want;
+
+	if (st->hdr_have) {
+		__u8 hdr[8] = {};
+
+		walk_stash(w, st);
+		if (st->hdr_have < 4 || w->pos >= w->n)
+			return w->pos >= w->n;
+		/* four bytes kept; the fifth is here */
+		__builtin_memcpy(hdr, st->hdr, 4);
+		if (bpf_probe_read_user(&hdr[4], 1, (const void *)(w->buf + w->pos))) {
+			walk_desync(ctx, w, st, DESYNC_READ_FAULT);
+			return 1;
+		}
+		w->pos++;
+		st->hdr_have = 0;
+		return walk_header(ctx, w, st, hdr);
+	}
+	if (st->body_left) {
+		avail = w->n - w->pos;
+		take = st->body_left < avail ? st->body_left : avail;
+		if (st->copied < st->cap) {
+			want = st->cap - st->copied;
+			if (want > take)
+				want = take;
+			walk_emit(ctx, w, st, w->buf + w->pos, want, st->copied);
+			st->copied += want;
+		}
+		st->body_left -= take;
+		w->pos += take;
+	}
+	return 0;
+}
+
+/* One whole message header from this read. Returns 1 when the read is done (or lost). */
+static __always_inline int walk_step(void *ctx, struct walk *w, struct fd_state *st)
+{
+	__u8 hdr[8];
+
+	if (w->pos >= w->n)
+		return 1;
+	if (w->n - w->pos < 5) {
+		st->hdr_have = 0;
+		walk_stash(w, st);
+		return 1;
+	}
+	if (bpf_probe_read_user(hdr, 5, (const void *)(w->buf + w->pos))) {
+		walk_desync(ctx, w, st, DESYNC_READ_FAULT);
+		return 1;
+	}
+	w->pos += 5;
+	return walk_header(ctx, w, st, hdr);
+}
+
+static __always_inline struct fd_state *walk_state(struct walk *w)
+{
+	struct fd_key k = {.tgid = w->pid_tgid >> 32, .fd = w->fd};
+	struct fd_state *st = bpf_map_lookup_elem(&fds, &k);
+
+	return st && (st->flags & FS_SYNCED) ? st : NULL;
+}
+
+/* Kernels without bpf_loop: WALK_STEPS messages per program run, then a tail call. */
+static __always_inline void walk_run(void *ctx, struct walk *w)
+{
+	struct fd_state *st = walk_state(w);
+
+	if (!st)
+		return;
+	if (w->tails == 0 && walk_resume(ctx, w, st))
+		return;
+	for (int i = 0; i < WALK_STEPS; i++) {
+		if (walk_step(ctx, w, st))
+			return;
+	}
+	if (w->pos >= w->n)
+		return;
+	if (w->tails < WALK_TAILS) {
+		w->tails++;
+		bpf_tail_call(ctx, &walk_progs, 0);
+	}
+	walk_desync(ctx, w, st, DESYNC_TOO_MANY);
+}
+
+struct loop_ctx {
+	void *ctx;
+	struct walk *w;
+	struct fd_state *st;
+};
+
+static long walk_loop_cb(__u32 i, void *data)
+{
+	struct loop_ctx *lc = data;
+
+	(void)i;
+	return walk_step(lc->ctx, lc->w, lc->st);
+}
+
+/* Kernels with bpf_loop (5.17+): one program run walks up to WALK_LOOP_MAX messages. */
+#define WALK_LOOP_MAX (1 << 20)
+
+static __always_inline void walk_run_loop(void *ctx, struct walk *w)
+{
+	struct loop_ctx lc = {.ctx = ctx, .w = w};
+
+	lc.st = walk_state(w);
+	if (!lc.st || walk_resume(ctx, w, lc.st))
+		return;
+	bpf_loop(WALK_LOOP_MAX, walk_loop_cb, &lc, 0);
+	if (w->pos < w->n)
+		walk_desync(ctx, w, lc.st, DESYNC_TOO_MANY);
+}
+
+#endif

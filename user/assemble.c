@@ -1,0 +1,809 @@
+// SPDX-License-Identifier: MIT
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "assemble.h"
+#include "hmap.h"
+#include "redact.h"
+#include "../bpf/sqlspan.h"
+
+#define MAX_PENDING 100000 /* requests in flight on one connection before the oldest are given up */
+#define MAX_PREPARED 4096  /* prepared statements remembered per connection */
+
+struct prepared {
+	char name[SQLSPAN_NAME_LEN];
+	char *text;
+	size_t len;
+	enum text_state state;
+};
+
+/* A message being reassembled from parts. */
+struct partial {
+	bool active;
+	uint8_t type;
+	uint32_t len, cap, have;
+	uint8_t data[SQLSPAN_MSG_LONG];
+};
+
+struct aconn {
+	uint32_t pid;
+	int fd;
+	uint64_t conn;
+	struct conn_ident ident;
+	bool have_ident;
+	struct span **q; /* pending requests, oldest first */
+	size_t qhead, qlen, qcap;
+	bool pipe_aborted; /* an error in pipeline mode: requests up to the next sync are skipped */
+	struct prepared *prep;
+	size_t nprep;
+	struct partial msg;
+};
+
+struct ptext {
+	uint32_t pid, tid;
+	uint64_t ts;
+	char *buf;
+	size_t len;
+	uint32_t got;   /* chunks received */
+	bool broken;    /* a chunk is missing or out of order */
+};
+
+struct assembler {
+	struct asm_hooks h;
+	size_t max_text;
+	uint64_t rng[4];
+	struct hmap conns; /* (pid, fd) -> aconn */
+	struct ptext *texts;
+	size_t ntexts, captexts;
+	struct asm_stats st;
+	uint64_t open;
+};
+
+/* xoshiro256** */
+static uint64_t rotl(uint64_t x, int k)
+{
+	return (x << k) | (x >> (64 - k));
+}
+
+static uint64_t rng_next(uint64_t *s)
+{
+	uint64_t r = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
+
+	s[2] ^= s[0];
+	s[3] ^= s[1];
+	s[1] ^= s[2];
+	s[0] ^= s[3];
+	s[2] ^= t;
+	s[3] = rotl(s[3], 45);
+	return r;
+}
+
+static void rng_fill(uint64_t *s, uint8_t *buf, size_t n)
+{
+	while (n) {
+		uint64_t v = rng_next(s);
+		size_t k = n < 8 ? n : 8;
+
+		memcpy(buf, &v, k);
+		buf += k;
+		n -= k;
+	}
+}
+
+struct assembler *asm_new(const struct asm_hooks *hooks, size_t max_text, uint64_t seed)
+{
+	struct assembler *a = calloc(1, sizeof(*a));
+	uint64_t z = seed;
+
+	if (!a)
+		return NULL;
+	a->h = *hooks;
+	a->max_text = max_text;
+	/* splitmix64 to seed the generator */
+	for (int i = 0; i < 4; i++) {
+		uint64_t x = (z += 0x9e3779b97f4a7c15ULL);
+
+		x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+		x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+		a->rng[i] = x ^ (x >> 31);
+	}
+	hmap_init(&a->conns);
+	return a;
+}
+
+static void span_free(struct span *s)
+{
+	if (!s)
+		return;
+	free(s->text);
+	free(s);
+}
+
+static void prep_clear(struct aconn *c)
+{
+	for (size_t i = 0; i < c->nprep; i++)
+		free(c->prep[i].text);
+	free(c->prep);
+	c->prep = NULL;
+	c->nprep = 0;
+}
+
+void conn_ident_free(struct conn_ident *id)
+{
+	free(id->db);
+	free(id->user);
+	free(id->host);
+	free(id->unix_path);
+	memset(id, 0, sizeof(*id));
+}
+
+static void conn_identify(struct assembler *a, struct aconn *c)
+{
+	conn_ident_free(&c->ident);
+	c->have_ident = true;
+	if (a->h.ident)
+		a->h.ident(a->h.arg, c->pid, c->conn, c->fd, &c->ident);
+}
+
+static void conn_free(struct aconn *c)
+{
+	conn_ident_free(&c->ident);
+	for (size_t i = 0; i < c->qlen; i++)
+		span_free(c->q[(c->qhead + i) % c->qcap]);
+	free(c->q);
+	prep_clear(c);
+	free(c);
+}
+
+void asm_free(struct assembler *a)
+{
+	struct aconn *c;
+	size_t pos = 0;
+
+	if (!a)
+		return;
+	while ((c = hmap_next(&a->conns, &pos, NULL)))
+		conn_free(c);
+	hmap_free(&a->conns);
+	for (size_t i = 0; i < a->ntexts; i++)
+		free(a->texts[i].buf);
+	free(a->texts);
+	free(a);
+}
+
+const struct asm_stats *asm_stats(const struct assembler *a)
+{
+	return &a->st;
+}
+
+uint64_t asm_open_spans(const struct assembler *a)
+{
+	return a->open;
+}
+
+/* ---- queue ---- */
+
+static struct span *q_front(struct aconn *c)
+{
+	return c->qlen ? c->q[c->qhead] : NULL;
+}
+
+static struct span *q_pop(struct aconn *c)
+{
+	struct span *s;
+
+	if (!c->qlen)
+		return NULL;
+	s = c->q[c->qhead];
+	c->qhead = (c->qhead + 1) % c->qcap;
+	c->qlen--;
+	return s;
+}
+
+static int q_push(struct aconn *c, struct span *s)
+{
+	if (c->qlen == c->qcap) {
+		size_t ncap = c->qcap ? c->qcap * 2 : 8;
+		struct span **nq = malloc(ncap * sizeof(*nq));
+
+		if (!nq)
+			return -1;
+		for (size_t i = 0; i < c->qlen; i++)
+			nq[i] = c->q[(c->qhead + i) % c->qcap];
+		free(c->q);
+		c->q = nq;
+		c->qcap = ncap;
+		c->qhead = 0;
+	}
+	c->q[(c->qhead + c->qlen) % c->qcap] = s;
+	c->qlen++;
+	return 0;
+}
+
+/* ---- prepared statements ---- */
+
+static struct prepared *prep_find(struct aconn *c, const char *name)
+{
+	for (size_t i = 0; i < c->nprep; i++) {
+		if (!strcmp(c->prep[i].name, name))
+			return &c->prep[i];
+	}
+	return NULL;
+}
+
+static void prep_forget(struct aconn *c, const char *name)
+{
+	struct prepared *p = prep_find(c, name);
+
+	if (!p)
+		return;
+	free(p->text);
+	*p = c->prep[--c->nprep];
+}
+
+static void prep_remember(struct aconn *c, const char *name, const char *text, size_t len,
+			  enum text_state state)
+{
+	struct prepared *p = prep_find(c, name);
+
+	if (!p) {
+		struct prepared *np;
+
+		if (c->nprep >= MAX_PREPARED)
+			prep_forget(c, c->prep[0].name);
+		np = realloc(c->prep, (c->nprep + 1) * sizeof(*np));
+		if (!np)
+			return;
+		c->prep = np;
+		p = &c->prep[c->nprep++];
+		memset(p, 0, sizeof(*p));
+		snprintf(p->name, sizeof(p->name), "%s", name);
+	}
+	free(p->text);
+	p->text = NULL;
+	p->len = 0;
+	p->state = state;
+	if (text) {
+		p->text = malloc(len + 1);
+		if (!p->text) {
+			p->state = TEXT_UNKNOWN;
+			return;
+		}
+		memcpy(p->text, text, len);
+		p->text[len] = 0;
+		p->len = len;
+	}
+}
+
+/* ---- finishing spans ---- */
+
+static void emit(struct assembler *a, struct aconn *c, struct span *s, enum span_result res,
+		 uint64_t end)
+{
+	(void)c;
+	if (s->req == REQ_SYNC) {
+		span_free(s);
+		return;
+	}
+	s->result = res;
+	s->end_ns = end >= s->start_ns ? end : s->start_ns;
+	if (s->req == REQ_PREPARE && res != RES_OK && res != RES_DETACHED && c)
+		prep_forget(c, s->name);
+	if (s->req == REQ_CLOSE && res == RES_OK && c && s->has_name)
+		prep_forget(c, s->name);
+	a->st.spans++;
+	a->st.by_result[res]++;
+	if (a->h.span)
+		a->h.span(a->h.arg, s);
+	span_free(s);
+}
+
+/* Finish everything pending on a connection with one result. */
+static void drain(struct assembler *a, struct aconn *c, enum span_result res, uint64_t end,
+		  bool lost)
+{
+	struct span *s;
+
+	while ((s = q_pop(c))) {
+		a->open -= s->req != REQ_SYNC;
+		s->lost_events |= lost;
+		emit(a, c, s, res, end);
+	}
+	c->pipe_aborted = false;
+	c->msg.active = false;
+}
+
+static void complete_front(struct assembler *a, struct aconn *c, enum span_result res,
+			   uint64_t end)
+{
+	struct span *s = q_pop(c);
+
+	if (!s)
+		return;
+	a->open -= s->req != REQ_SYNC;
+	emit(a, c, s, res, end);
+}
+
+/* ---- text chunks ---- */
+
+static struct ptext *text_find(struct assembler *a, uint32_t pid, uint32_t tid, uint64_t ts)
+{
+	for (size_t i = 0; i < a->ntexts; i++) {
+		struct ptext *t = &a->texts[i];
+
+		if (t->pid == pid && t->tid == tid && t->ts == ts)
+			return t;
+	}
+	return NULL;
+}
+
+static void text_drop(struct assembler *a, struct ptext *t)
+{
+	free(t->buf);
+	*t = a->texts[--a->ntexts];
+}
+
+static void on_text(struct assembler *a, const struct ev_text *e, size_t size)
+{
+	struct ptext *t;
+	size_t keep;
+
+	if (size < offsetof(struct ev_text, data) || e->len > SQLSPAN_TEXT_CHUNK ||
+	    size < offsetof(struct ev_text, data) + e->len) {
+		a->st.bad_records++;
+		return;
+	}
+	t = text_find(a, e->h.pid, e->h.tid, e->h.ts);
+	if (!t) {
+		if (a->ntexts == a->captexts) {
+			size_t nc = a->captexts ? a->captexts * 2 : 8;
+			struct ptext *nt = realloc(a->texts, nc * sizeof(*nt));
+
+			if (!nt)
+				return;
+			a->texts = nt;
+			a->captexts = nc;
+		}
+		t = &a->texts[a->ntexts++];
+		memset(t, 0, sizeof(*t));
+		t->pid = e->h.pid;
+		t->tid = e->h.tid;
+		t->ts = e->h.ts;
+	}
+	if (e->seq != t->got) {
+		t->broken = true;
+		t->got++;
+		return;
+	}
+	t->got++;
+	keep = e->len;
+	if (t->len + keep > a->max_text)
+		keep = t->len < a->max_text ? a->max_text - t->len : 0;
+	if (keep) {
+		char *nb = realloc(t->buf, t->len + keep + 1);
+
+		if (!nb) {
+			t->broken = true;
+			return;
+		}
+		t->buf = nb;
+		memcpy(t->buf + t->len, e->data, keep);
+		t->len += keep;
+		t->buf[t->len] = 0;
+	}
+}
+
+void asm_expire(struct assembler *a, uint64_t now, uint64_t max_age_ns)
+{
+	for (size_t i = 0; i < a->ntexts;) {
+		if (now > a->texts[i].ts && now - a->texts[i].ts > max_age_ns) {
+			a->st.orphan_texts++;
+			text_drop(a, &a->texts[i]);
+		} else {
+			i++;
+		}
+	}
+}
+
+/* ---- requests ---- */
+
+static struct aconn *conn_get(struct assembler *a, uint32_t pid, int fd, bool create)
+{
+	struct hkey k = hkey2(pid, (uint32_t)fd);
+	struct aconn *c = hmap_get(&a->conns, k);
+
+	if (c || !create)
+		return c;
+	c = calloc(1, sizeof(*c));
+	if (!c)
+		return NULL;
+	c->pid = pid;
+	c->fd = fd;
+	if (hmap_put(&a->conns, k, c)) {
+		free(c);
+		return NULL;
+	}
+	return c;
+}
+
+static void conn_drop(struct assembler *a, struct aconn *c)
+{
+	hmap_del(&a->conns, hkey2(c->pid, (uint32_t)c->fd));
+	conn_free(c);
+}
+
+static enum span_request req_of(uint16_t api)
+{
+	switch (api) {
+	case API_SEND_PREPARE:
+	case API_PREPARE:
+		return REQ_PREPARE;
+	case API_SEND_QUERY_PREPARED:
+	case API_EXEC_PREPARED:
+		return REQ_EXECUTE;
+	case API_DESCRIBE_PREPARED:
+	case API_DESCRIBE_PORTAL:
+		return REQ_DESCRIBE;
+	case API_CLOSE_PREPARED:
+	case API_CLOSE_PORTAL:
+		return REQ_CLOSE;
+	case API_PIPELINE_SYNC:
+		return REQ_SYNC;
+	default:
+		return REQ_QUERY;
+	}
+}
+
+/* Attach the statement text to a new span: captured chunks, or the prepared statement's. */
+static void span_text(struct assembler *a, struct aconn *c, struct span *s, const struct ev_req *r)
+{
+	struct ptext *t = NULL;
+
+	if (r->nchunks)
+		t = text_find(a, r->h.pid, r->h.tid, r->h.ts);
+	if (s->req == REQ_QUERY || s->req == REQ_PREPARE) {
+		s->text_state = TEXT_FULL;
+		if (!t && r->nchunks == 0 && !(r->h.flags & EVF_TEXT_FAULT)) {
+			s->text = strdup("");
+		} else if (t) {
+			s->text = t->buf;
+			s->text_len = t->len;
+			t->buf = NULL;
+			if (t->broken || t->got != r->nchunks)
+				s->text_state = TEXT_INCOMPLETE;
+		}
+		if (!s->text)
+			s->text_state = TEXT_INCOMPLETE;
+		if (r->h.flags & (EVF_TEXT_FAULT | EVF_GAP))
+			s->text_state = TEXT_INCOMPLETE;
+		if (s->text_state == TEXT_FULL &&
+		    ((r->h.flags & EVF_TEXT_CUT) || r->text_len > a->max_text))
+			s->text_state = TEXT_CUT;
+		if (s->text_state == TEXT_INCOMPLETE)
+			a->st.texts_lost++;
+		if (s->text) {
+			size_t rn;
+			char *red = redact_sql(s->text, s->text_len, &rn);
+
+			if (red) {
+				free(s->text);
+				s->text = red;
+				s->text_len = rn;
+				s->redacted = true;
+			}
+		}
+		if (s->req == REQ_PREPARE && c)
+			prep_remember(c, s->name, s->text, s->text_len, s->text_state);
+	} else if (s->req == REQ_EXECUTE || (s->req == REQ_DESCRIBE && r->api == API_DESCRIBE_PREPARED) ||
+		   (s->req == REQ_CLOSE && r->api == API_CLOSE_PREPARED)) {
+		struct prepared *p = c ? prep_find(c, s->name) : NULL;
+
+		if (p && p->text) {
+			s->text = strdup(p->text);
+			s->text_len = p->len;
+			s->text_state = s->text ? p->state : TEXT_INCOMPLETE;
+		} else {
+			s->text_state = s->req == REQ_EXECUTE ? TEXT_UNKNOWN : TEXT_NONE;
+		}
+	} else {
+		s->text_state = TEXT_NONE;
+	}
+	if (t)
+		text_drop(a, t);
+}
+
+static void on_req(struct assembler *a, const struct ev_req *r, size_t size)
+{
+	struct aconn *c = NULL;
+	struct span *s;
+
+	if (size < sizeof(*r)) {
+		a->st.bad_records++;
+		return;
+	}
+	s = calloc(1, sizeof(*s));
+	if (!s)
+		return;
+	rng_fill(a->rng, s->trace_id, sizeof(s->trace_id));
+	rng_fill(a->rng, s->span_id, sizeof(s->span_id));
+	s->start_ns = r->h.ts;
+	s->pid = r->h.pid;
+	s->tid = r->h.tid;
+	s->exe = a->h.exe ? a->h.exe(a->h.arg, r->h.pid) : NULL;
+	s->conn = r->conn;
+	s->fd = r->fd;
+	s->req = req_of(r->api);
+	s->pipeline = r->pipeline == 1 || r->pipeline == 2;
+	s->returned_rows = -1;
+	s->tag.rows = -1;
+	memcpy(s->name, r->name, sizeof(s->name));
+	s->name[sizeof(s->name) - 1] = 0;
+	s->has_name = s->req != REQ_QUERY && s->req != REQ_SYNC;
+	if (r->h.flags & EVF_GAP)
+		s->lost_events = true;
+
+	if (r->fd >= 0)
+		c = conn_get(a, r->h.pid, r->fd, true);
+	if (c) {
+		if ((r->h.flags & EVF_NEW_FD) || (c->conn && c->conn != r->conn)) {
+			if (c->qlen)
+				drain(a, c, RES_UNKNOWN, r->h.ts, false);
+			if (c->conn && c->conn != r->conn)
+				prep_clear(c);
+			c->have_ident = false;
+		}
+		if (r->h.flags & EVF_GAP) {
+			a->st.gaps++;
+			drain(a, c, RES_UNKNOWN, r->h.ts, true);
+		}
+		c->conn = r->conn;
+		if (!c->have_ident)
+			conn_identify(a, c);
+		s->ident = &c->ident;
+		/* outside pipeline mode libpq sends only on an idle connection: what is still
+		 * pending was answered unseen */
+		if (!s->pipeline && c->qlen)
+			drain(a, c, RES_UNKNOWN, r->h.ts, false);
+	}
+
+	span_text(a, c, s, r);
+
+	if (!c) {
+		/* no socket known: the result cannot be followed */
+		struct conn_ident id = {0};
+
+		if (s->req == REQ_SYNC) {
+			span_free(s);
+			return;
+		}
+		if (a->h.ident)
+			a->h.ident(a->h.arg, r->h.pid, r->conn, r->fd, &id);
+		s->ident = &id;
+		emit(a, NULL, s, RES_UNKNOWN, r->h.ts);
+		conn_ident_free(&id);
+		return;
+	}
+	if (c->qlen >= MAX_PENDING)
+		complete_front(a, c, RES_UNKNOWN, r->h.ts);
+	if (q_push(c, s)) {
+		span_free(s);
+		return;
+	}
+	a->open += s->req != REQ_SYNC;
+}
+
+/* ---- backend messages ---- */
+
+static void on_message(struct assembler *a, struct aconn *c, uint8_t type, const uint8_t *body,
+		       size_t n, bool cut, uint64_t ts)
+{
+	struct span *s = q_front(c);
+
+	if (!s) {
+		if (type != 'S' && type != 'N' && type != 'A' && type != 'K' && type != 'Z')
+			a->st.orphan_msgs++;
+		return;
+	}
+	switch (type) {
+	case 'C':
+	case 'I':
+		if (type == 'C')
+			pg_parse_tag(body, n, &s->tag);
+		else
+			memset(&s->tag, 0, sizeof(s->tag)), s->tag.rows = -1;
+		s->ncommands++;
+		if (s->pipeline && (s->req == REQ_QUERY || s->req == REQ_EXECUTE))
+			complete_front(a, c, s->has_error ? RES_ERROR : RES_OK, ts);
+		break;
+	case 's': /* PortalSuspended: an Execute with a row limit */
+		if (s->pipeline && (s->req == REQ_QUERY || s->req == REQ_EXECUTE))
+			complete_front(a, c, RES_OK, ts);
+		break;
+	case 'E':
+		if (s->req == REQ_SYNC)
+			break;
+		s->has_error = true;
+		pg_parse_error(body, n, cut, &s->error);
+		if (s->pipeline) {
+			c->pipe_aborted = true;
+			complete_front(a, c, RES_ERROR, ts);
+		}
+		break;
+	case '1':
+		if (s->pipeline && s->req == REQ_PREPARE)
+			complete_front(a, c, RES_OK, ts);
+		break;
+	case '3':
+		if (s->pipeline && s->req == REQ_CLOSE)
+			complete_front(a, c, RES_OK, ts);
+		break;
+	case 'T':
+	case 'n':
+		if (s->pipeline && s->req == REQ_DESCRIBE)
+			complete_front(a, c, RES_OK, ts);
+		break;
+	case 'Z': {
+		uint8_t txn = n ? body[0] : 0;
+
+		if (!s->pipeline) {
+			s->txn_status = txn;
+			complete_front(a, c, s->has_error ? RES_ERROR : RES_OK, ts);
+			break;
+		}
+		/* pipeline: everything up to the first sync point */
+		while ((s = q_front(c))) {
+			if (s->req == REQ_SYNC) {
+				complete_front(a, c, RES_OK, ts);
+				break;
+			}
+			s->txn_status = txn;
+			complete_front(a, c, c->pipe_aborted ? RES_ABORTED : RES_UNKNOWN, ts);
+		}
+		c->pipe_aborted = false;
+		break;
+	}
+	default:
+		break;
+	}
+}
+
+static void on_msg(struct assembler *a, const struct ev_msg *m, size_t size)
+{
+	struct aconn *c;
+	struct partial *p;
+	struct span *s;
+
+	if (size < sizeof(*m) || m->n > SQLSPAN_MSG_LONG || size < sizeof(*m) + m->n ||
+	    m->cap > SQLSPAN_MSG_LONG) {
+		a->st.bad_records++;
+		return;
+	}
+	c = conn_get(a, m->h.pid, m->fd, false);
+	if (!c) {
+		a->st.orphan_msgs++;
+		return;
+	}
+	if (m->h.flags & EVF_GAP) {
+		a->st.gaps++;
+		drain(a, c, RES_UNKNOWN, m->h.ts, true);
+	}
+	p = &c->msg;
+	if (m->off == 0) {
+		p->active = true;
+		p->type = m->type;
+		p->len = m->len;
+		p->cap = m->cap;
+		p->have = 0;
+		s = q_front(c);
+		if (s && m->rows)
+			s->returned_rows = (s->returned_rows < 0 ? 0 : s->returned_rows) + m->rows;
+		else if (s && m->type == 'C' && s->returned_rows < 0)
+			s->returned_rows = 0;
+	} else if (!p->active || p->type != m->type || p->have != m->off) {
+		p->active = false;
+		return;
+	}
+	if (p->have + m->n > sizeof(p->data) || p->have + m->n > p->cap) {
+		p->active = false;
+		a->st.bad_records++;
+		return;
+	}
+	memcpy(p->data + p->have, m->data, m->n);
+	p->have += m->n;
+	if (p->have < p->cap)
+		return;
+	p->active = false;
+	on_message(a, c, p->type, p->data, p->have, p->cap < p->len, m->h.ts);
+}
+
+/* ---- connection and process ends ---- */
+
+static void on_conn(struct assembler *a, const struct ev_conn *e, size_t size)
+{
+	struct aconn *c;
+	size_t pos = 0;
+	struct hkey k;
+
+	if (size < sizeof(*e)) {
+		a->st.bad_records++;
+		return;
+	}
+	switch (e->h.kind) {
+	case EV_DESYNC:
+		a->st.desyncs++;
+		a->st.desync_why[e->arg < 4 ? e->arg : 0]++;
+		c = conn_get(a, e->h.pid, e->fd, false);
+		if (c)
+			drain(a, c, RES_UNKNOWN, e->h.ts, true);
+		break;
+	case EV_CLOSE:
+		c = conn_get(a, e->h.pid, e->fd, false);
+		if (c) {
+			drain(a, c, RES_CLOSED, e->h.ts, false);
+			conn_drop(a, c);
+		}
+		break;
+	case EV_FINISH:
+		while ((c = hmap_next(&a->conns, &pos, &k))) {
+			if (c->pid != e->h.pid || c->conn != e->conn)
+				continue;
+			if (e->arg) { /* PQreset: same PGconn, new session */
+				prep_clear(c);
+				c->have_ident = false;
+			}
+		}
+		break;
+	case EV_EXIT:
+		while ((c = hmap_next(&a->conns, &pos, &k))) {
+			if (c->pid != e->h.pid)
+				continue;
+			drain(a, c, RES_EXITED, e->h.ts, false);
+			conn_drop(a, c);
+		}
+		break;
+	default:
+		break;
+	}
+}
+
+void asm_record(struct assembler *a, const void *data, size_t size)
+{
+	const struct ev_hdr *h = data;
+
+	if (size < sizeof(*h)) {
+		a->st.bad_records++;
+		return;
+	}
+	switch (h->kind) {
+	case EV_TEXT:
+		on_text(a, data, size);
+		break;
+	case EV_REQ:
+		on_req(a, data, size);
+		break;
+	case EV_MSG:
+		on_msg(a, data, size);
+		break;
+	case EV_DESYNC:
+	case EV_CLOSE:
+	case EV_FINISH:
+	case EV_EXIT:
+		on_conn(a, data, size);
+		break;
+	case EV_MMAP:
+		break;
+	default:
+		a->st.bad_records++;
+	}
+}
+
+uint64_t asm_close_all(struct assembler *a, uint64_t now)
+{
+	uint64_t before = a->open;
+	struct aconn *c;
+	size_t pos = 0;
+
+	while ((c = hmap_next(&a->conns, &pos, NULL)))
+		drain(a, c, RES_DETACHED, now, false);
+	return before;
+}

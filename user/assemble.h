@@ -1,0 +1,64 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Span assembly: turns the records of the BPF side (requests, text chunks, backend messages,
+ * socket and process ends) into finished statement spans. Pure logic: no BPF, no system calls;
+ * everything it needs from the outside comes through `struct asm_hooks`.
+ *
+ * Pairing: per connection (process, socket) a queue of requests in the order the application
+ * made them. Outside pipeline mode a request is answered up to ReadyForQuery; in pipeline mode
+ * each request ends at its own CommandComplete / ErrorResponse / ParseComplete / ..., sync points
+ * at ReadyForQuery, and requests after an error up to the next sync are reported as aborted.
+ */
+#ifndef SQLSPAN_ASSEMBLE_H
+#define SQLSPAN_ASSEMBLE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "span.h"
+
+struct asm_hooks {
+	/* Fill in the identity of a connection (strings malloc'd; the assembler frees them). */
+	void (*ident)(void *arg, uint32_t pid, uint64_t conn, int fd, struct conn_ident *out);
+	/* process.executable.name of a process; NULL if unknown. */
+	const char *(*exe)(void *arg, uint32_t pid);
+	/* A finished span. Pointers in it are valid only during the call. */
+	void (*span)(void *arg, const struct span *s);
+	void *arg;
+};
+
+struct asm_stats {
+	uint64_t spans;          /* spans emitted */
+	uint64_t by_result[RES_DETACHED + 1];
+	uint64_t texts_lost;     /* statements whose text arrived incomplete */
+	uint64_t orphan_msgs;    /* backend messages with no request waiting */
+	uint64_t orphan_texts;   /* text chunks whose request never came */
+	uint64_t gaps;           /* times records of a socket were lost */
+	uint64_t desyncs;        /* times a socket's stream could not be followed */
+	uint64_t desync_why[4];  /* by enum desync_reason */
+	uint64_t bad_records;    /* records too short or of an unknown kind */
+};
+
+struct assembler;
+
+/* max_text: bytes of statement text kept per span; seed: for trace and span ids. */
+struct assembler *asm_new(const struct asm_hooks *hooks, size_t max_text, uint64_t seed);
+void asm_free(struct assembler *a);
+
+/* One record from the BPF side, as it arrived. */
+void asm_record(struct assembler *a, const void *data, size_t size);
+
+/* Drop text chunks whose request has not come within `max_age_ns` of `now` (monotonic). */
+void asm_expire(struct assembler *a, uint64_t now, uint64_t max_age_ns);
+
+/* End every open span as RES_DETACHED (at `now`), e.g. when sqlspan stops. Returns how many. */
+uint64_t asm_close_all(struct assembler *a, uint64_t now);
+
+/* Spans waiting for their result right now. */
+uint64_t asm_open_spans(const struct assembler *a);
+
+const struct asm_stats *asm_stats(const struct assembler *a);
+
+/* Free the strings of an identity. */
+void conn_ident_free(struct conn_ident *id);
+
+#endif

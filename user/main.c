@@ -1,0 +1,529 @@
+// SPDX-License-Identifier: MIT
+/*
+ * sqlspan: trace the SQL statements a running process sends to PostgreSQL.
+ *
+ * Lifecycle: check the system -> open the BPF object, set its read-only config -> load -> attach
+ * the socket tracepoints and the libpq uprobes of each traced process -> poll records into the
+ * span assembler -> print spans -> on exit detach everything and print a summary.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/random.h>
+#include <sys/resource.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include "sqlspan.skel.h"
+#include "output.h"
+#include "pgident.h"
+#include "reorder.h"
+#include "sysinfo.h"
+#include "tracer.h"
+
+static volatile sig_atomic_t exiting;
+
+static void on_signal(int sig)
+{
+	(void)sig;
+	if (exiting) /* a second Ctrl-C: leave now */
+		_exit(130);
+	exiting = 1;
+}
+
+static int libbpf_print(enum libbpf_print_level level, const char *fmt, va_list args)
+{
+	static int verbose;
+
+	if (!fmt) { /* configuration call */
+		verbose = level;
+		return 0;
+	}
+	if (level == LIBBPF_DEBUG && verbose < 2)
+		return 0;
+	if (level == LIBBPF_INFO && verbose < 1)
+		return 0;
+	return vfprintf(stderr, fmt, args);
+}
+
+static void die_line(const char *msg)
+{
+	fprintf(stderr, "sqlspan: %s\n", msg);
+}
+
+/* ---- hooks for the assembler ---- */
+
+static void hook_ident(void *arg, uint32_t pid, uint64_t conn, int fd, struct conn_ident *out)
+{
+	struct tracer *t = arg;
+
+	(void)fd;
+	pgident_read(pid, conn, probes_layout(t, pid), out);
+	if (!out->known)
+		vlog(t, "PID %u: could not read PGconn %#lx", pid, (unsigned long)conn);
+}
+
+static const char *hook_exe(void *arg, uint32_t pid)
+{
+	struct tracer *t = arg;
+
+	for (int i = 0; i < t->nprocs; i++) {
+		if (t->procs[i].pid == (pid_t)pid)
+			return t->procs[i].exe;
+	}
+	return NULL;
+}
+
+static void hook_span(void *arg, const struct span *s)
+{
+	struct tracer *t = arg;
+
+	if (s->end_ns - s->start_ns < t->cli.min_duration_ns) {
+		t->filtered++;
+		return;
+	}
+	t->shown++;
+	if (t->cli.json)
+		out_json(stdout, s, t->mono2real);
+	else
+		out_table_row(stdout, s, t->mono2real, t->width);
+	fflush(stdout);
+}
+
+/* ---- records ---- */
+
+static struct reorder *ro; /* perf buffers only: per-CPU streams merged by time */
+
+static int on_record(void *ctx, void *data, size_t size)
+{
+	struct tracer *t = ctx;
+	const struct ev_hdr *h = data;
+
+	if (size >= sizeof(*h) && h->kind == EV_MMAP)
+		t->rescan = true;
+	if (size >= sizeof(*h) && h->kind == EV_EXIT)
+		t->rescan = true;
+	asm_record(t->as, data, size);
+	return 0;
+}
+
+static void on_perf_sample(void *ctx, int cpu, void *data, __u32 size)
+{
+	(void)cpu;
+	if (reorder_add(ro, data, size))
+		on_record(ctx, data, size);
+}
+
+static void on_perf_lost(void *ctx, int cpu, __u64 cnt)
+{
+	struct tracer *t = ctx;
+
+	(void)cpu;
+	t->perf_lost += cnt;
+}
+
+static void release_ordered(struct tracer *t, bool all)
+{
+	const void *rec;
+	size_t size;
+	uint64_t horizon = all ? UINT64_MAX : mono_now_ns() - 50000000ULL;
+
+	while ((rec = reorder_pop(ro, horizon, &size))) {
+		on_record(t, (void *)rec, size);
+		reorder_release(ro);
+	}
+}
+
+/* Events lost in the kernel: BPF counters plus the perf buffers' own. */
+static uint64_t lost_events(struct tracer *t, uint64_t *desync)
+{
+	int ncpu = libbpf_num_possible_cpus();
+	uint64_t total = t->perf_lost, *vals;
+
+	*desync = 0;
+	if (ncpu <= 0)
+		return total;
+	vals = calloc(ncpu, sizeof(*vals));
+	if (!vals)
+		return total;
+	for (uint32_t k = ST_DROP_TEXT; k <= ST_DESYNC; k++) {
+		if (bpf_map__lookup_elem(t->skel->maps.stats, &k, sizeof(k), vals,
+					 ncpu * sizeof(*vals), 0))
+			continue;
+		for (int c = 0; c < ncpu; c++) {
+			if (k == ST_DESYNC)
+				*desync += vals[c];
+			else
+				total += vals[c];
+		}
+	}
+	free(vals);
+	return total;
+}
+
+/* ---- processes ---- */
+
+static void announce(struct proc_target *p)
+{
+	for (int i = 0; i < p->nlibs; i++) {
+		if (!p->libs[i].lo)
+			continue;
+		fprintf(stderr, "sqlspan: tracing PID %d (%s): %s\n", p->pid, p->exe,
+			p->libs[i].shown);
+		p->announced = true;
+		return;
+	}
+}
+
+static void check_procs(struct tracer *t)
+{
+	for (int i = 0; i < t->nprocs; i++) {
+		struct proc_target *p = &t->procs[i];
+
+		if (!p->alive)
+			continue;
+		if (!proc_alive(p->pid)) {
+			p->alive = false;
+			fprintf(stderr, "sqlspan: PID %d exited\n", p->pid);
+			probes_detach(t, p);
+			continue;
+		}
+		if (t->rescan || p->waiting) {
+			probes_scan(t, p);
+			if (p->nmapped && p->waiting) {
+				p->waiting = false;
+			}
+			if (p->nmapped && !p->announced)
+				announce(p);
+		}
+	}
+	t->rescan = false;
+}
+
+static int alive_count(struct tracer *t)
+{
+	int n = 0;
+
+	for (int i = 0; i < t->nprocs; i++)
+		n += t->procs[i].alive;
+	return n;
+}
+
+/* ---- setup ---- */
+
+static int open_and_load(struct tracer *t)
+{
+	struct sqlspan_bpf *skel = sqlspan_bpf__open();
+	uint32_t chunks;
+	int err;
+
+	if (!skel) {
+		fprintf(stderr, "sqlspan: cannot open the BPF object: %s\n", strerror(errno));
+		return -1;
+	}
+	t->skel = skel;
+	t->use_ringbuf = !t->cli.perf_buffer &&
+			 libbpf_probe_bpf_map_type(BPF_MAP_TYPE_RINGBUF, NULL) == 1;
+	if (!t->cli.perf_buffer && !t->use_ringbuf)
+		fprintf(stderr, "sqlspan: this kernel has no BPF ring buffer: using perf buffers\n");
+	skel->rodata->use_ringbuf = t->use_ringbuf;
+	/* one of the two read walkers: bpf_loop where the kernel has it, tail calls otherwise */
+	t->use_loop = !t->cli.no_bpf_loop &&
+		      libbpf_probe_bpf_helper(BPF_PROG_TYPE_TRACEPOINT, BPF_FUNC_loop, NULL) == 1;
+	bpf_program__set_autoload(skel->progs.tp_exit_recvfrom_loop, t->use_loop);
+	bpf_program__set_autoload(skel->progs.tp_exit_recvfrom, !t->use_loop);
+	bpf_program__set_autoload(skel->progs.tp_walk_more, !t->use_loop);
+	vlog(t, "reads walked with %s", t->use_loop ? "bpf_loop" : "bounded loops and tail calls");
+	chunks = (t->cli.max_sql_bytes + SQLSPAN_TEXT_CHUNK - 2) / (SQLSPAN_TEXT_CHUNK - 1);
+	if (chunks > SQLSPAN_MAX_CHUNKS - 1)
+		chunks = SQLSPAN_MAX_CHUNKS - 1;
+	skel->rodata->text_max_chunks = chunks;
+	if (t->use_ringbuf) {
+		bpf_map__set_max_entries(skel->maps.events, t->cli.ring_mb << 20);
+	} else {
+		bpf_map__set_type(skel->maps.events, BPF_MAP_TYPE_PERF_EVENT_ARRAY);
+		bpf_map__set_key_size(skel->maps.events, sizeof(int));
+		bpf_map__set_value_size(skel->maps.events, sizeof(int));
+		bpf_map__set_max_entries(skel->maps.events, 0);
+	}
+	err = sqlspan_bpf__load(skel);
+	if (err) {
+		fprintf(stderr, "sqlspan: cannot load the BPF programs (%s); run with -v for the "
+				"verifier's log\n",
+			strerror(-err));
+		return -1;
+	}
+	if (!t->use_loop) {
+		uint32_t zero = 0;
+		int fd = bpf_program__fd(skel->progs.tp_walk_more);
+
+		if (bpf_map__update_elem(skel->maps.walk_progs, &zero, sizeof(zero), &fd, sizeof(fd),
+					 BPF_ANY)) {
+			fprintf(stderr, "sqlspan: cannot set up the message walker: %s\n",
+				strerror(errno));
+			return -1;
+		}
+	}
+	return 0;
+}
+
+static int attach_tracepoints(struct tracer *t)
+{
+	struct {
+		struct bpf_program *prog;
+		const char *cat, *name;
+	} tps[] = {
+		{t->skel->progs.tp_enter_recvfrom, "syscalls", "sys_enter_recvfrom"},
+		{t->use_loop ? t->skel->progs.tp_exit_recvfrom_loop : t->skel->progs.tp_exit_recvfrom,
+		 "syscalls", "sys_exit_recvfrom"},
+		{t->skel->progs.tp_enter_close, "syscalls", "sys_enter_close"},
+		{t->skel->progs.tp_process_exit, "sched", "sched_process_exit"},
+		{t->skel->progs.tp_enter_mmap, "syscalls", "sys_enter_mmap"},
+	};
+	char msg[256];
+
+	if (ensure_tracefs(msg, sizeof(msg))) {
+		die_line(msg);
+		return -1;
+	}
+	for (size_t i = 0; i < sizeof(tps) / sizeof(tps[0]); i++) {
+		struct bpf_link *l = bpf_program__attach_tracepoint(tps[i].prog, tps[i].cat,
+								    tps[i].name);
+
+		if (!l) {
+			fprintf(stderr, "sqlspan: cannot attach to tracepoint %s:%s: %s\n", tps[i].cat,
+				tps[i].name, strerror(errno));
+			return -1;
+		}
+		t->tp_links[t->ntp_links++] = l;
+	}
+	return 0;
+}
+
+static int terminal_width(void)
+{
+	struct winsize ws;
+	const char *c = getenv("COLUMNS");
+
+	if (ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col >= 40)
+		return ws.ws_col;
+	if (c && atoi(c) >= 40)
+		return atoi(c);
+	return 160;
+}
+
+static void summary(struct tracer *t, uint64_t open_at_end)
+{
+	const struct asm_stats *st = asm_stats(t->as);
+	uint64_t desync, lost = lost_events(t, &desync);
+
+	fprintf(stderr,
+		"sqlspan: %llu spans (%llu ok, %llu error, %llu aborted, %llu result unknown, "
+		"%llu closed, %llu exited)",
+		(unsigned long long)st->spans, (unsigned long long)st->by_result[RES_OK],
+		(unsigned long long)st->by_result[RES_ERROR],
+		(unsigned long long)st->by_result[RES_ABORTED],
+		(unsigned long long)st->by_result[RES_UNKNOWN],
+		(unsigned long long)st->by_result[RES_CLOSED],
+		(unsigned long long)st->by_result[RES_EXITED]);
+	if (t->filtered)
+		fprintf(stderr, ", %llu below --min-duration", (unsigned long long)t->filtered);
+	fprintf(stderr, "; %llu events lost; %llu spans open at exit\n", (unsigned long long)lost,
+		(unsigned long long)open_at_end);
+	if (desync || st->texts_lost || st->orphan_msgs || st->orphan_texts || st->bad_records)
+		fprintf(stderr,
+			"sqlspan: %llu socket streams not followed, %llu texts incomplete, %llu "
+			"unmatched messages, %llu unmatched texts, %llu bad records\n",
+			(unsigned long long)desync, (unsigned long long)st->texts_lost,
+			(unsigned long long)st->orphan_msgs, (unsigned long long)st->orphan_texts,
+			(unsigned long long)st->bad_records);
+	if (st->desyncs)
+		vlog(t, "streams not followed: %llu bad header, %llu too many messages in one read, "
+			"%llu unreadable buffer",
+		     (unsigned long long)st->desync_why[DESYNC_BAD_HEADER],
+		     (unsigned long long)st->desync_why[DESYNC_TOO_MANY],
+		     (unsigned long long)st->desync_why[DESYNC_READ_FAULT]);
+}
+
+int main(int argc, char **argv)
+{
+	static struct tracer tr;
+	struct tracer *t = &tr;
+	struct asm_hooks hooks = {hook_ident, hook_exe, hook_span, t};
+	struct ring_buffer *rb = NULL;
+	struct perf_buffer *pb = NULL;
+	unsigned long long start, last_check = 0, last_lost_report = 0;
+	uint64_t seed, last_lost = 0, open_at_end = 0;
+	struct utsname un;
+	char msg[512];
+	int r, rc = 1;
+
+	r = cli_parse(&t->cli, argc, argv);
+	if (r)
+		return r > 0 ? 0 : 2;
+	libbpf_print((enum libbpf_print_level)t->cli.verbose, NULL, NULL);
+	libbpf_set_print(libbpf_print);
+
+	if (check_privileges(msg, sizeof(msg)) ||
+	    (uname(&un) == 0 && check_kernel(un.release, msg, sizeof(msg))) ||
+	    check_btf(msg, sizeof(msg))) {
+		die_line(msg);
+		return 1;
+	}
+	for (int i = 0; i < t->cli.npids; i++) {
+		struct proc_target *p = &t->procs[t->nprocs];
+		pid_t pid = t->cli.pids[i];
+
+		for (int j = 0; j < t->nprocs; j++) {
+			if (t->procs[j].pid == pid)
+				goto dup;
+		}
+		if (!proc_alive(pid)) {
+			fprintf(stderr, "sqlspan: no process with PID %d\n", pid);
+			return 1;
+		}
+		p->pid = pid;
+		p->alive = true;
+		proc_exe_name(pid, p->exe, sizeof(p->exe));
+		t->nprocs++;
+dup:;
+	}
+
+	if (getrandom(&seed, sizeof(seed), 0) != sizeof(seed))
+		seed = mono_now_ns() ^ ((uint64_t)getpid() << 32);
+	t->as = asm_new(&hooks, t->cli.max_sql_bytes, seed);
+	if (!t->as)
+		return 1;
+	if (open_and_load(t))
+		goto cleanup;
+
+	/* the processes: BPF filter first, then libpq probes */
+	for (int i = 0; i < t->nprocs; i++) {
+		struct proc_target *p = &t->procs[i];
+		uint32_t key = p->pid;
+		uint8_t one = 1;
+
+		bpf_map__update_elem(t->skel->maps.pids, &key, sizeof(key), &one, sizeof(one),
+				     BPF_ANY);
+		r = probes_scan(t, p);
+		if (r < 0) {
+			fprintf(stderr, "sqlspan: cannot read the memory map of PID %d: %s\n", p->pid,
+				strerror(errno));
+			goto cleanup;
+		}
+		if (r == 0) {
+			if (!t->cli.wait) {
+				fprintf(stderr,
+					"sqlspan: PID %d (%s) has not loaded libpq; use --wait to wait "
+					"for it\n",
+					p->pid, p->exe);
+				goto cleanup;
+			}
+			p->waiting = true;
+			probes_predict(t, p);
+			fprintf(stderr, "sqlspan: waiting for PID %d (%s) to load libpq...\n", p->pid,
+				p->exe);
+		}
+	}
+	if (attach_tracepoints(t))
+		goto cleanup;
+
+	if (t->use_ringbuf) {
+		rb = ring_buffer__new(bpf_map__fd(t->skel->maps.events), on_record, t, NULL);
+		if (!rb) {
+			fprintf(stderr, "sqlspan: cannot open the ring buffer: %s\n", strerror(errno));
+			goto cleanup;
+		}
+	} else {
+		ro = reorder_new();
+		pb = perf_buffer__new(bpf_map__fd(t->skel->maps.events), 256, on_perf_sample,
+				      on_perf_lost, t, NULL);
+		if (!pb || !ro) {
+			fprintf(stderr, "sqlspan: cannot open the perf buffers: %s\n", strerror(errno));
+			goto cleanup;
+		}
+	}
+
+	signal(SIGINT, on_signal);
+	signal(SIGTERM, on_signal);
+	t->mono2real = mono_to_real_ns();
+	t->width = terminal_width();
+	for (int i = 0; i < t->nprocs; i++) {
+		if (t->procs[i].nmapped)
+			announce(&t->procs[i]);
+	}
+	if (!t->cli.json) {
+		out_table_header(stdout, t->width);
+		fflush(stdout);
+	}
+
+	start = mono_now_ns();
+	while (!exiting) {
+		unsigned long long now;
+
+		r = rb ? ring_buffer__poll(rb, 100) : perf_buffer__poll(pb, 100);
+		if (r < 0 && r != -EINTR) {
+			fprintf(stderr, "sqlspan: polling failed: %s\n", strerror(-r));
+			break;
+		}
+		if (pb)
+			release_ordered(t, false);
+		now = mono_now_ns();
+		if (t->rescan || now - last_check > 250000000ULL) {
+			check_procs(t);
+			last_check = now;
+			if (!alive_count(t)) {
+				/* take what is still in the buffers, then stop */
+				if (rb)
+					ring_buffer__consume(rb);
+				else {
+					perf_buffer__consume(pb);
+					release_ordered(t, true);
+				}
+				fprintf(stderr, "sqlspan: no traced process left\n");
+				break;
+			}
+		}
+		asm_expire(t->as, now, 2000000000ULL);
+		if (now - last_lost_report > 1000000000ULL) {
+			uint64_t d, lost = lost_events(t, &d);
+
+			if (lost > last_lost)
+				fprintf(stderr,
+					"sqlspan: warning: %llu events lost so far (buffer full); "
+					"affected spans are marked\n",
+					(unsigned long long)lost);
+			last_lost = lost;
+			last_lost_report = now;
+		}
+		if (t->cli.duration_s > 0 && now - start >= t->cli.duration_s * 1e9)
+			break;
+	}
+	if (rb)
+		ring_buffer__consume(rb);
+	if (pb) {
+		perf_buffer__consume(pb);
+		release_ordered(t, true);
+	}
+	open_at_end = asm_close_all(t->as, mono_now_ns());
+	rc = 0;
+
+cleanup:
+	for (int i = 0; i < t->nprocs; i++)
+		probes_detach(t, &t->procs[i]);
+	for (int i = 0; i < t->ntp_links; i++)
+		bpf_link__destroy(t->tp_links[i]);
+	ring_buffer__free(rb);
+	perf_buffer__free(pb);
+	if (t->skel && rc == 0)
+		summary(t, open_at_end);
+	sqlspan_bpf__destroy(t->skel);
+	reorder_free(ro);
+	asm_free(t->as);
+	return rc;
+}

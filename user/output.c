@@ -1,0 +1,347 @@
+// SPDX-License-Identifier: MIT
+#include <string.h>
+#include <time.h>
+#include "output.h"
+#include "sqlinfo.h"
+
+const char *span_result_name(enum span_result r)
+{
+	static const char *const names[] = {"ok",     "error",  "aborted",  "unknown",
+					    "closed", "exited", "detached"};
+
+	return (unsigned)r < sizeof(names) / sizeof(names[0]) ? names[r] : "unknown";
+}
+
+const char *span_request_name(enum span_request r)
+{
+	static const char *const names[] = {"query", "prepare", "execute", "describe", "close", "sync"};
+
+	return (unsigned)r < sizeof(names) / sizeof(names[0]) ? names[r] : "query";
+}
+
+const char *text_state_name(enum text_state t)
+{
+	static const char *const names[] = {"full", "cut", "unknown", "incomplete", "none"};
+
+	return (unsigned)t < sizeof(names) / sizeof(names[0]) ? names[t] : "none";
+}
+
+void span_name(const struct span *s, char *buf, size_t n)
+{
+	struct sql_info si = {{0}, {0}};
+
+	if (s->text)
+		sql_info(s->text, s->text_len, &si);
+	switch (s->req) {
+	case REQ_PREPARE:
+		if (si.op[0])
+			snprintf(buf, n, "PREPARE %s%s%s", si.op, si.coll[0] ? " " : "", si.coll);
+		else
+			snprintf(buf, n, "PREPARE %s", s->name);
+		return;
+	case REQ_DESCRIBE:
+		snprintf(buf, n, "DESCRIBE %s", s->name);
+		return;
+	case REQ_CLOSE:
+		snprintf(buf, n, "CLOSE %s", s->name);
+		return;
+	default:
+		break;
+	}
+	if (si.op[0])
+		snprintf(buf, n, "%s%s%s", si.op, si.coll[0] ? " " : "", si.coll);
+	else if (s->req == REQ_EXECUTE)
+		snprintf(buf, n, "EXECUTE %s", s->name);
+	else
+		snprintf(buf, n, "postgresql");
+}
+
+/* Length of a valid UTF-8 sequence at p (n bytes left), 0 if invalid. */
+static size_t utf8_len(const unsigned char *p, size_t n)
+{
+	size_t len, i;
+	uint32_t cp;
+
+	if (p[0] < 0x80)
+		return 1;
+	if ((p[0] & 0xe0) == 0xc0)
+		len = 2, cp = p[0] & 0x1f;
+	else if ((p[0] & 0xf0) == 0xe0)
+		len = 3, cp = p[0] & 0x0f;
+	else if ((p[0] & 0xf8) == 0xf0)
+		len = 4, cp = p[0] & 0x07;
+	else
+		return 0;
+	if (len > n)
+		return 0;
+	for (i = 1; i < len; i++) {
+		if ((p[i] & 0xc0) != 0x80)
+			return 0;
+		cp = (cp << 6) | (p[i] & 0x3f);
+	}
+	if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
+	    cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+		return 0;
+	return len;
+}
+
+static void json_str(FILE *f, const char *s, size_t n)
+{
+	const unsigned char *p = (const unsigned char *)s;
+	size_t i = 0;
+
+	fputc('"', f);
+	while (i < n) {
+		unsigned char c = p[i];
+		size_t l;
+
+		switch (c) {
+		case '"':
+			fputs("\\\"", f);
+			i++;
+			continue;
+		case '\\':
+			fputs("\\\\", f);
+			i++;
+			continue;
+		case '\n':
+			fputs("\\n", f);
+			i++;
+			continue;
+		case '\r':
+			fputs("\\r", f);
+			i++;
+			continue;
+		case '\t':
+			fputs("\\t", f);
+			i++;
+			continue;
+		}
+		if (c < 0x20 || c == 0x7f) {
+			fprintf(f, "\\u%04x", c);
+			i++;
+			continue;
+		}
+		l = utf8_len(p + i, n - i);
+		if (!l) {
+			fputs("\\ufffd", f); /* not UTF-8: replaced, never passed through */
+			i++;
+			continue;
+		}
+		fwrite(p + i, 1, l, f);
+		i += l;
+	}
+	fputc('"', f);
+}
+
+static void key(FILE *f, const char *k)
+{
+	fprintf(f, ",\"%s\":", k);
+}
+
+static void kv_str(FILE *f, const char *k, const char *v)
+{
+	key(f, k);
+	if (v)
+		json_str(f, v, strlen(v));
+	else
+		fputs("null", f);
+}
+
+static void kv_int(FILE *f, const char *k, long long v)
+{
+	key(f, k);
+	fprintf(f, "%lld", v);
+}
+
+static void hex(FILE *f, const uint8_t *b, size_t n)
+{
+	fputc('"', f);
+	for (size_t i = 0; i < n; i++)
+		fprintf(f, "%02x", b[i]);
+	fputc('"', f);
+}
+
+void out_json(FILE *f, const struct span *s, int64_t mono_to_real)
+{
+	const struct conn_ident *id = s->ident;
+	struct sql_info si = {{0}, {0}};
+	char name[256];
+
+	if (s->text)
+		sql_info(s->text, s->text_len, &si);
+	span_name(s, name, sizeof(name));
+	fputs("{\"trace_id\":", f);
+	hex(f, s->trace_id, sizeof(s->trace_id));
+	fputs(",\"span_id\":", f);
+	hex(f, s->span_id, sizeof(s->span_id));
+	kv_str(f, "name", name);
+	kv_str(f, "kind", "client");
+	kv_int(f, "start_time_unix_nano", (long long)(s->start_ns + mono_to_real));
+	kv_int(f, "end_time_unix_nano", (long long)(s->end_ns + mono_to_real));
+	kv_int(f, "duration_ns", (long long)(s->end_ns - s->start_ns));
+	kv_int(f, "process.pid", s->pid);
+	kv_int(f, "thread.id", s->tid);
+	kv_str(f, "process.executable.name", s->exe);
+	kv_str(f, "db.system.name", "postgresql");
+	key(f, "db.query.text");
+	if (s->text && s->text_state != TEXT_UNKNOWN)
+		json_str(f, s->text, s->text_len);
+	else
+		fputs("null", f);
+	kv_str(f, "sqlspan.query.text_state", text_state_name(s->text_state));
+	if (s->redacted)
+		fputs(",\"sqlspan.query.redacted\":true", f);
+	if (si.op[0] && (s->req == REQ_QUERY || s->req == REQ_EXECUTE))
+		kv_str(f, "db.operation.name", si.op);
+	if (si.coll[0] && (s->req == REQ_QUERY || s->req == REQ_EXECUTE))
+		kv_str(f, "db.collection.name", si.coll);
+
+	kv_str(f, "db.namespace", id && id->known ? id->db : NULL);
+	if (id && id->known && id->unix_path) {
+		kv_str(f, "server.address", id->unix_path);
+		kv_str(f, "network.transport", "unix");
+	} else {
+		kv_str(f, "server.address", id && id->known ? id->host : NULL);
+		key(f, "server.port");
+		if (id && id->known && id->port)
+			fprintf(f, "%d", id->port);
+		else
+			fputs("null", f);
+		if (id && id->known && id->host)
+			kv_str(f, "network.transport", "tcp");
+	}
+	kv_str(f, "postgresql.user", id && id->known ? id->user : NULL);
+	key(f, "postgresql.backend_pid");
+	if (id && id->known && id->backend_pid)
+		fprintf(f, "%d", id->backend_pid);
+	else
+		fputs("null", f);
+	if (id && id->tls)
+		fputs(",\"sqlspan.connection.tls\":true", f);
+
+	if (s->returned_rows >= 0)
+		kv_int(f, "db.response.returned_rows", s->returned_rows);
+	if (s->tag.tag[0]) {
+		kv_str(f, "postgresql.command_tag", s->tag.tag);
+		if (s->tag.rows >= 0)
+			kv_int(f, "postgresql.command_rows", s->tag.rows);
+	}
+	if (s->has_error) {
+		if (s->error.sqlstate[0]) {
+			kv_str(f, "db.response.status_code", s->error.sqlstate);
+			kv_str(f, "error.type", s->error.sqlstate);
+		} else {
+			kv_str(f, "error.type", "_OTHER");
+		}
+		kv_str(f, "error.message", s->error.message);
+		if (s->error.severity[0])
+			kv_str(f, "postgresql.error.severity", s->error.severity);
+	}
+	if (s->txn_status) {
+		const char *t = pg_txn_status_name(s->txn_status);
+
+		if (t)
+			kv_str(f, "postgresql.transaction_status", t);
+	}
+	if (s->has_name)
+		kv_str(f, "postgresql.statement_name", s->name);
+	if (s->pipeline)
+		fputs(",\"postgresql.pipeline\":true", f);
+	kv_str(f, "sqlspan.capture", "libpq");
+	kv_str(f, "sqlspan.request", span_request_name(s->req));
+	kv_str(f, "sqlspan.result", span_result_name(s->result));
+	if (s->lost_events)
+		fputs(",\"sqlspan.events_lost\":true", f);
+	fputs("}\n", f);
+}
+
+void out_table_header(FILE *f, int width)
+{
+	(void)width;
+	fprintf(f, "%-12s %-7s %9s %6s %-10s %-6s %s\n", "TIME", "PID", "MS", "ROWS", "DB", "RESULT",
+		"SQL");
+}
+
+/* The SQL on one line: whitespace runs become one space, control bytes '?', cut to `room`. */
+static void one_line(FILE *f, const char *s, size_t n, int room)
+{
+	int used = 0;
+	bool space = false;
+
+	if (room < 4)
+		room = 4;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = s[i];
+
+		if (c == ' ' || c == '\n' || c == '\t' || c == '\r') {
+			space = used > 0;
+			continue;
+		}
+		if (space) {
+			if (used + 1 >= room)
+				goto cut;
+			fputc(' ', f);
+			used++;
+			space = false;
+		}
+		if (used + 1 >= room && i + 1 < n)
+			goto cut;
+		/* count a UTF-8 sequence as one column */
+		if (c >= 0x80 && (c & 0xc0) == 0x80) {
+			fputc(c, f);
+			continue;
+		}
+		fputc(c < 0x20 || c == 0x7f ? '?' : c, f);
+		used++;
+	}
+	return;
+cut:
+	fputs("...", f);
+}
+
+void out_table_row(FILE *f, const struct span *s, int64_t mono_to_real, int width)
+{
+	uint64_t real = s->start_ns + mono_to_real;
+	time_t secs = real / 1000000000ULL;
+	struct tm tm;
+	char ts[16], rows[24], res[16], db[11];
+	const char *text;
+	size_t tlen;
+	int room;
+
+	localtime_r(&secs, &tm);
+	snprintf(ts, sizeof(ts), "%02d:%02d:%02d.%03d", tm.tm_hour, tm.tm_min, tm.tm_sec,
+		 (int)(real / 1000000 % 1000));
+	if (s->tag.rows >= 0)
+		snprintf(rows, sizeof(rows), "%lld", (long long)s->tag.rows);
+	else if (s->returned_rows >= 0)
+		snprintf(rows, sizeof(rows), "%lld", (long long)s->returned_rows);
+	else
+		snprintf(rows, sizeof(rows), "-");
+	if (s->has_error && s->error.sqlstate[0])
+		snprintf(res, sizeof(res), "%s", s->error.sqlstate);
+	else
+		snprintf(res, sizeof(res), "%s", span_result_name(s->result));
+	snprintf(db, sizeof(db), "%s",
+		 s->ident && s->ident->known && s->ident->db ? s->ident->db : "?");
+	fprintf(f, "%-12s %-7u %9.3f %6s %-10s %-6s ", ts, s->pid,
+		(double)(s->end_ns - s->start_ns) / 1e6, rows, db, res);
+	room = width - (12 + 1 + 7 + 1 + 9 + 1 + 6 + 1 + 10 + 1 + 6 + 1);
+	if (s->text && s->text_state != TEXT_UNKNOWN) {
+		text = s->text;
+		tlen = s->text_len;
+		one_line(f, text, tlen, room);
+		if (s->text_state == TEXT_CUT)
+			fputs(" [cut]", f);
+	} else {
+		char name[96];
+
+		span_name(s, name, sizeof(name));
+		if (s->text_state == TEXT_UNKNOWN)
+			fprintf(f, "[%s: text unknown, prepared before attach]", name);
+		else
+			fprintf(f, "[%s]", name);
+	}
+	fputc('\n', f);
+}

@@ -1,0 +1,339 @@
+// SPDX-License-Identifier: MIT
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include "sqlspan.skel.h"
+#include "elffile.h"
+#include "procmaps.h"
+#include "tracer.h"
+#include "x86dec.h"
+
+#define R(r) (1u << (r))
+
+struct probe_spec {
+	const char *sym;
+	const char *prog;
+	uint32_t keep;     /* registers the program reads: the probe must sit before they change */
+	const char *inner; /* an outer call: probed only where its call of `inner` is not proven */
+};
+
+static const struct probe_spec specs[] = {
+	{"PQsendQuery", "up_send_query", R(X86_RDI) | R(X86_RSI), NULL},
+	{"PQsendQueryParams", "up_send_query_params", R(X86_RDI) | R(X86_RSI), NULL},
+	{"PQsendPrepare", "up_send_prepare", R(X86_RDI) | R(X86_RSI) | R(X86_RDX), NULL},
+	{"PQsendQueryPrepared", "up_send_query_prepared", R(X86_RDI) | R(X86_RSI), NULL},
+	{"PQsendDescribePrepared", "up_describe_prepared", R(X86_RDI) | R(X86_RSI), NULL},
+	{"PQsendDescribePortal", "up_describe_portal", R(X86_RDI) | R(X86_RSI), NULL},
+	{"PQsendClosePrepared", "up_close_prepared", R(X86_RDI) | R(X86_RSI), NULL},
+	{"PQsendClosePortal", "up_close_portal", R(X86_RDI) | R(X86_RSI), NULL},
+	{"PQpipelineSync", "up_pipeline_sync", R(X86_RDI), NULL},
+	{"PQsendPipelineSync", "up_pipeline_sync", R(X86_RDI), NULL},
+	{"PQexec", "up_exec", R(X86_RDI) | R(X86_RSI), "PQsendQuery"},
+	{"PQexecParams", "up_exec_params", R(X86_RDI) | R(X86_RSI), "PQsendQueryParams"},
+	{"PQprepare", "up_prepare", R(X86_RDI) | R(X86_RSI) | R(X86_RDX), "PQsendPrepare"},
+	{"PQexecPrepared", "up_exec_prepared", R(X86_RDI) | R(X86_RSI), "PQsendQueryPrepared"},
+	{"PQdescribePrepared", "up_describe_prepared", R(X86_RDI) | R(X86_RSI),
+	 "PQsendDescribePrepared"},
+	{"PQdescribePortal", "up_describe_portal", R(X86_RDI) | R(X86_RSI), "PQsendDescribePortal"},
+	{"PQclosePrepared", "up_close_prepared", R(X86_RDI) | R(X86_RSI), "PQsendClosePrepared"},
+	{"PQclosePortal", "up_close_portal", R(X86_RDI) | R(X86_RSI), "PQsendClosePortal"},
+	{"PQfinish", "up_finish", R(X86_RDI), NULL},
+	{"PQreset", "up_reset", R(X86_RDI), NULL},
+	{"PQresetStart", "up_reset", R(X86_RDI), NULL},
+};
+
+void vlog(const struct tracer *t, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (!t->cli.verbose)
+		return;
+	va_start(ap, fmt);
+	fputs("sqlspan: ", stderr);
+	vfprintf(stderr, fmt, ap);
+	fputc('\n', stderr);
+	va_end(ap);
+}
+
+/* Read a function's code (at most n bytes). Returns bytes, 0 if absent. */
+static size_t func_code(struct elf_file *ef, const char *sym, uint8_t *buf, size_t n, uint64_t *va)
+{
+	uint64_t size;
+	ssize_t r;
+
+	if (elff_sym(ef, sym, va, &size))
+		return 0;
+	if (!size || size > n)
+		size = n;
+	r = elff_read(ef, *va, buf, size);
+	return r > 0 ? (size_t)r : 0;
+}
+
+static void derive_layout(struct tracer *t, struct elf_file *ef, struct lib_target *lt)
+{
+	static const struct {
+		const char *sym;
+		int (*fn)(struct pq_layout *, const uint8_t *, size_t);
+	} acc[] = {
+		{"PQsocket", pq_layout_from_socket},
+		{"PQpipelineStatus", pq_layout_from_pipeline_status},
+		{"PQbackendPID", pq_layout_from_backend_pid},
+		{"PQdb", pq_layout_from_db},
+		{"PQuser", pq_layout_from_user},
+		{"PQport", pq_layout_from_port},
+		{"PQsslInUse", pq_layout_from_ssl_in_use},
+	};
+	uint8_t code[512];
+	uint64_t va;
+
+	pq_layout_init(&lt->layout);
+	for (size_t i = 0; i < sizeof(acc) / sizeof(acc[0]); i++) {
+		size_t n = func_code(ef, acc[i].sym, code, sizeof(code), &va);
+
+		if (n && acc[i].fn(&lt->layout, code, n))
+			vlog(t, "%s: could not read %s's offsets from %s", lt->shown, "PGconn",
+			     acc[i].sym);
+	}
+	vlog(t, "%s: PGconn sock@%d pipeline@%d status@%d be_pid@%d db@%d user@%d connhost@%d", lt->shown,
+	     lt->layout.sock, lt->layout.pipeline, lt->layout.status, lt->layout.be_pid,
+	     lt->layout.db_name, lt->layout.user, lt->layout.connhost);
+	if (lt->layout.sock < 0)
+		fprintf(stderr,
+			"sqlspan: warning: %s: the socket's place in PGconn is unknown: statements "
+			"will be reported without results\n",
+			lt->shown);
+}
+
+static int attach_lib(struct tracer *t, struct proc_target *p, struct lib_target *lt)
+{
+	struct elf_file *ef = elff_open(lt->path);
+	int attached = 0;
+
+	if (!ef) {
+		fprintf(stderr, "sqlspan: warning: cannot read %s for PID %d: %s\n", lt->shown, p->pid,
+			strerror(errno));
+		return -1;
+	}
+	derive_layout(t, ef, lt);
+	for (size_t i = 0; i < sizeof(specs) / sizeof(specs[0]); i++) {
+		const struct probe_spec *sp = &specs[i];
+		struct bpf_program *prog;
+		uint8_t code[64];
+		uint64_t va, foff;
+		size_t n, off;
+		struct bpf_link *link;
+		struct x86_insn in;
+
+		n = func_code(ef, sp->sym, code, sizeof(code), &va);
+		if (!n)
+			continue;
+		if (sp->inner) {
+			uint64_t iva;
+			int calls;
+
+			if (elff_sym(ef, sp->inner, &iva, NULL))
+				calls = 0;
+			else
+				calls = elff_calls(ef, sp->sym, sp->inner);
+			if (calls == 1) {
+				vlog(t, "%s: %s calls %s: probed there", lt->shown, sp->sym, sp->inner);
+				continue;
+			}
+		}
+		off = x86_probe_offset(code, n, sp->keep);
+		foff = elff_file_offset(ef, va + off);
+		prog = bpf_object__find_program_by_name(t->skel->obj, sp->prog);
+		if (!prog || foff == (uint64_t)-1 || lt->nlinks >= MAX_LINKS)
+			continue;
+		link = bpf_program__attach_uprobe(prog, false, p->pid, lt->path, foff);
+		if (!link) {
+			fprintf(stderr, "sqlspan: warning: cannot attach to %s in %s for PID %d: %s\n",
+				sp->sym, lt->shown, p->pid, strerror(errno));
+			continue;
+		}
+		lt->links[lt->nlinks++] = link;
+		attached++;
+		if (t->cli.verbose) {
+			bool emu = x86_decode(code + off, n - off, &in) > 0 && x86_uprobe_emulated(&in);
+
+			vlog(t, "%s: %s probed at +%zu (%s)", lt->shown, sp->sym, off,
+			     emu ? "emulated" : "single-stepped");
+		}
+	}
+	elff_close(ef);
+	if (!attached) {
+		fprintf(stderr, "sqlspan: warning: %s has none of libpq's functions\n", lt->shown);
+		return -1;
+	}
+	return 0;
+}
+
+/* Tell the BPF side where each libpq of the process lives and how its PGconn is laid out. */
+static void push_libs(struct tracer *t, struct proc_target *p)
+{
+	struct proc_libs pl;
+	uint32_t key = p->pid;
+
+	memset(&pl, 0, sizeof(pl));
+	for (int i = 0; i < p->nlibs && i < SQLSPAN_MAX_LIBS; i++) {
+		struct lib_target *lt = &p->libs[i];
+
+		pl.lib[i].lo = lt->lo ? lt->lo : 0;
+		pl.lib[i].hi = lt->lo ? lt->hi : ~0ULL; /* not mapped yet: any address */
+		pl.lib[i].sock_off = lt->layout.sock;
+		pl.lib[i].pipe_off = lt->layout.pipeline;
+	}
+	bpf_map__update_elem(t->skel->maps.libs, &key, sizeof(key), &pl, sizeof(pl), BPF_ANY);
+}
+
+static struct lib_target *find_lib(struct proc_target *p, uint64_t dev, uint64_t ino)
+{
+	for (int i = 0; i < p->nlibs; i++) {
+		if (p->libs[i].dev == dev && p->libs[i].ino == ino)
+			return &p->libs[i];
+	}
+	return NULL;
+}
+
+static struct lib_target *add_lib(struct tracer *t, struct proc_target *p, const char *path,
+				  const char *shown, uint64_t dev, uint64_t ino)
+{
+	struct lib_target *lt;
+
+	if (p->nlibs >= SQLSPAN_MAX_LIBS) {
+		fprintf(stderr, "sqlspan: warning: PID %d maps more than %d libpq files; %s ignored\n",
+			p->pid, SQLSPAN_MAX_LIBS, shown);
+		return NULL;
+	}
+	lt = &p->libs[p->nlibs];
+	memset(lt, 0, sizeof(*lt));
+	snprintf(lt->path, sizeof(lt->path), "%s", path);
+	snprintf(lt->shown, sizeof(lt->shown), "%s", shown);
+	lt->dev = dev;
+	lt->ino = ino;
+	if (attach_lib(t, p, lt)) {
+		for (int i = 0; i < lt->nlinks; i++)
+			bpf_link__destroy(lt->links[i]);
+		return NULL;
+	}
+	p->nlibs++;
+	return lt;
+}
+
+int probes_scan(struct tracer *t, struct proc_target *p)
+{
+	char path[64], line[1024];
+	struct map_entry e;
+	bool changed = false;
+	int mapped = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/maps", p->pid);
+	f = fopen(path, "r");
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f)) {
+		uint64_t dev, ino;
+		struct lib_target *lt;
+		char open_path[PATH_MAX + 64];
+		struct stat st;
+
+		if (maps_parse_line(line, &e) || !e.exec || !e.path[0] || !is_libpq_name(e.path))
+			continue;
+		if (e.deleted)
+			snprintf(open_path, sizeof(open_path), "/proc/%d/map_files/%lx-%lx", p->pid,
+				 e.lo, e.hi);
+		else
+			snprintf(open_path, sizeof(open_path), "/proc/%d/root%s", p->pid, e.path);
+		/* identify files the way probes_predict does: by what stat says through the root */
+		if (stat(open_path, &st)) {
+			dev = makedev(e.dev_major, e.dev_minor);
+			ino = e.inode;
+		} else {
+			dev = st.st_dev;
+			ino = st.st_ino;
+		}
+		lt = find_lib(p, dev, ino);
+		if (!lt) {
+			lt = add_lib(t, p, open_path, e.path, dev, ino);
+			if (!lt)
+				continue;
+			changed = true;
+		}
+		if (lt->lo != e.lo || lt->hi != e.hi) {
+			lt->lo = e.lo;
+			lt->hi = e.hi;
+			changed = true;
+		}
+		mapped++;
+	}
+	fclose(f);
+	p->nmapped = mapped;
+	if (changed)
+		push_libs(t, p);
+	return mapped;
+}
+
+int probes_predict(struct tracer *t, struct proc_target *p)
+{
+	static const char *const dirs[] = {"/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu",
+					   "/usr/lib64", "/usr/lib", "/usr/local/lib",
+					   "/usr/local/pgsql/lib"};
+	int added = 0;
+
+	for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
+		char open_path[PATH_MAX + 64], shown[PATH_MAX];
+		struct stat st;
+
+		snprintf(shown, sizeof(shown), "%s/libpq.so.5", dirs[i]);
+		snprintf(open_path, sizeof(open_path), "/proc/%d/root%s", p->pid, shown);
+		if (stat(open_path, &st) || find_lib(p, st.st_dev, st.st_ino))
+			continue;
+		if (add_lib(t, p, open_path, shown, st.st_dev, st.st_ino)) {
+			added++;
+			vlog(t, "PID %d: probes placed in %s before it is loaded", p->pid, shown);
+		}
+	}
+	if (added)
+		push_libs(t, p);
+	return added;
+}
+
+void probes_detach(struct tracer *t, struct proc_target *p)
+{
+	uint32_t key = p->pid;
+
+	for (int i = 0; i < p->nlibs; i++) {
+		for (int j = 0; j < p->libs[i].nlinks; j++)
+			bpf_link__destroy(p->libs[i].links[j]);
+		p->libs[i].nlinks = 0;
+	}
+	p->nlibs = 0;
+	if (t->skel) {
+		bpf_map__delete_elem(t->skel->maps.libs, &key, sizeof(key), 0);
+		bpf_map__delete_elem(t->skel->maps.pids, &key, sizeof(key), 0);
+	}
+}
+
+const struct pq_layout *probes_layout(struct tracer *t, pid_t pid)
+{
+	for (int i = 0; i < t->nprocs; i++) {
+		struct proc_target *p = &t->procs[i];
+
+		if (p->pid != pid)
+			continue;
+		for (int j = 0; j < p->nlibs; j++) {
+			if (p->libs[j].lo)
+				return &p->libs[j].layout;
+		}
+		return p->nlibs ? &p->libs[0].layout : NULL;
+	}
+	return NULL;
+}

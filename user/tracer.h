@@ -1,0 +1,71 @@
+/* SPDX-License-Identifier: MIT */
+/* The state of one sqlspan run, shared by the loader's parts. */
+#ifndef SQLSPAN_TRACER_H
+#define SQLSPAN_TRACER_H
+
+#include <limits.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include "assemble.h"
+#include "cli.h"
+#include "hmap.h"
+#include "pqlayout.h"
+#include "../bpf/sqlspan.h"
+
+struct sqlspan_bpf;
+struct bpf_link;
+
+#define MAX_LINKS 32
+
+/* One libpq file attached for one process. */
+struct lib_target {
+	char path[PATH_MAX + 64]; /* opened and attached through the process's root */
+	char shown[PATH_MAX]; /* as the process names it */
+	uint64_t dev, ino;
+	uint64_t lo, hi;      /* its executable mapping; 0 while not mapped yet */
+	struct pq_layout layout;
+	struct bpf_link *links[MAX_LINKS];
+	int nlinks;
+};
+
+struct proc_target {
+	pid_t pid;
+	char exe[64];
+	bool alive;
+	bool announced;  /* "tracing PID ..." said */
+	bool waiting;    /* no libpq mapped yet (--wait) */
+	struct lib_target libs[SQLSPAN_MAX_LIBS];
+	int nlibs;
+	int nmapped;     /* libs actually mapped by the process */
+};
+
+struct tracer {
+	struct cli cli;
+	struct sqlspan_bpf *skel;
+	struct proc_target procs[CLI_MAX_PIDS];
+	int nprocs;
+	struct assembler *as;
+	struct bpf_link *tp_links[8];
+	int ntp_links;
+	long long mono2real;
+	int width;
+	bool use_ringbuf;
+	bool use_loop; /* the kernel has bpf_loop */
+	uint64_t shown, filtered;
+	uint64_t perf_lost;
+	bool rescan;
+};
+
+/* Find and attach the libpq files of a process; update the BPF side. Returns libs mapped. */
+int probes_scan(struct tracer *t, struct proc_target *p);
+/* --wait: also attach to the libpq the process would load from its root filesystem. */
+int probes_predict(struct tracer *t, struct proc_target *p);
+/* Remove every probe of a process. */
+void probes_detach(struct tracer *t, struct proc_target *p);
+/* The PGconn layout for a process (of its first libpq); NULL if none. */
+const struct pq_layout *probes_layout(struct tracer *t, pid_t pid);
+
+void vlog(const struct tracer *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#endif
