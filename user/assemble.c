@@ -5,6 +5,7 @@
 #include "assemble.h"
 #include "hmap.h"
 #include "redact.h"
+#include "sqllex.h"
 #include "../bpf/sqlspan.h"
 
 #define MAX_PENDING 100000 /* requests in flight on one connection before the oldest are given up */
@@ -275,6 +276,35 @@ static void prep_remember(struct aconn *c, const char *name, const char *text, s
 	}
 }
 
+/* SQL-level DEALLOCATE / DISCARD ALL drop prepared statements too. */
+static void sql_deallocate(struct aconn *c, const struct span *s)
+{
+	struct sql_lexer lx;
+	struct sql_tok t;
+	char name[SQLSPAN_NAME_LEN];
+
+	if (!strcmp(s->tag.tag, "DEALLOCATE ALL") || !strcmp(s->tag.tag, "DISCARD ALL")) {
+		prep_clear(c);
+		return;
+	}
+	if (strcmp(s->tag.tag, "DEALLOCATE") || !s->text)
+		return;
+	sql_lex_init(&lx, s->text, s->text_len);
+	t = sql_lex_next(&lx);
+	if (!sql_tok_is(&t, "DEALLOCATE"))
+		return;
+	t = sql_lex_next(&lx);
+	if (sql_tok_is(&t, "PREPARE"))
+		t = sql_lex_next(&lx);
+	if (t.type == TK_QIDENT && t.n >= 2)
+		snprintf(name, sizeof(name), "%.*s", (int)t.n - 2, t.s + 1);
+	else if (t.type == TK_WORD)
+		snprintf(name, sizeof(name), "%.*s", (int)t.n, t.s);
+	else
+		return;
+	prep_forget(c, name);
+}
+
 /* ---- finishing spans ---- */
 
 static void emit(struct assembler *a, struct aconn *c, struct span *s, enum span_result res,
@@ -291,6 +321,8 @@ static void emit(struct assembler *a, struct aconn *c, struct span *s, enum span
 		prep_forget(c, s->name);
 	if (s->req == REQ_CLOSE && res == RES_OK && c && s->has_name)
 		prep_forget(c, s->name);
+	if (s->req == REQ_QUERY && res == RES_OK && c)
+		sql_deallocate(c, s);
 	a->st.spans++;
 	a->st.by_result[res]++;
 	if (a->h.span)
@@ -695,10 +727,8 @@ static void on_msg(struct assembler *a, const struct ev_msg *m, size_t size)
 		p->cap = m->cap;
 		p->have = 0;
 		s = q_front(c);
-		if (s && m->rows)
+		if (s && (m->rows || m->type == 'T'))
 			s->returned_rows = (s->returned_rows < 0 ? 0 : s->returned_rows) + m->rows;
-		else if (s && m->type == 'C' && s->returned_rows < 0)
-			s->returned_rows = 0;
 	} else if (!p->active || p->type != m->type || p->have != m->off) {
 		p->active = false;
 		return;

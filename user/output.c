@@ -331,6 +331,16 @@ void out_table_row(FILE *f, const struct span *s, int64_t mono_to_real, int widt
 	if (s->text && s->text_state != TEXT_UNKNOWN) {
 		text = s->text;
 		tlen = s->text_len;
+		if (s->req == REQ_PREPARE) {
+			int k = fprintf(f, "[PREPARE %s] ", s->name[0] ? s->name : "unnamed");
+
+			room -= k > 0 ? k : 0;
+		} else if (s->req == REQ_DESCRIBE || s->req == REQ_CLOSE) {
+			int k = fprintf(f, "[%s %s] ", s->req == REQ_DESCRIBE ? "DESCRIBE" : "CLOSE",
+					s->name);
+
+			room -= k > 0 ? k : 0;
+		}
 		one_line(f, text, tlen, room);
 		if (s->text_state == TEXT_CUT)
 			fputs(" [cut]", f);

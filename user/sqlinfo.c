@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 #include <ctype.h>
+#include <stdbool.h>
 #include <string.h>
 #include "sqlinfo.h"
 #include "sqllex.h"
@@ -27,7 +28,7 @@ static int is_name(const struct sql_tok *t)
  * Read a qualified name (a.b."c") starting with token *t; stores it in o->coll. Returns 0, or -1 if
  * the tokens do not form a table name (e.g. a function call).
  */
-static int take_name(struct sql_lexer *lx, struct sql_tok *t, struct sql_info *o)
+static int take_name_ex(struct sql_lexer *lx, struct sql_tok *t, struct sql_info *o, bool from)
 {
 	const char *start = t->s, *end = t->s + t->n;
 	struct sql_lexer save;
@@ -46,8 +47,8 @@ static int take_name(struct sql_lexer *lx, struct sql_tok *t, struct sql_info *o
 			end = n.s + n.n;
 			continue;
 		}
-		if (sql_tok_punct(&n, '('))
-			return -1; /* a function, not a table */
+		if (from && sql_tok_punct(&n, '('))
+			return -1; /* FROM f(...): a function, not a table */
 		*lx = save;
 		break;
 	}
@@ -57,6 +58,11 @@ static int take_name(struct sql_lexer *lx, struct sql_tok *t, struct sql_info *o
 	memcpy(o->coll, start, len);
 	o->coll[len] = 0;
 	return 0;
+}
+
+static int take_name(struct sql_lexer *lx, struct sql_tok *t, struct sql_info *o)
+{
+	return take_name_ex(lx, t, o, false);
 }
 
 static void skip_words(struct sql_lexer *lx, struct sql_tok *t, const char *const *words)
@@ -96,7 +102,7 @@ static void from_collection(struct sql_lexer *lx, int depth, struct sql_info *o)
 			depth++;
 			continue;
 		}
-		take_name(lx, &t, o);
+		take_name_ex(lx, &t, o, true);
 		return;
 	}
 }

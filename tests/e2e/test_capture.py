@@ -1,0 +1,75 @@
+"""End to end: real apps with Debian's SQLAlchemy, psycopg2 and psycopg against a real
+PostgreSQL, traced by PID. Ground truth: the server's statement log and the app's own record."""
+from lib import check_against_record, check_against_server, executed, trace_app
+
+
+def check_identity(spans, cluster, backends, address, port=None, transport="unix"):
+    for s in spans:
+        assert s["db.system.name"] == "postgresql"
+        assert s["sqlspan.capture"] == "libpq"
+        assert s["db.namespace"] == "postgres", s
+        assert s["postgresql.user"] == "postgres", s
+        assert s["postgresql.backend_pid"] in backends, s
+        assert s["server.address"] == address, s
+        assert s.get("network.transport") == transport, s
+        if port is not None:
+            assert s["server.port"] == port, s
+        assert s["process.executable.name"].startswith("python3"), s
+        assert len(s["trace_id"]) == 32 and len(s["span_id"]) == 16
+        assert s["end_time_unix_nano"] >= s["start_time_unix_nano"]
+        assert s["duration_ns"] == s["end_time_unix_nano"] - s["start_time_unix_nano"]
+
+
+def check_clean(tr, spans):
+    summ = tr.summary()
+    assert summ["lost"] == 0, tr.stderr
+    assert summ["open"] == 0, tr.stderr
+    assert summ["spans"] == len(spans)
+    bad = [s for s in spans if s["sqlspan.result"] not in ("ok", "error", "aborted")]
+    assert not bad, bad[:3]
+
+
+def test_sqlalchemy_psycopg2(cluster, tmp_path):
+    """SQLAlchemy 1.4 ORM and Core over psycopg2, 8 threads on their own connections."""
+    record, spans, tr = trace_app(cluster, "sqlalchemy", str(tmp_path))
+    check_clean(tr, spans)
+    backends = record["backends"]
+    assert len(backends) >= 8  # threads on connections of their own
+    n = check_against_server(cluster, spans, backends)
+    assert n > 300
+    assert check_against_record(record, spans) > 250
+    check_identity(spans, cluster, backends, cluster.sockpath)
+    texts = [s["db.query.text"] for s in executed(spans)]
+    assert any("Zoë Ærøskøbing 東京 🐘" in t for t in texts)
+    assert any(len(t) > 20000 for t in texts)
+    assert any("\n  LEFT JOIN orders o" in t for t in texts)
+    ops = {s.get("db.operation.name") for s in spans}
+    assert {"SELECT", "INSERT", "UPDATE", "DELETE", "BEGIN", "COMMIT", "ROLLBACK",
+            "CREATE TABLE", "DROP TABLE"} <= ops, ops
+    errs = {s.get("db.response.status_code") for s in spans if s["sqlspan.result"] == "error"}
+    assert errs == {"23505", "42601"}, errs
+    colls = {s.get("db.collection.name") for s in spans if s.get("db.operation.name") == "INSERT"}
+    assert {"users", "orders", "counters"} <= colls
+
+
+def test_psycopg3_pipeline_prepared(cluster, tmp_path):
+    """psycopg 3 (libpq through ctypes) over TCP: auto-prepared statements, executemany in
+    pipeline mode, an explicit pipeline with an error, threads."""
+    record, spans, tr = trace_app(cluster, "psycopg", str(tmp_path), host="127.0.0.1")
+    check_clean(tr, spans)
+    backends = record["backends"]
+    n = check_against_server(cluster, spans, backends)
+    assert n > 250
+    assert check_against_record(record, spans) > 250
+    check_identity(spans, cluster, backends, "127.0.0.1", int(cluster.port), "tcp")
+    prepared = [s for s in spans if s["sqlspan.request"] == "prepare"]
+    assert prepared and all(s["postgresql.statement_name"].startswith("_pg3_") for s in prepared)
+    execs = [s for s in spans if s["sqlspan.request"] == "execute"]
+    assert len(execs) >= 14
+    for s in execs:
+        assert s["sqlspan.query.text_state"] == "full"
+        assert s["postgresql.statement_name"] in {p["postgresql.statement_name"] for p in prepared}
+    piped = [s for s in spans if s.get("postgresql.pipeline")]
+    assert len(piped) >= 25
+    aborted = [s for s in spans if s["sqlspan.result"] == "aborted"]
+    assert [s["db.query.text"] for s in aborted] == ["DELETE FROM items WHERE id = $1"]
