@@ -194,6 +194,7 @@ static void check_procs(struct tracer *t)
 			continue;
 		}
 		if (t->rescan || p->waiting) {
+			proc_exe_name(p->pid, p->exe, sizeof(p->exe)); /* it may have exec'd */
 			probes_scan(t, p);
 			if (p->nmapped && p->waiting) {
 				p->waiting = false;

@@ -163,8 +163,8 @@ static int attach_lib(struct tracer *t, struct proc_target *p, struct lib_target
 		if (t->cli.verbose) {
 			bool emu = x86_decode(code + off, n - off, &in) > 0 && x86_uprobe_emulated(&in);
 
-			vlog(t, "%s: %s probed at +%zu (%s)", lt->shown, sp->sym, off,
-			     emu ? "emulated" : "single-stepped");
+			vlog(t, "%s: %s probed at +%zu, file offset %#lx (%s)", lt->shown, sp->sym, off,
+			     (unsigned long)foff, emu ? "emulated" : "single-stepped");
 		}
 	}
 	elff_close(ef);

@@ -300,6 +300,25 @@ def scenario_psycopg2(a):
     conn.close()
 
 
+def scenario_sql(a):
+    """The statements given with --sql, in order, over psycopg2 in autocommit mode."""
+    import psycopg2
+
+    conn = psycopg2.connect(dsn(a))
+    conn.autocommit = True
+    cur = conn.cursor()
+    for sql in a.sql:
+        if sql.startswith("@"):  # @N: a statement of N bytes
+            n = int(sql[1:])
+            sql = "SELECT length('%s')" % ("y" * (n - len("SELECT length('')")))
+        try:
+            pg2_run(conn, cur, sql)
+        except psycopg2.Error as e:
+            REC.add(conn.get_backend_pid(), cur.query.decode() if cur.query else sql,
+                    sqlstate=e.pgcode, outcome="error")
+    conn.close()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--host", required=True)
@@ -307,7 +326,10 @@ def main():
     ap.add_argument("--db", default="postgres")
     ap.add_argument("--user", default="postgres")
     ap.add_argument("--scenario", required=True,
-                    choices=["sqlalchemy", "psycopg", "psycopg2", "connect-first", "late-import"])
+                    choices=["sqlalchemy", "psycopg", "psycopg2", "connect-first", "late-import",
+                             "sql"])
+    ap.add_argument("--sql", action="append", default=[],
+                    help="a statement for --scenario sql (@N: a statement of N bytes)")
     ap.add_argument("--record", required=True)
     ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--go", action="store_true", help="wait for a line on stdin first")
@@ -330,6 +352,8 @@ def main():
         scenario_sqlalchemy(a)
     elif a.scenario == "psycopg":
         scenario_psycopg(a)
+    elif a.scenario == "sql":
+        scenario_sql(a)
     elif a.scenario in ("psycopg2", "late-import"):
         scenario_psycopg2(a)
     elif a.scenario == "connect-first":

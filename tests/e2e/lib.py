@@ -80,12 +80,14 @@ class App:
     """tests/apps/workload.py in its own process."""
 
     def __init__(self, cluster, scenario, tmpdir, host=None, go=True, threads=8, python=PY,
-                 env=None, wrap=None):
+                 env=None, wrap=None, sql=()):
         self.record_path = os.path.join(tmpdir, "record-%s-%d.json" % (scenario, id(self)))
         cmd = [python, APP, "--host", host or cluster.sockdir, "--port", cluster.port,
                "--scenario", scenario, "--record", self.record_path, "--threads", str(threads)]
         if go:
             cmd.append("--go")
+        for q in sql:
+            cmd += ["--sql", q]
         if wrap:
             cmd = wrap + cmd
         self.p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -179,10 +181,10 @@ class Tracer:
         raise AssertionError("no summary from sqlspan: %s" % self.stderr)
 
 
-def trace_app(cluster, scenario, tmpdir, args=(), host=None, threads=8):
+def trace_app(cluster, scenario, tmpdir, args=(), host=None, threads=8, sql=(), json_out=True):
     """Start an app, attach sqlspan, let the app run, return (record, spans, tracer)."""
-    app = App(cluster, scenario, tmpdir, host=host, threads=threads)
-    tr = Tracer([app.pid], args)
+    app = App(cluster, scenario, tmpdir, host=host, threads=threads, sql=sql)
+    tr = Tracer([app.pid], args, json_out=json_out)
     try:
         tr.wait_ready()
         app.go()

@@ -1,0 +1,126 @@
+"""When sqlspan attaches: after the app connected, before it loaded libpq; how it detaches."""
+import os
+import signal
+import time
+
+from lib import (App, Tracer, check_against_record, check_against_server, executed,
+                 trace_app)
+
+
+def test_attach_after_connect(cluster, tmp_path):
+    """The connection exists before sqlspan: spans still carry its full identity."""
+    record, spans, tr = trace_app(cluster, "connect-first", str(tmp_path))
+    assert tr.summary()["lost"] == 0
+    backends = record["backends"]
+    assert len(backends) == 1
+    assert check_against_server(cluster, spans, backends) == len(executed(spans)) >= 5
+    check_against_record(record, spans)
+    for s in spans:
+        assert s["postgresql.backend_pid"] == backends[0]
+        assert s["db.namespace"] == "postgres"
+        assert s["postgresql.user"] == "postgres"
+        assert s["server.address"] == cluster.sockpath
+
+
+def test_library_loaded_after_attach(cluster, tmp_path):
+    """The app imports psycopg2 only after sqlspan attached (--wait): nothing is missed."""
+    app = App(cluster, "late-import", str(tmp_path))
+    tr = Tracer([app.pid], ["--wait"])
+    tr.wait_ready()
+    assert "waiting for PID %d" % app.pid in tr.stderr
+    app.go()
+    record = app.wait()
+    assert tr.finish() == 0, tr.stderr
+    spans = tr.spans()
+    backends = record["backends"]
+    assert check_against_server(cluster, spans, backends) == len(executed(spans)) >= 11
+    assert check_against_record(record, spans) == 11
+    assert "tracing PID %d" % app.pid in tr.stderr
+
+
+def test_no_libpq_without_wait(cluster, tmp_path):
+    app = App(cluster, "late-import", str(tmp_path))
+    tr = Tracer([app.pid])
+    rc = tr.finish(timeout=30)
+    assert rc == 1
+    assert tr.err_lines == [
+        "sqlspan: PID %d (python3.11) has not loaded libpq; use --wait to wait for it\n" % app.pid]
+    app.go()
+    app.wait()
+
+
+def probe_bytes(pid, tracer):
+    """The first byte of each probed instruction in the traced process's memory."""
+    import re
+    sites = []
+    for line in tracer.err_lines:
+        m = re.search(r"^sqlspan: (\S+): (\w+) probed at \+\d+, file offset (0x[0-9a-f]+)", line)
+        if m:
+            sites.append((m.group(1), m.group(2), int(m.group(3), 16)))
+    assert sites
+    maps = []
+    with open("/proc/%d/maps" % pid) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 6 and "x" in parts[1]:
+                lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                maps.append((parts[5], lo, hi, int(parts[2], 16)))
+    out = {}
+    with open("/proc/%d/mem" % pid, "rb") as mem:
+        for path, sym, foff in sites:
+            for mpath, lo, hi, off in maps:
+                if mpath == path and off <= foff < off + (hi - lo):
+                    mem.seek(lo + foff - off)
+                    out[sym] = mem.read(1)[0]
+    return out
+
+
+def test_sigint_detaches_and_leaves_no_probe(cluster, tmp_path):
+    app = App(cluster, "psycopg2", str(tmp_path))
+    tr = Tracer([app.pid], ["-v"])
+    tr.wait_ready()
+    time.sleep(0.3)
+    during = probe_bytes(app.pid, tr)
+    assert during and all(b == 0xCC for b in during.values()), during  # int3 in place
+    assert tr.stop(signal.SIGINT) == 0
+    assert tr.summary()["open"] == 0
+    after = probe_bytes(app.pid, tr)
+    assert all(b != 0xCC for b in after.values()), after
+    # the app, untraced again, still works
+    app.go()
+    record = app.wait()
+    assert len(record["records"]) == 11
+    assert not any(name.startswith(("up_", "tp_")) for name in loaded_bpf_programs())
+
+
+def loaded_bpf_programs():
+    import json
+    import subprocess
+    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True)
+    return [p.get("name", "") for p in json.loads(out.stdout or "[]")]
+
+
+def test_traced_process_exits(cluster, tmp_path):
+    """A process that exits ends sqlspan's run cleanly, with its summary."""
+    record, spans, tr = trace_app(cluster, "psycopg2", str(tmp_path))
+    assert "PID %d exited" % spans[0]["process.pid"] in tr.stderr
+    assert "no traced process left" in tr.stderr
+    assert tr.summary()["open"] == 0
+
+
+def test_two_processes(cluster, tmp_path):
+    a = App(cluster, "psycopg2", str(tmp_path))
+    b = App(cluster, "connect-first", str(tmp_path))
+    tr = Tracer([a.pid, b.pid])
+    tr.wait_ready()
+    while tr.stderr.count("tracing PID") < 2:
+        time.sleep(0.05)
+    a.go()
+    b.go()
+    ra, rb = a.wait(), b.wait()
+    assert tr.finish() == 0
+    spans = tr.spans()
+    assert {s["process.pid"] for s in spans} == {a.pid, b.pid}
+    backends = ra["backends"] + rb["backends"]
+    assert check_against_server(cluster, spans, backends) == len(executed(spans))
+    os.sync()
