@@ -85,6 +85,68 @@ static __always_inline __u32 send_text(void *ctx, __u64 pid_tgid, __u64 ts, cons
 	return i;
 }
 
+static __always_inline void read_str(char *dst, __u32 size, __u64 ptr_addr)
+{
+	__u64 ptr = 0;
+
+	dst[0] = 0;
+	if (bpf_probe_read_user(&ptr, sizeof(ptr), (const void *)ptr_addr) || !ptr)
+		return;
+	if (bpf_probe_read_user_str(dst, size, (const void *)ptr) < 0)
+		dst[0] = 0;
+}
+
+/* Who the connection is, read from its PGconn when its socket is first seen (once per socket). */
+static __always_inline void send_ident(void *ctx, __u64 pid_tgid, struct lib_range *lib, __u64 conn,
+				       __s32 fd)
+{
+	struct ev_ident *e = rec_reserve(sizeof(*e));
+	__u64 hosts = 0;
+	__s32 which = -1;
+
+	if (!e) {
+		stat_add(ST_DROP_OTHER, 1);
+		return;
+	}
+	hdr_fill(&e->h, EV_IDENT, pid_tgid, bpf_ktime_get_ns(), 0);
+	e->conn = conn;
+	e->fd = fd;
+	e->be_pid = 0;
+	e->status = -1;
+	e->host_type = -1;
+	e->ssl = 0xff;
+	__builtin_memset(e->_pad, 0, sizeof(e->_pad));
+	e->port[0] = 0;
+	e->host[0] = 0;
+	if (lib->be_pid_off >= 0)
+		bpf_probe_read_user(&e->be_pid, 4, (const void *)(conn + lib->be_pid_off));
+	if (lib->status_off >= 0)
+		bpf_probe_read_user(&e->status, 4, (const void *)(conn + lib->status_off));
+	if (lib->ssl_off >= 0)
+		bpf_probe_read_user(&e->ssl, 1, (const void *)(conn + lib->ssl_off));
+	e->db[0] = 0;
+	if (lib->db_off >= 0)
+		read_str(e->db, sizeof(e->db), conn + lib->db_off);
+	e->user[0] = 0;
+	if (lib->user_off >= 0)
+		read_str(e->user, sizeof(e->user), conn + lib->user_off);
+	if (lib->connhost_off >= 0 && lib->which_off >= 0 && lib->host_size > 0) {
+		bpf_probe_read_user(&hosts, 8, (const void *)(conn + lib->connhost_off));
+		bpf_probe_read_user(&which, 4, (const void *)(conn + lib->which_off));
+	}
+	if (hosts && which >= 0 && which < 64) {
+		__u64 h = hosts + (__u64)which * lib->host_size;
+
+		bpf_probe_read_user(&e->host_type, 4, (const void *)(h + lib->host_type));
+		read_str(e->port, sizeof(e->port), h + lib->host_port);
+		read_str(e->host, sizeof(e->host), h + lib->host_host);
+		if (!e->host[0])
+			read_str(e->host, sizeof(e->host), h + lib->host_addr);
+	}
+	if (rec_submit(ctx, e, sizeof(*e)))
+		stat_add(ST_DROP_OTHER, 1);
+}
+
 /*
  * A request handed to libpq. `name` is a statement or portal name (NULL: none), `text` the SQL
  * (NULL: none). Outer calls (PQexec & co., probed only where the inner call could not be proven)
@@ -99,7 +161,7 @@ static __always_inline int on_request(struct pt_regs *ctx, __u16 api, __u64 conn
 	struct fd_state *st;
 	struct ev_req *r;
 	__u32 flags = 0, total = 0;
-	__s32 fd = -1, ps = 0xff;
+	__s32 fd = -1, ps = 0xff, be_pid = 0;
 	__u16 nchunks = 0;
 	__u64 ts;
 
@@ -130,6 +192,8 @@ static __always_inline int on_request(struct pt_regs *ctx, __u16 api, __u64 conn
 			bpf_probe_read_user(&ps, sizeof(ps), (const void *)(conn + lib->pipe_off));
 		else
 			ps = 0;
+		if (lib->be_pid_off >= 0)
+			bpf_probe_read_user(&be_pid, sizeof(be_pid), (const void *)(conn + lib->be_pid_off));
 	}
 
 	if (fd >= 0) {
@@ -168,6 +232,9 @@ static __always_inline int on_request(struct pt_regs *ctx, __u16 api, __u64 conn
 		}
 	}
 
+	if ((flags & EVF_NEW_FD) && lib)
+		send_ident(ctx, pid_tgid, lib, conn, fd);
+
 	ts = bpf_ktime_get_ns();
 	if (text)
 		nchunks = send_text(ctx, pid_tgid, ts, text, &total, &flags);
@@ -186,6 +253,8 @@ static __always_inline int on_request(struct pt_regs *ctx, __u16 api, __u64 conn
 	r->text_len = total;
 	r->nchunks = nchunks;
 	r->_pad1 = 0;
+	r->be_pid = be_pid;
+	r->_pad2 = 0;
 	r->name[0] = 0;
 	if (name) {
 		long n = bpf_probe_read_user_str(r->name, sizeof(r->name), name);

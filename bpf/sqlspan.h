@@ -33,6 +33,7 @@ enum ev_kind {
 	EV_FINISH = 6, /* PQfinish / PQreset on a connection */
 	EV_EXIT = 7,   /* a traced process exited */
 	EV_MMAP = 8,   /* a traced process mapped an executable file (a library may have loaded) */
+	EV_IDENT = 9,  /* who a connection is: read from its PGconn when its socket is first seen */
 };
 
 /* Header flags. */
@@ -87,7 +88,28 @@ struct ev_req {
 	__u32 text_len;  /* statement text bytes captured (sum of the chunks) */
 	__u16 nchunks;   /* EV_TEXT records sent for this request */
 	__u16 _pad1;
+	__s32 be_pid;    /* backend PID in the PGconn at the call, 0 if unknown */
+	__u32 _pad2;
 	char name[SQLSPAN_NAME_LEN]; /* statement or portal name ("" = unnamed) */
+};
+
+#define SQLSPAN_IDENT_STR 64
+#define SQLSPAN_IDENT_HOST 128
+
+/* EV_IDENT: strings are NUL-terminated, "" when they could not be read. */
+struct ev_ident {
+	struct ev_hdr h;
+	__u64 conn;
+	__s32 fd;
+	__s32 be_pid;    /* 0 unknown */
+	__s32 status;    /* ConnStatusType, -1 unknown */
+	__s32 host_type; /* pg_conn_host.type: 0 name, 1 address, 2 Unix socket; -1 unknown */
+	__u8 ssl;        /* 1 TLS, 0 not, 0xff unknown */
+	__u8 _pad[7];
+	char db[SQLSPAN_IDENT_STR];
+	char user[SQLSPAN_IDENT_STR];
+	char port[16];
+	char host[SQLSPAN_IDENT_HOST]; /* host, or host address, or socket directory */
 };
 
 /*
@@ -136,11 +158,24 @@ enum sqlspan_stat {
 	ST__COUNT,
 };
 
-/* Per-library data for the BPF side: where in a PGconn the socket and pipeline status live. */
+/* Per-library data for the BPF side: where in a PGconn what sqlspan reads lives (-1: unknown). */
 struct lib_range {
-	__u64 lo, hi;  /* text addresses of this libpq in the process */
-	__s32 sock_off; /* offsetof(PGconn, sock), -1 if unknown */
-	__s32 pipe_off; /* offsetof(PGconn, pipelineStatus), -1 if none */
+	__u64 lo, hi;       /* text addresses of this libpq in the process */
+	__s16 sock_off;     /* PGconn.sock */
+	__s16 pipe_off;     /* PGconn.pipelineStatus (libpq 14+) */
+	__s16 status_off;   /* PGconn.status */
+	__s16 be_pid_off;   /* PGconn.be_pid */
+	__s16 db_off;       /* PGconn.dbName */
+	__s16 user_off;     /* PGconn.pguser */
+	__s16 connhost_off; /* PGconn.connhost */
+	__s16 which_off;    /* PGconn.whichhost */
+	__s16 ssl_off;      /* PGconn.ssl_in_use */
+	__s16 host_size;    /* sizeof(pg_conn_host) */
+	__s16 host_type;    /* pg_conn_host.type */
+	__s16 host_host;    /* pg_conn_host.host */
+	__s16 host_addr;    /* pg_conn_host.hostaddr */
+	__s16 host_port;    /* pg_conn_host.port */
+	__s16 _pad[2];
 };
 
 struct proc_libs {
@@ -154,9 +189,11 @@ struct proc_libs {
 #endif
 SQLSPAN_ASSERT(sizeof(struct ev_hdr) == 24, "ev_hdr size");
 SQLSPAN_ASSERT(sizeof(struct ev_text) == 4096, "ev_text size");
-SQLSPAN_ASSERT(sizeof(struct ev_req) == 24 + 24 + SQLSPAN_NAME_LEN, "ev_req size");
+SQLSPAN_ASSERT(sizeof(struct ev_req) == 24 + 32 + SQLSPAN_NAME_LEN, "ev_req size");
+SQLSPAN_ASSERT(sizeof(struct ev_ident) == 24 + 32 + 2 * SQLSPAN_IDENT_STR + 16 + SQLSPAN_IDENT_HOST,
+	       "ev_ident size");
 SQLSPAN_ASSERT(sizeof(struct ev_msg) == 48, "ev_msg size");
 SQLSPAN_ASSERT(sizeof(struct ev_conn) == 40, "ev_conn size");
-SQLSPAN_ASSERT(sizeof(struct lib_range) == 24, "lib_range size");
+SQLSPAN_ASSERT(sizeof(struct lib_range) == 48, "lib_range size");
 
 #endif

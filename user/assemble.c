@@ -129,6 +129,8 @@ static void prep_clear(struct aconn *c)
 	c->nprep = 0;
 }
 
+static struct aconn *conn_get(struct assembler *a, uint32_t pid, int fd, bool create);
+
 void conn_ident_free(struct conn_ident *id)
 {
 	free(id->db);
@@ -136,6 +138,50 @@ void conn_ident_free(struct conn_ident *id)
 	free(id->host);
 	free(id->unix_path);
 	memset(id, 0, sizeof(*id));
+}
+
+/* Identity as the BPF side read it when the socket was first seen. */
+static void on_ident(struct assembler *a, const struct ev_ident *e, size_t size)
+{
+	struct conn_ident *id;
+	struct aconn *c;
+
+	if (size < sizeof(*e)) {
+		a->st.bad_records++;
+		return;
+	}
+	c = conn_get(a, e->h.pid, e->fd, true);
+	if (!c)
+		return;
+	id = &c->ident;
+	conn_ident_free(id);
+	c->have_ident = true;
+	id->known = true;
+#define STR(dst, src)                                                                             \
+	(dst = strndup(src, sizeof(src)), (dst && !*dst) ? (free(dst), dst = NULL) : 0)
+	STR(id->db, e->db);
+	STR(id->user, e->user);
+	STR(id->host, e->host);
+#undef STR
+	id->backend_pid = e->status == 0 ? e->be_pid : 0;
+	id->tls = e->ssl == 1;
+	{
+		char port[sizeof(e->port) + 1];
+
+		memcpy(port, e->port, sizeof(e->port));
+		port[sizeof(e->port)] = 0;
+		id->port = port[0] ? atoi(port) : (id->host ? 5432 : 0);
+	}
+	if (e->host_type == 2 && id->host) {
+		size_t len = strlen(id->host) + 32;
+
+		id->unix_path = malloc(len);
+		if (id->unix_path)
+			snprintf(id->unix_path, len, "%s/.s.PGSQL.%d", id->host, id->port);
+	}
+	if (!id->db && !id->user && !id->host) /* nothing could be read: try from userspace */
+		c->have_ident = false;
+	c->conn = e->conn;
 }
 
 static void conn_identify(struct assembler *a, struct aconn *c)
@@ -568,6 +614,7 @@ static void on_req(struct assembler *a, const struct ev_req *r, size_t size)
 	s->pipeline = r->pipeline == 1 || r->pipeline == 2;
 	s->returned_rows = -1;
 	s->tag.rows = -1;
+	s->backend_pid = r->be_pid > 0 ? r->be_pid : 0;
 	memcpy(s->name, r->name, sizeof(s->name));
 	s->name[sizeof(s->name) - 1] = 0;
 	s->has_name = s->req != REQ_QUERY && s->req != REQ_SYNC;
@@ -580,9 +627,10 @@ static void on_req(struct assembler *a, const struct ev_req *r, size_t size)
 		if ((r->h.flags & EVF_NEW_FD) || (c->conn && c->conn != r->conn)) {
 			if (c->qlen)
 				drain(a, c, RES_UNKNOWN, r->h.ts, false);
-			if (c->conn && c->conn != r->conn)
+			if (c->conn && c->conn != r->conn) {
 				prep_clear(c);
-			c->have_ident = false;
+				c->have_ident = false;
+			}
 		}
 		if (r->h.flags & EVF_GAP) {
 			a->st.gaps++;
@@ -592,6 +640,8 @@ static void on_req(struct assembler *a, const struct ev_req *r, size_t size)
 		if (!c->have_ident)
 			conn_identify(a, c);
 		s->ident = &c->ident;
+		if (r->be_pid > 0 && c->ident.known && c->ident.backend_pid != r->be_pid)
+			c->ident.backend_pid = r->be_pid; /* e.g. after PQreset */
 		/* outside pipeline mode libpq sends only on an idle connection: what is still
 		 * pending was answered unseen */
 		if (!s->pipeline && c->qlen)
@@ -819,6 +869,9 @@ void asm_record(struct assembler *a, const void *data, size_t size)
 	case EV_FINISH:
 	case EV_EXIT:
 		on_conn(a, data, size);
+		break;
+	case EV_IDENT:
+		on_ident(a, data, size);
 		break;
 	case EV_MMAP:
 		break;

@@ -213,7 +213,9 @@ void out_json(FILE *f, const struct span *s, int64_t mono_to_real)
 	}
 	kv_str(f, "postgresql.user", id && id->known ? id->user : NULL);
 	key(f, "postgresql.backend_pid");
-	if (id && id->known && id->backend_pid)
+	if (s->backend_pid)
+		fprintf(f, "%d", s->backend_pid);
+	else if (id && id->known && id->backend_pid)
 		fprintf(f, "%d", id->backend_pid);
 	else
 		fputs("null", f);

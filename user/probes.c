@@ -189,6 +189,18 @@ static void push_libs(struct tracer *t, struct proc_target *p)
 		pl.lib[i].hi = lt->lo ? lt->hi : ~0ULL; /* not mapped yet: any address */
 		pl.lib[i].sock_off = lt->layout.sock;
 		pl.lib[i].pipe_off = lt->layout.pipeline;
+		pl.lib[i].status_off = lt->layout.status;
+		pl.lib[i].be_pid_off = lt->layout.be_pid;
+		pl.lib[i].db_off = lt->layout.db_name;
+		pl.lib[i].user_off = lt->layout.user;
+		pl.lib[i].connhost_off = lt->layout.connhost;
+		pl.lib[i].which_off = lt->layout.whichhost;
+		pl.lib[i].ssl_off = lt->layout.ssl_in_use;
+		pl.lib[i].host_size = lt->layout.host_size;
+		pl.lib[i].host_type = lt->layout.host_type;
+		pl.lib[i].host_host = lt->layout.host_host;
+		pl.lib[i].host_addr = lt->layout.host_addr;
+		pl.lib[i].host_port = lt->layout.host_port;
 	}
 	bpf_map__update_elem(t->skel->maps.libs, &key, sizeof(key), &pl, sizeof(pl), BPF_ANY);
 }

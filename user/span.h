@@ -75,6 +75,7 @@ struct span {
 	struct pg_error error;
 	uint8_t txn_status;    /* ReadyForQuery status after the statement, 0 if not seen */
 	const struct conn_ident *ident;
+	int backend_pid;       /* from the PGconn at the call; 0 unknown */
 	bool lost_events;      /* records were lost around this span */
 };
 

@@ -1,0 +1,101 @@
+"""Transport and walker variants, text limits, filters, the table view."""
+import re
+
+from lib import check_against_record, check_against_server, executed, trace_app
+
+
+def test_perf_buffer(cluster, tmp_path):
+    """--perf-buffer: per-CPU buffers merged back in time order; same spans as the ring buffer."""
+    record, spans, tr = trace_app(cluster, "psycopg", str(tmp_path), args=["--perf-buffer"],
+                                  host="127.0.0.1")
+    assert tr.summary()["lost"] == 0
+    n = check_against_server(cluster, spans, record["backends"])
+    assert n == len(executed(spans)) > 250
+    assert check_against_record(record, spans) > 250
+
+
+def test_walker_without_bpf_loop(cluster, tmp_path):
+    """Reads with thousands of DataRows walked by bounded loops and tail calls (kernels < 5.17)."""
+    record, spans, tr = trace_app(cluster, "sql", str(tmp_path), args=["--no-bpf-loop", "-v"],
+                                  sql=["SELECT generate_series(1, 20000)",
+                                       "SELECT repeat('z', g) FROM generate_series(1, 300) g",
+                                       "SELECT 1"])
+    assert "bounded loops and tail calls" in tr.stderr
+    assert tr.summary()["lost"] == 0
+    rows = [s.get("db.response.returned_rows") for s in spans]
+    assert rows == [20000, 300, 1], rows
+    assert check_against_record(record, spans) == 3
+
+
+def test_large_results_with_bpf_loop(cluster, tmp_path):
+    record, spans, tr = trace_app(cluster, "sql", str(tmp_path), args=["-v"],
+                                  sql=["SELECT generate_series(1, 200000)",
+                                       "SELECT repeat('z', 100000) FROM generate_series(1, 20)"])
+    assert "walked with bpf_loop" in tr.stderr
+    assert [s.get("db.response.returned_rows") for s in spans] == [200000, 20]
+    assert all(s["sqlspan.result"] == "ok" for s in spans)
+
+
+def test_statement_text_limits(cluster, tmp_path):
+    """Full text up to the limit (default 64 KiB, read in chunks); longer text is cut, marked."""
+    big, huge = 50000, 300000
+    record, spans, _ = trace_app(cluster, "sql", str(tmp_path), sql=["@%d" % big, "@%d" % huge])
+    s50, s300 = spans
+    assert len(s50["db.query.text"]) == big and s50["sqlspan.query.text_state"] == "full"
+    assert s50["db.query.text"] == record["records"][0]["text"]
+    assert len(s300["db.query.text"]) == 65536 and s300["sqlspan.query.text_state"] == "cut"
+    assert record["records"][1]["text"].startswith(s300["db.query.text"])
+    assert s300["sqlspan.result"] == "ok" and s300["postgresql.command_rows"] == 1
+
+    record, spans, _ = trace_app(cluster, "sql", str(tmp_path), args=["--max-sql-bytes", "1000000"],
+                                 sql=["@%d" % huge])
+    assert spans[0]["db.query.text"] == record["records"][0]["text"]
+    assert spans[0]["sqlspan.query.text_state"] == "full"
+
+    record, spans, _ = trace_app(cluster, "sql", str(tmp_path), args=["--max-sql-bytes", "100"],
+                                 sql=["@%d" % big, "SELECT 'short'"])
+    assert spans[0]["db.query.text"] == record["records"][0]["text"][:100]
+    assert spans[0]["sqlspan.query.text_state"] == "cut"
+    assert spans[1]["db.query.text"] == "SELECT 'short'"
+    assert spans[1]["sqlspan.query.text_state"] == "full"
+
+
+def test_min_duration(cluster, tmp_path):
+    record, spans, tr = trace_app(cluster, "sql", str(tmp_path), args=["-m", "150ms"],
+                                  sql=["SELECT 1", "SELECT pg_sleep(0.2)", "SELECT 2"])
+    assert [s["db.query.text"] for s in spans] == ["SELECT pg_sleep(0.2)"]
+    assert spans[0]["duration_ns"] >= 200_000_000
+    assert "below --min-duration" in tr.stderr
+
+
+def test_errors_and_secrets(cluster, tmp_path):
+    record, spans, _ = trace_app(cluster, "sql", str(tmp_path), sql=[
+        "SELECT 1/0",
+        "SELEC oops",
+        "CREATE ROLE sqlspan_secret_role LOGIN PASSWORD 'hunter2'",
+        "DROP ROLE sqlspan_secret_role",
+        "SELECT 'multi\nline' AS x, 'ünïcödé' AS y",
+        "SELECT 1; SELECT 2, 3",
+    ])
+    div, syn, role, drop, multi, two = spans
+    assert div["sqlspan.result"] == "error" and div["db.response.status_code"] == "22012"
+    assert div["error.type"] == "22012" and div["error.message"] == "division by zero"
+    assert syn["db.response.status_code"] == "42601"
+    assert "hunter2" not in role["db.query.text"]
+    assert role["db.query.text"] == "CREATE ROLE sqlspan_secret_role LOGIN PASSWORD '***'"
+    assert role.get("sqlspan.query.redacted") is True
+    assert role["sqlspan.result"] == "ok"
+    assert multi["db.query.text"] == "SELECT 'multi\nline' AS x, 'ünïcödé' AS y"
+    assert two["postgresql.command_tag"] == "SELECT 1" and two["sqlspan.result"] == "ok"
+    for r in record["records"]:
+        r["text"] = r["text"].replace("'hunter2'", "'***'")
+    assert check_against_record(record, spans) == 6
+
+
+def test_table_view(cluster, tmp_path):
+    record, _, tr = trace_app(cluster, "sql", str(tmp_path), json_out=False,
+                              sql=["SELECT 7 AS\n   seven", "SELECT 1/0"])
+    lines = tr.out_lines
+    assert re.match(r"TIME\s+PID\s+MS\s+ROWS\s+DB\s+RESULT\s+SQL", lines[0])
+    assert re.search(r"\s1\s+postgres\s+ok\s+SELECT 7 AS seven$", lines[1].rstrip("\n")), lines
+    assert re.search(r"\s-\s+postgres\s+22012\s+SELECT 1/0$", lines[2].rstrip("\n")), lines
