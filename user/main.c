@@ -367,6 +367,8 @@ int main(int argc, char **argv)
 	r = cli_parse(&t->cli, argc, argv);
 	if (r)
 		return r > 0 ? 0 : 2;
+	signal(SIGINT, on_signal);
+	signal(SIGTERM, on_signal);
 	libbpf_print((enum libbpf_print_level)t->cli.verbose, NULL, NULL);
 	libbpf_set_print(libbpf_print);
 
@@ -450,8 +452,6 @@ dup:;
 		}
 	}
 
-	signal(SIGINT, on_signal);
-	signal(SIGTERM, on_signal);
 	t->mono2real = mono_to_real_ns();
 	t->width = terminal_width();
 	for (int i = 0; i < t->nprocs; i++) {

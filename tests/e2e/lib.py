@@ -119,7 +119,7 @@ class Tracer:
             cmd += ["-p", str(p)]
         cmd += list(args)
         if user:
-            cmd = ["setpriv", "--reuid", user, "--regid", user, "--clear-groups"] + cmd
+            cmd = ["setpriv", "--reuid", user, "--regid", "65534", "--clear-groups"] + cmd
         self.p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True, encoding="utf-8")
         self.err_lines = []
@@ -195,7 +195,7 @@ def trace_app(cluster, scenario, tmpdir, args=(), host=None, threads=8, sql=(), 
         raise
     rc = tr.finish()
     assert rc == 0, tr.stderr
-    return record, tr.spans(), tr
+    return record, tr.spans() if json_out else None, tr
 
 
 STATEMENT_REQUESTS = ("query", "execute")
