@@ -16,8 +16,8 @@ ARCH := x86
 # the pure logic: no libbpf, unit-tested without root
 PURE_SRCS := user/hmap.c user/x86dec.c user/pqlayout.c user/pgproto.c user/sqllex.c \
 	user/sqlinfo.c user/redact.c user/assemble.c user/output.c user/reorder.c \
-	user/procmaps.c user/cli.c user/elffile.c
-LOADER_SRCS := user/main.c user/probes.c user/pgident.c user/sysinfo.c
+	user/procmaps.c user/cli.c user/elffile.c user/sysinfo.c
+LOADER_SRCS := user/main.c user/probes.c user/pgident.c
 BPF_SRCS := bpf/sqlspan.bpf.c
 BPF_HDRS := bpf/sqlspan.h bpf/buffer.bpf.h bpf/maps.bpf.h bpf/wire.bpf.h
 

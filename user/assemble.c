@@ -544,7 +544,7 @@ static void span_text(struct assembler *a, struct aconn *c, struct span *s, cons
 		if (!t && r->nchunks == 0 && !(r->h.flags & EVF_TEXT_FAULT)) {
 			s->text = strdup("");
 		} else if (t) {
-			s->text = t->buf;
+			s->text = t->buf ? t->buf : strdup("");
 			s->text_len = t->len;
 			t->buf = NULL;
 			if (t->broken || t->got != r->nchunks)

@@ -374,7 +374,7 @@ int main(int argc, char **argv)
 
 	if (check_privileges(msg, sizeof(msg)) ||
 	    (uname(&un) == 0 && check_kernel(un.release, msg, sizeof(msg))) ||
-	    check_btf(msg, sizeof(msg))) {
+	    check_btf("/sys/kernel/btf/vmlinux", msg, sizeof(msg))) {
 		die_line(msg);
 		return 1;
 	}

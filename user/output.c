@@ -265,41 +265,57 @@ void out_table_header(FILE *f, int width)
 		"SQL");
 }
 
-/* The SQL on one line: whitespace runs become one space, control bytes '?', cut to `room`. */
+/*
+ * The SQL on one line in at most `room` columns: whitespace runs become one space, control bytes
+ * '?', a UTF-8 sequence counts as one column; what does not fit ends in "...".
+ */
 static void one_line(FILE *f, const char *s, size_t n, int room)
 {
-	int used = 0;
-	bool space = false;
+	char out[4096];
+	size_t o = 0, i = 0;
+	int cols = 0;
+	bool space = false, cut = false;
 
-	if (room < 4)
-		room = 4;
-	for (size_t i = 0; i < n; i++) {
+	if (room < 8)
+		room = 8;
+	if (room > 900)
+		room = 900;
+	for (i = 0; i < n; i++) {
 		unsigned char c = s[i];
 
 		if (c == ' ' || c == '\n' || c == '\t' || c == '\r') {
-			space = used > 0;
+			space = cols > 0;
 			continue;
+		}
+		if ((c & 0xc0) == 0x80) { /* UTF-8 continuation: same column */
+			if (o < sizeof(out) - 1)
+				out[o++] = c;
+			continue;
+		}
+		if (cols + (space ? 2 : 1) > room) {
+			cut = true;
+			break;
 		}
 		if (space) {
-			if (used + 1 >= room)
-				goto cut;
-			fputc(' ', f);
-			used++;
+			out[o++] = ' ';
+			cols++;
 			space = false;
 		}
-		if (used + 1 >= room && i + 1 < n)
-			goto cut;
-		/* count a UTF-8 sequence as one column */
-		if (c >= 0x80 && (c & 0xc0) == 0x80) {
-			fputc(c, f);
-			continue;
-		}
-		fputc(c < 0x20 || c == 0x7f ? '?' : c, f);
-		used++;
+		out[o++] = c < 0x20 || c == 0x7f ? '?' : c;
+		cols++;
 	}
-	return;
-cut:
-	fputs("...", f);
+	if (cut) {
+		/* back off to make room for "...", at a character boundary */
+		while (cols > room - 3 && o > 0) {
+			o--;
+			if (((unsigned char)out[o] & 0xc0) != 0x80)
+				cols--;
+		}
+		fwrite(out, 1, o, f);
+		fputs("...", f);
+		return;
+	}
+	fwrite(out, 1, o, f);
 }
 
 void out_table_row(FILE *f, const struct span *s, int64_t mono_to_real, int width)

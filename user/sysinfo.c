@@ -60,13 +60,14 @@ int check_kernel(const char *release, char *msg, size_t n)
 	return 0;
 }
 
-int check_btf(char *msg, size_t n)
+int check_btf(const char *path, char *msg, size_t n)
 {
-	if (access("/sys/kernel/btf/vmlinux", R_OK) == 0)
+	if (access(path, R_OK) == 0)
 		return 0;
 	snprintf(msg, n,
-		 "this kernel has no BTF (/sys/kernel/btf/vmlinux is missing): sqlspan needs a "
-		 "kernel built with CONFIG_DEBUG_INFO_BTF=y");
+		 "this kernel has no BTF (%s is missing): sqlspan needs a kernel built with "
+		 "CONFIG_DEBUG_INFO_BTF=y",
+		 path);
 	return -1;
 }
 

@@ -13,7 +13,8 @@
 /* Each returns 0 if fine, or -1 after writing a one-line reason into msg. */
 int check_privileges(char *msg, size_t n);
 int check_kernel(const char *release, char *msg, size_t n);
-int check_btf(char *msg, size_t n);
+/* path: the kernel's BTF, normally /sys/kernel/btf/vmlinux */
+int check_btf(const char *path, char *msg, size_t n);
 /* Make sure tracefs is mounted (tracepoint attachment needs its event ids). */
 int ensure_tracefs(char *msg, size_t n);
 

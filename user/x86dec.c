@@ -417,7 +417,8 @@ size_t x86_probe_offset(const uint8_t *p, size_t n, uint32_t keep)
 		if (x86_uprobe_emulated(&in))
 			return off;
 		/* only skip what cannot change control flow, memory or the registers the probe reads */
-		if (in.op != X86_MOV_IMM && in.op != X86_MOV_RR && in.op != X86_FLAGS)
+		if (in.op != X86_MOV_IMM && in.op != X86_MOV_RR && in.op != X86_FLAGS &&
+		    !(in.op == X86_ALU && !in.has_mem))
 			return base;
 		if (writes_kept(&in, keep) || in.dst == X86_RSP)
 			return base;

@@ -1,0 +1,647 @@
+// SPDX-License-Identifier: MIT
+/* Span assembly from synthetic record streams: pairing, pipelines, prepared statements, losses. */
+#include "check.h"
+#include "assemble.h"
+#include "../../bpf/sqlspan.h"
+
+#define MAXS 512
+
+struct got {
+	struct span s[MAXS];
+	char *text[MAXS];
+	char db[MAXS][32];
+	int n;
+};
+
+static struct got G;
+static uint64_t T = 1000000; /* a clock for records */
+
+static void hook_ident(void *arg, uint32_t pid, uint64_t conn, int fd, struct conn_ident *out)
+{
+	(void)arg, (void)pid, (void)fd;
+	memset(out, 0, sizeof(*out));
+	out->known = true;
+	out->db = strdup("fromuser");
+	out->backend_pid = (int)(conn & 0xffff);
+}
+
+static const char *hook_exe(void *arg, uint32_t pid)
+{
+	(void)arg, (void)pid;
+	return "app";
+}
+
+static void hook_span(void *arg, const struct span *s)
+{
+	(void)arg;
+	if (G.n >= MAXS)
+		return;
+	G.s[G.n] = *s;
+	G.text[G.n] = s->text ? strndup(s->text, s->text_len) : NULL;
+	G.s[G.n].text = G.text[G.n];
+	snprintf(G.db[G.n], sizeof(G.db[0]), "%s",
+		 s->ident && s->ident->db ? s->ident->db : "(none)");
+	G.s[G.n].ident = NULL;
+	G.n++;
+}
+
+static struct assembler *fresh(size_t max_text)
+{
+	static const struct asm_hooks h = {hook_ident, hook_exe, hook_span, NULL};
+
+	for (int i = 0; i < G.n; i++)
+		free(G.text[i]);
+	memset(&G, 0, sizeof(G));
+	return asm_new(&h, max_text, 42);
+}
+
+static void hdr(struct ev_hdr *h, uint32_t kind, uint32_t pid, uint32_t tid, uint32_t flags)
+{
+	h->kind = kind;
+	h->pid = pid;
+	h->tid = tid;
+	h->flags = flags;
+	h->ts = T;
+}
+
+/* A request as the BPF side sends it: text chunks first, then the request. */
+static void req_full(struct assembler *a, int fd, uint64_t conn, uint16_t api, uint8_t pipeline,
+		     const char *text, const char *name, uint32_t flags, int drop_chunk)
+{
+	struct ev_req r;
+	uint16_t chunks = 0;
+	uint32_t total = 0;
+
+	T += 1000;
+	if (text) {
+		size_t len = strlen(text), off = 0;
+
+		do {
+			struct ev_text t;
+			size_t k = len - off < SQLSPAN_TEXT_CHUNK - 1 ? len - off
+								   : SQLSPAN_TEXT_CHUNK - 1;
+
+			memset(&t, 0, sizeof(t));
+			hdr(&t.h, EV_TEXT, 7, 8, 0);
+			t.seq = chunks++;
+			t.len = k;
+			memcpy(t.data, text + off, k);
+			if (drop_chunk != chunks - 1)
+				asm_record(a, &t, sizeof(t));
+			off += k;
+			total += k;
+		} while (off < len);
+	}
+	memset(&r, 0, sizeof(r));
+	hdr(&r.h, EV_REQ, 7, 8, flags);
+	r.conn = conn;
+	r.fd = fd;
+	r.api = api;
+	r.pipeline = pipeline;
+	r.text_len = total;
+	r.nchunks = chunks;
+	r.be_pid = 0;
+	if (name)
+		snprintf(r.name, sizeof(r.name), "%s", name);
+	asm_record(a, &r, sizeof(r));
+}
+
+static void req(struct assembler *a, int fd, uint16_t api, uint8_t pipeline, const char *text,
+		const char *name)
+{
+	req_full(a, fd, 0x1234, api, pipeline, text, name, 0, -1);
+}
+
+static uint16_t cap_of(uint8_t type, uint32_t len)
+{
+	uint32_t cap = 0;
+
+	if (type == 'C')
+		cap = SQLSPAN_MSG_SHORT - 1;
+	else if (type == 'E')
+		cap = SQLSPAN_MSG_LONG - 1;
+	else if (type == 'Z')
+		cap = 1;
+	else if (type == 'K')
+		cap = 8;
+	return len < cap ? len : cap;
+}
+
+/* A backend message in parts of `part` bytes (0: one record), as the walker sends it. */
+static void msg_parts(struct assembler *a, int fd, uint8_t type, const void *body, uint32_t len,
+		      uint32_t rows, uint32_t part, uint32_t flags)
+{
+	uint16_t cap = cap_of(type, len);
+	uint32_t off = 0;
+
+	T += 1000;
+	do {
+		struct {
+			struct ev_msg m;
+			uint8_t data[SQLSPAN_MSG_LONG];
+		} rec;
+		uint32_t n = cap - off;
+
+		if (part && n > part)
+			n = part;
+		memset(&rec, 0, sizeof(rec));
+		hdr(&rec.m.h, EV_MSG, 7, 8, off == 0 ? flags : 0);
+		rec.m.fd = fd;
+		rec.m.len = len;
+		rec.m.off = off;
+		rec.m.rows = off == 0 ? rows : 0;
+		rec.m.cap = cap;
+		rec.m.n = n;
+		rec.m.type = type;
+		if (n)
+			memcpy(rec.data, (const uint8_t *)body + off, n);
+		asm_record(a, &rec, sizeof(rec.m) + (cap >= SQLSPAN_MSG_SHORT ? SQLSPAN_MSG_LONG
+									   : SQLSPAN_MSG_SHORT));
+		off += n;
+	} while (off < cap);
+}
+
+static void msg(struct assembler *a, int fd, uint8_t type, const char *body, uint32_t rows)
+{
+	msg_parts(a, fd, type, body, body ? strlen(body) + 1 : 0, rows, 0, 0);
+}
+
+static void z(struct assembler *a, int fd, char status)
+{
+	msg_parts(a, fd, 'Z', &status, 1, 0, 0, 0);
+}
+
+static void err(struct assembler *a, int fd, const char *sqlstate, const char *m)
+{
+	char body[256];
+	int n = snprintf(body, sizeof(body), "SERROR%cVERROR%cC%s%cM%s%c", 0, 0, sqlstate, 0, m, 0);
+
+	msg_parts(a, fd, 'E', body, n + 1, 0, 0, 0);
+}
+
+static void conn_ev(struct assembler *a, uint32_t kind, int fd, uint64_t conn, uint32_t arg)
+{
+	struct ev_conn e;
+
+	T += 1000;
+	memset(&e, 0, sizeof(e));
+	hdr(&e.h, kind, 7, 8, 0);
+	e.fd = fd;
+	e.conn = conn;
+	e.arg = arg;
+	asm_record(a, &e, sizeof(e));
+}
+
+TEST(simple_query)
+{
+	struct assembler *a = fresh(65536);
+
+	req(a, 5, API_SEND_QUERY, 0, "SELECT 1", NULL);
+	CHECK_EQ(asm_open_spans(a), 1);
+	msg(a, 5, 'T', NULL, 0);
+	msg(a, 5, 'C', "SELECT 1", 1);
+	CHECK_EQ(G.n, 0);
+	z(a, 5, 'I');
+	CHECK_EQ(G.n, 1);
+	CHECK_STR(G.s[0].text, "SELECT 1");
+	CHECK_EQ(G.s[0].result, RES_OK);
+	CHECK_EQ(G.s[0].text_state, TEXT_FULL);
+	CHECK_STR(G.s[0].tag.tag, "SELECT 1");
+	CHECK_EQ(G.s[0].tag.rows, 1);
+	CHECK_EQ(G.s[0].returned_rows, 1);
+	CHECK_EQ(G.s[0].txn_status, 'I');
+	CHECK_EQ(G.s[0].req, REQ_QUERY);
+	CHECK(G.s[0].end_ns > G.s[0].start_ns);
+	CHECK_STR(G.s[0].exe, "app");
+	CHECK_STR(G.db[0], "fromuser");
+	CHECK_EQ(asm_open_spans(a), 0);
+	CHECK_EQ(asm_stats(a)->spans, 1);
+	asm_free(a);
+}
+
+TEST(statement_without_result_set)
+{
+	struct assembler *a = fresh(65536);
+
+	req(a, 5, API_SEND_QUERY, 0, "INSERT INTO t VALUES (1), (2)", NULL);
+	msg(a, 5, 'C', "INSERT 0 2", 0);
+	z(a, 5, 'T');
+	CHECK_EQ(G.n, 1);
+	CHECK_EQ(G.s[0].tag.rows, 2);
+	CHECK_EQ(G.s[0].returned_rows, -1);
+	CHECK_EQ(G.s[0].txn_status, 'T');
+	req(a, 5, API_SEND_QUERY, 0, "", NULL); /* empty query */
+	msg(a, 5, 'I', NULL, 0);
+	z(a, 5, 'I');
+	CHECK_EQ(G.n, 2);
+	CHECK_STR(G.s[1].text, "");
+	CHECK_EQ(G.s[1].result, RES_OK);
+	asm_free(a);
+}
+
+TEST(multi_statement_and_errors)
+{
+	struct assembler *a = fresh(65536);
+
+	req(a, 5, API_SEND_QUERY, 0, "SELECT 1; SELECT 2", NULL);
+	msg(a, 5, 'T', NULL, 0);
+	msg(a, 5, 'C', "SELECT 1", 1);
+	msg(a, 5, 'T', NULL, 0);
+	msg(a, 5, 'C', "SELECT 1", 1);
+	z(a, 5, 'I');
+	CHECK_EQ(G.n, 1);
+	CHECK_EQ(G.s[0].ncommands, 2);
+	CHECK_EQ(G.s[0].returned_rows, 2);
+
+	req(a, 5, API_SEND_QUERY, 0, "SELECT 1/0", NULL);
+	err(a, 5, "22012", "division by zero");
+	z(a, 5, 'E');
+	CHECK_EQ(G.n, 2);
+	CHECK_EQ(G.s[1].result, RES_ERROR);
+	CHECK(G.s[1].has_error);
+	CHECK_STR(G.s[1].error.sqlstate, "22012");
+	CHECK_STR(G.s[1].error.message, "division by zero");
+	CHECK_EQ(G.s[1].txn_status, 'E');
+	asm_free(a);
+}
+
+TEST(extended_protocol_and_prepared_statements)
+{
+	struct assembler *a = fresh(65536);
+
+	req(a, 5, API_SEND_QUERY_PARAMS, 0, "SELECT $1::int", NULL);
+	msg(a, 5, '1', NULL, 0);
+	msg(a, 5, '2', NULL, 0);
+	msg(a, 5, 'T', NULL, 0);
+	msg(a, 5, 'C', "SELECT 1", 1);
+	z(a, 5, 'I');
+	req(a, 5, API_SEND_PREPARE, 0, "UPDATE t SET x = $1", "s1");
+	msg(a, 5, '1', NULL, 0);
+	z(a, 5, 'I');
+	req(a, 5, API_SEND_QUERY_PREPARED, 0, NULL, "s1");
+	msg(a, 5, '2', NULL, 0);
+	msg(a, 5, 'n', NULL, 0);
+	msg(a, 5, 'C', "UPDATE 3", 0);
+	z(a, 5, 'I');
+	req(a, 5, API_SEND_QUERY_PREPARED, 0, NULL, "before_attach");
+	msg(a, 5, '2', NULL, 0);
+	msg(a, 5, 'C', "DELETE 1", 0);
+	z(a, 5, 'I');
+	CHECK_EQ(G.n, 4);
+	CHECK_EQ(G.s[0].req, REQ_QUERY);
+	CHECK(!G.s[0].has_name);
+	CHECK_EQ(G.s[1].req, REQ_PREPARE);
+	CHECK_STR(G.s[1].name, "s1");
+	CHECK_STR(G.s[1].text, "UPDATE t SET x = $1");
+	CHECK_EQ(G.s[2].req, REQ_EXECUTE);
+	CHECK_STR(G.s[2].text, "UPDATE t SET x = $1");
+	CHECK_STR(G.s[2].name, "s1");
+	CHECK_EQ(G.s[2].text_state, TEXT_FULL);
+	CHECK_EQ(G.s[2].tag.rows, 3);
+	CHECK_EQ(G.s[3].text_state, TEXT_UNKNOWN);
+	CHECK(G.s[3].text == NULL);
+	CHECK_STR(G.s[3].name, "before_attach");
+	CHECK_EQ(G.s[3].result, RES_OK);
+	/* DEALLOCATE ALL forgets them */
+	req(a, 5, API_SEND_QUERY, 0, "DEALLOCATE ALL", NULL);
+	msg(a, 5, 'C', "DEALLOCATE ALL", 0);
+	z(a, 5, 'I');
+	req(a, 5, API_SEND_QUERY_PREPARED, 0, NULL, "s1");
+	msg(a, 5, 'C', "UPDATE 0", 0);
+	z(a, 5, 'I');
+	CHECK_EQ(G.s[5].text_state, TEXT_UNKNOWN);
+	/* a failed prepare is not remembered; DEALLOCATE name forgets one */
+	req(a, 5, API_SEND_PREPARE, 0, "SELEC broken", "bad");
+	err(a, 5, "42601", "syntax error");
+	z(a, 5, 'I');
+	req(a, 5, API_SEND_QUERY_PREPARED, 0, NULL, "bad");
+	err(a, 5, "26000", "prepared statement \"bad\" does not exist");
+	z(a, 5, 'I');
+	CHECK_EQ(G.s[7].text_state, TEXT_UNKNOWN);
+	req(a, 5, API_SEND_PREPARE, 0, "SELECT 2", "keep");
+	msg(a, 5, '1', NULL, 0);
+	z(a, 5, 'I');
+	req(a, 5, API_SEND_QUERY, 0, "DEALLOCATE \"keep\"", NULL);
+	msg(a, 5, 'C', "DEALLOCATE", 0);
+	z(a, 5, 'I');
+	req(a, 5, API_SEND_QUERY_PREPARED, 0, NULL, "keep");
+	z(a, 5, 'I');
+	CHECK_EQ(G.s[10].text_state, TEXT_UNKNOWN);
+	asm_free(a);
+}
+
+TEST(pipeline_with_error_and_sync)
+{
+	struct assembler *a = fresh(65536);
+
+	req(a, 5, API_SEND_QUERY_PARAMS, 1, "INSERT INTO t VALUES (1)", NULL);
+	req(a, 5, API_SEND_QUERY_PARAMS, 1, "INSERT INTO t VALUES (1)", NULL);
+	req(a, 5, API_SEND_QUERY_PARAMS, 1, "DELETE FROM t", NULL);
+	req(a, 5, API_PIPELINE_SYNC, 1, NULL, NULL);
+	req(a, 5, API_SEND_QUERY_PARAMS, 1, "SELECT 1", NULL);
+	req(a, 5, API_PIPELINE_SYNC, 1, NULL, NULL);
+	CHECK_EQ(asm_open_spans(a), 4);
+	msg(a, 5, '1', NULL, 0);
+	msg(a, 5, '2', NULL, 0);
+	msg(a, 5, 'n', NULL, 0);
+	msg(a, 5, 'C', "INSERT 0 1", 0);
+	CHECK_EQ(G.n, 1);
+	CHECK_EQ(G.s[0].result, RES_OK);
+	msg(a, 5, '1', NULL, 0);
+	msg(a, 5, '2', NULL, 0);
+	err(a, 5, "23505", "duplicate key");
+	CHECK_EQ(G.n, 2);
+	CHECK_EQ(G.s[1].result, RES_ERROR);
+	z(a, 5, 'E');
+	CHECK_EQ(G.n, 3);
+	CHECK_EQ(G.s[2].result, RES_ABORTED);
+	CHECK_STR(G.s[2].text, "DELETE FROM t");
+	CHECK_EQ(G.s[2].txn_status, 'E');
+	/* the next segment is not aborted */
+	msg(a, 5, '1', NULL, 0);
+	msg(a, 5, '2', NULL, 0);
+	msg(a, 5, 'T', NULL, 0);
+	msg(a, 5, 'C', "SELECT 1", 1);
+	CHECK_EQ(G.n, 4);
+	CHECK_EQ(G.s[3].result, RES_OK);
+	CHECK_EQ(G.s[3].returned_rows, 1);
+	CHECK(G.s[3].pipeline);
+	z(a, 5, 'I');
+	CHECK_EQ(G.n, 4);
+	CHECK_EQ(asm_open_spans(a), 0);
+	/* then out of pipeline mode again */
+	req(a, 5, API_SEND_QUERY, 0, "SELECT 2", NULL);
+	msg(a, 5, 'C', "SELECT 1", 1);
+	z(a, 5, 'I');
+	CHECK_EQ(G.n, 5);
+	CHECK(!G.s[4].pipeline);
+	asm_free(a);
+}
+
+TEST(pipeline_prepare_describe_close)
+{
+	struct assembler *a = fresh(65536);
+
+	req(a, 5, API_SEND_PREPARE, 1, "SELECT $1", "p");
+	req(a, 5, API_SEND_QUERY_PREPARED, 1, NULL, "p");
+	req(a, 5, API_DESCRIBE_PREPARED, 1, NULL, "p");
+	req(a, 5, API_CLOSE_PREPARED, 1, NULL, "p");
+	req(a, 5, API_PIPELINE_SYNC, 1, NULL, NULL);
+	msg(a, 5, '1', NULL, 0);
+	msg(a, 5, '2', NULL, 0);
+	msg(a, 5, 'T', NULL, 0);
+	msg(a, 5, 'C', "SELECT 1", 1);
+	msg(a, 5, 't', NULL, 0);
+	msg(a, 5, 'T', NULL, 0);
+	msg(a, 5, '3', NULL, 0);
+	z(a, 5, 'I');
+	CHECK_EQ(G.n, 4);
+	CHECK_EQ(G.s[0].req, REQ_PREPARE);
+	CHECK_EQ(G.s[1].req, REQ_EXECUTE);
+	CHECK_STR(G.s[1].text, "SELECT $1");
+	CHECK_EQ(G.s[2].req, REQ_DESCRIBE);
+	CHECK_STR(G.s[2].text, "SELECT $1");
+	CHECK_EQ(G.s[3].req, REQ_CLOSE);
+	for (int i = 0; i < 4; i++)
+		CHECK_EQ(G.s[i].result, RES_OK);
+	/* closed: forgotten */
+	req(a, 5, API_SEND_QUERY_PREPARED, 0, NULL, "p");
+	z(a, 5, 'I');
+	CHECK_EQ(G.s[4].text_state, TEXT_UNKNOWN);
+	asm_free(a);
+}
+
+TEST(long_text_in_chunks)
+{
+	static char big[3 * SQLSPAN_TEXT_CHUNK];
+	struct assembler *a = fresh(65536);
+
+	memset(big, 'a', sizeof(big) - 1);
+	memcpy(big, "SELECT '", 8);
+	big[sizeof(big) - 2] = '\'';
+	req(a, 5, API_SEND_QUERY, 0, big, NULL);
+	z(a, 5, 'I');
+	CHECK_EQ(G.n, 1);
+	CHECK_EQ(G.s[0].text_len, sizeof(big) - 1);
+	CHECK(!strcmp(G.s[0].text, big));
+	CHECK_EQ(G.s[0].text_state, TEXT_FULL);
+	asm_free(a);
+
+	a = fresh(5000); /* --max-sql-bytes 5000 */
+	req(a, 5, API_SEND_QUERY, 0, big, NULL);
+	z(a, 5, 'I');
+	CHECK_EQ(G.s[0].text_len, 5000);
+	CHECK(!strncmp(G.s[0].text, big, 5000));
+	CHECK_EQ(G.s[0].text_state, TEXT_CUT);
+	asm_free(a);
+
+	a = fresh(65536); /* the BPF side stopped early: cut */
+	req_full(a, 5, 0x1234, API_SEND_QUERY, 0, "SELECT 'abc", NULL, EVF_TEXT_CUT, -1);
+	z(a, 5, 'I');
+	CHECK_EQ(G.s[0].text_state, TEXT_CUT);
+	asm_free(a);
+
+	a = fresh(65536); /* a chunk lost */
+	req_full(a, 5, 0x1234, API_SEND_QUERY, 0, big, NULL, 0, 1);
+	z(a, 5, 'I');
+	CHECK_EQ(G.s[0].text_state, TEXT_INCOMPLETE);
+	CHECK_EQ(asm_stats(a)->texts_lost, 1);
+	asm_free(a);
+
+	a = fresh(65536); /* chunks whose request never comes */
+	{
+		struct ev_text t;
+
+		memset(&t, 0, sizeof(t));
+		hdr(&t.h, EV_TEXT, 7, 9, 0);
+		t.len = 3;
+		memcpy(t.data, "abc", 3);
+		asm_record(a, &t, sizeof(t));
+		asm_expire(a, T + 5000000000ULL, 2000000000ULL);
+		CHECK_EQ(asm_stats(a)->orphan_texts, 1);
+	}
+	asm_free(a);
+}
+
+TEST(messages_in_parts)
+{
+	static const char e[] = "SERROR\0VERROR\0C23505\0Mduplicate key value violates unique "
+				"constraint \"a_rather_long_constraint_name_pkey\"\0";
+	struct assembler *a = fresh(65536);
+
+	req(a, 5, API_SEND_QUERY, 0, "INSERT ...", NULL);
+	msg_parts(a, 5, 'E', e, sizeof(e), 0, 7, 0); /* 7 bytes a part */
+	z(a, 5, 'E');
+	CHECK_EQ(G.n, 1);
+	CHECK_STR(G.s[0].error.sqlstate, "23505");
+	CHECK_STR(G.s[0].error.message,
+		  "duplicate key value violates unique constraint "
+		  "\"a_rather_long_constraint_name_pkey\"");
+	req(a, 5, API_SEND_QUERY, 0, "SELECT 5", NULL);
+	msg_parts(a, 5, 'C', "SELECT 5000", 12, 5000, 3, 0);
+	z(a, 5, 'I');
+	CHECK_EQ(G.s[1].tag.rows, 5000);
+	CHECK_EQ(G.s[1].returned_rows, 5000);
+	/* an error message longer than what is copied: cut, still parsed */
+	{
+		char big[2000];
+		int n = snprintf(big, sizeof(big), "SERROR%cC42P01%cM", 0, 0);
+
+		memset(big + n, 'm', sizeof(big) - n - 2);
+		big[sizeof(big) - 2] = 0;
+		big[sizeof(big) - 1] = 0;
+		req(a, 5, API_SEND_QUERY, 0, "SELECT * FROM nope", NULL);
+		msg_parts(a, 5, 'E', big, sizeof(big), 0, 100, 0);
+		z(a, 5, 'E');
+		CHECK_STR(G.s[2].error.sqlstate, "42P01");
+		CHECK(G.s[2].error.message_cut);
+	}
+	asm_free(a);
+}
+
+TEST(losses_are_reported)
+{
+	struct assembler *a = fresh(65536);
+
+	/* records of the socket lost: what was pending ends as unknown, marked */
+	req(a, 5, API_SEND_QUERY, 0, "SELECT 1", NULL);
+	msg_parts(a, 5, 'Z', "I", 1, 0, 0, EVF_GAP);
+	CHECK_EQ(G.n, 1);
+	CHECK_EQ(G.s[0].result, RES_UNKNOWN);
+	CHECK(G.s[0].lost_events);
+	/* the stream could not be followed */
+	req(a, 5, API_SEND_QUERY, 0, "SELECT 2", NULL);
+	conn_ev(a, EV_DESYNC, 5, 0, DESYNC_TOO_MANY);
+	CHECK_EQ(G.n, 2);
+	CHECK_EQ(G.s[1].result, RES_UNKNOWN);
+	CHECK_EQ(asm_stats(a)->desync_why[DESYNC_TOO_MANY], 1);
+	/* a new request outside pipeline mode while one is pending: the old one was answered unseen */
+	req(a, 5, API_SEND_QUERY, 0, "SELECT 3", NULL);
+	req(a, 5, API_SEND_QUERY, 0, "SELECT 4", NULL);
+	CHECK_EQ(G.n, 3);
+	CHECK_STR(G.s[2].text, "SELECT 3");
+	CHECK_EQ(G.s[2].result, RES_UNKNOWN);
+	z(a, 5, 'I');
+	CHECK_EQ(G.s[3].result, RES_OK);
+	/* no socket known: reported at once, result unknown */
+	req(a, -1, API_SEND_QUERY, 0, "SELECT 5", NULL);
+	CHECK_EQ(G.n, 5);
+	CHECK_EQ(G.s[4].result, RES_UNKNOWN);
+	/* messages nobody waits for are counted */
+	msg(a, 9, 'C', "SELECT 1", 0);
+	msg(a, 5, 'C', "SELECT 1", 0);
+	CHECK_EQ(asm_stats(a)->orphan_msgs, 2);
+	asm_free(a);
+}
+
+TEST(ends_of_connections_and_processes)
+{
+	struct assembler *a = fresh(65536);
+
+	req(a, 5, API_SEND_QUERY, 0, "SELECT pg_sleep(10)", NULL);
+	conn_ev(a, EV_CLOSE, 5, 0x1234, 0);
+	CHECK_EQ(G.n, 1);
+	CHECK_EQ(G.s[0].result, RES_CLOSED);
+	req(a, 6, API_SEND_QUERY, 0, "SELECT pg_sleep(10)", NULL);
+	req(a, 7, API_SEND_QUERY, 0, "SELECT pg_sleep(10)", NULL);
+	conn_ev(a, EV_EXIT, -1, 0, 0);
+	CHECK_EQ(G.n, 3);
+	CHECK_EQ(G.s[1].result, RES_EXITED);
+	CHECK_EQ(G.s[2].result, RES_EXITED);
+	req(a, 8, API_SEND_QUERY, 0, "SELECT 1", NULL);
+	CHECK_EQ(asm_close_all(a, T + 1), 1);
+	CHECK_EQ(G.s[3].result, RES_DETACHED);
+	CHECK_EQ(asm_open_spans(a), 0);
+	asm_free(a);
+}
+
+TEST(connections_do_not_mix)
+{
+	struct assembler *a = fresh(65536);
+
+	req_full(a, 5, 0xaaaa, API_SEND_QUERY, 0, "SELECT 'five'", NULL, 0, -1);
+	req_full(a, 6, 0xbbbb, API_SEND_QUERY, 0, "SELECT 'six'", NULL, 0, -1);
+	msg(a, 6, 'C', "SELECT 1", 1);
+	z(a, 6, 'I');
+	msg(a, 5, 'C', "SELECT 1", 1);
+	z(a, 5, 'T');
+	CHECK_EQ(G.n, 2);
+	CHECK_STR(G.s[0].text, "SELECT 'six'");
+	CHECK_STR(G.s[1].text, "SELECT 'five'");
+	CHECK_EQ(G.s[1].txn_status, 'T');
+	asm_free(a);
+}
+
+TEST(identity_from_the_bpf_side)
+{
+	struct assembler *a = fresh(65536);
+	struct ev_ident e;
+
+	memset(&e, 0, sizeof(e));
+	hdr(&e.h, EV_IDENT, 7, 8, 0);
+	e.fd = 5;
+	e.conn = 0x1234;
+	e.be_pid = 4242;
+	e.status = 0;
+	e.host_type = 2;
+	e.ssl = 0;
+	strcpy(e.db, "shop");
+	strcpy(e.user, "app");
+	strcpy(e.port, "5433");
+	strcpy(e.host, "/run/postgresql");
+	asm_record(a, &e, sizeof(e));
+	req_full(a, 5, 0x1234, API_SEND_QUERY, 0, "SELECT 1", NULL, EVF_NEW_FD, -1);
+	z(a, 5, 'I');
+	CHECK_EQ(G.n, 1);
+	CHECK_STR(G.db[0], "shop");
+	asm_free(a);
+}
+
+/* Random records must never crash the assembler (run under ASan/UBSan too). */
+TEST(random_records)
+{
+	struct assembler *a = fresh(4096);
+	uint64_t x = 88172645463325252ULL;
+	uint8_t buf[sizeof(struct ev_text) + 64];
+
+	for (int i = 0; i < 200000; i++) {
+		size_t n;
+
+		for (size_t k = 0; k < sizeof(buf); k += 8) {
+			x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+			memcpy(buf + k, &x, sizeof(buf) - k < 8 ? sizeof(buf) - k : 8);
+		}
+		((struct ev_hdr *)buf)->kind = 1 + x % 10;
+		((struct ev_hdr *)buf)->pid = 7;
+		if (((struct ev_hdr *)buf)->kind == EV_MSG || ((struct ev_hdr *)buf)->kind == EV_REQ)
+			((struct ev_msg *)buf)->fd = x % 4;
+		n = (x >> 20) % sizeof(buf);
+		asm_record(a, buf, n);
+	}
+	asm_close_all(a, 1);
+	CHECK(asm_stats(a)->bad_records > 0);
+	asm_free(a);
+}
+
+int main(void)
+{
+	static const struct test_case cases[] = {
+		CASE(simple_query),
+		CASE(statement_without_result_set),
+		CASE(multi_statement_and_errors),
+		CASE(extended_protocol_and_prepared_statements),
+		CASE(pipeline_with_error_and_sync),
+		CASE(pipeline_prepare_describe_close),
+		CASE(long_text_in_chunks),
+		CASE(messages_in_parts),
+		CASE(losses_are_reported),
+		CASE(ends_of_connections_and_processes),
+		CASE(connections_do_not_mix),
+		CASE(identity_from_the_bpf_side),
+		CASE(random_records),
+	};
+	int r = RUN("assemble", cases);
+
+	asm_free(fresh(0));
+	return r;
+}
