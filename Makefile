@@ -85,7 +85,7 @@ test:
 
 demo:
 	@scripts/setup.sh demo
-	@$(MAKE) --no-print-directory sqlspan
+	@$(MAKE) --no-print-directory -s sqlspan
 	@scripts/demo.sh
 
 bench:

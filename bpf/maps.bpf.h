@@ -11,7 +11,8 @@ struct {
 	__type(value, __u8);
 } pids SEC(".maps");
 
-/* Per traced process: the libpq text ranges and the PGconn offsets of each. Filled by the loader. */
+/* Per traced process: the libpq text ranges and the PGconn offsets of each. Filled by the loader.
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1024);
@@ -26,18 +27,18 @@ struct fd_key {
 
 /* fd_state.flags */
 #define FS_SYNCED (1 << 0) /* the stream is at a known message boundary */
-#define FS_GAP (1 << 1)    /* a record of this socket was lost: tell userspace with the next one */
+#define FS_GAP	  (1 << 1) /* a record of this socket was lost: tell userspace with the next one */
 
 /* Where the walk of a socket's backend message stream stands between reads. */
 struct fd_state {
-	__u64 conn;      /* PGconn * that owns the socket */
+	__u64 conn;	 /* PGconn * that owns the socket */
 	__u32 body_left; /* bytes of the current message body not yet read */
-	__u32 body_len;  /* body length of the current message */
-	__u32 rows;      /* DataRows since the last record sent */
-	__u16 cap;       /* body bytes to copy of the current message */
-	__u16 copied;    /* body bytes copied so far */
-	__u8 type;       /* current message type */
-	__u8 hdr_have;   /* bytes of a split header kept in hdr */
+	__u32 body_len;	 /* body length of the current message */
+	__u32 rows;	 /* DataRows since the last record sent */
+	__u16 cap;	 /* body bytes to copy of the current message */
+	__u16 copied;	 /* body bytes copied so far */
+	__u8 type;	 /* current message type */
+	__u8 hdr_have;	 /* bytes of a split header kept in hdr */
 	__u8 flags;
 	__u8 _pad;
 	__u8 hdr[8]; /* the first bytes of a header split across reads */

@@ -193,7 +193,8 @@ static __always_inline int on_request(struct pt_regs *ctx, __u16 api, __u64 conn
 		else
 			ps = 0;
 		if (lib->be_pid_off >= 0)
-			bpf_probe_read_user(&be_pid, sizeof(be_pid), (const void *)(conn + lib->be_pid_off));
+			bpf_probe_read_user(&be_pid, sizeof(be_pid),
+					    (const void *)(conn + lib->be_pid_off));
 	}
 
 	if (fd >= 0) {
@@ -205,7 +206,8 @@ static __always_inline int on_request(struct pt_regs *ctx, __u16 api, __u64 conn
 
 			if (ps == 0)
 				init.flags = FS_SYNCED;
-			if (bpf_map_update_elem(&fds, &k, &init, BPF_NOEXIST) && !bpf_map_lookup_elem(&fds, &k))
+			if (bpf_map_update_elem(&fds, &k, &init, BPF_NOEXIST) &&
+			    !bpf_map_lookup_elem(&fds, &k))
 				stat_add(ST_FD_FULL, 1);
 			flags |= EVF_NEW_FD;
 			st = bpf_map_lookup_elem(&fds, &k);
@@ -218,8 +220,9 @@ static __always_inline int on_request(struct pt_regs *ctx, __u16 api, __u64 conn
 				flags |= EVF_NEW_FD;
 			}
 			/*
-			 * Outside pipeline mode libpq only sends when the connection is idle: all of the
-			 * previous response has been read, so the stream is at a message boundary.
+			 * Outside pipeline mode libpq only sends when the connection is idle: all
+			 * of the previous response has been read, so the stream is at a message
+			 * boundary.
 			 */
 			if (ps == 0 && !(st->flags & FS_SYNCED)) {
 				st->flags |= FS_SYNCED;

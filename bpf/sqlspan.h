@@ -20,7 +20,7 @@
 #define SQLSPAN_NAME_LEN 64
 /* Body bytes copied from a backend message: short and long records. */
 #define SQLSPAN_MSG_SHORT 64
-#define SQLSPAN_MSG_LONG 512
+#define SQLSPAN_MSG_LONG  512
 /* Address ranges of libpq text segments a process may have mapped. */
 #define SQLSPAN_MAX_LIBS 4
 
@@ -37,12 +37,12 @@ enum ev_kind {
 };
 
 /* Header flags. */
-#define EVF_GAP (1u << 0)       /* records of this socket were lost just before this one */
-#define EVF_TEXT_CUT (1u << 1)  /* the statement text is longer than what was captured */
+#define EVF_GAP	       (1u << 0) /* records of this socket were lost just before this one */
+#define EVF_TEXT_CUT   (1u << 1) /* the statement text is longer than what was captured */
 #define EVF_TEXT_FAULT (1u << 2) /* the statement text could not be read */
-#define EVF_NAME_CUT (1u << 3)  /* the statement name was longer than SQLSPAN_NAME_LEN - 1 */
-#define EVF_NEW_FD (1u << 4)    /* first request seen on this socket */
-#define EVF_NESTED (1u << 5)    /* the inner call of an already reported outer call */
+#define EVF_NAME_CUT   (1u << 3) /* the statement name was longer than SQLSPAN_NAME_LEN - 1 */
+#define EVF_NEW_FD     (1u << 4) /* first request seen on this socket */
+#define EVF_NESTED     (1u << 5) /* the inner call of an already reported outer call */
 
 struct ev_hdr {
 	__u32 kind;
@@ -55,45 +55,45 @@ struct ev_hdr {
 /* The libpq function that made the request. */
 enum sqlspan_api {
 	API_NONE = 0,
-	API_SEND_QUERY,           /* PQsendQuery (and PQexec) */
-	API_SEND_QUERY_PARAMS,    /* PQsendQueryParams (and PQexecParams) */
-	API_SEND_PREPARE,         /* PQsendPrepare (and PQprepare) */
-	API_SEND_QUERY_PREPARED,  /* PQsendQueryPrepared (and PQexecPrepared) */
-	API_DESCRIBE_PREPARED,    /* PQdescribePrepared, PQsendDescribePrepared */
-	API_DESCRIBE_PORTAL,      /* PQdescribePortal, PQsendDescribePortal */
-	API_CLOSE_PREPARED,       /* PQclosePrepared, PQsendClosePrepared (libpq 17+) */
-	API_CLOSE_PORTAL,         /* PQclosePortal, PQsendClosePortal (libpq 17+) */
-	API_PIPELINE_SYNC,        /* PQpipelineSync, PQsendPipelineSync */
-	API_EXEC,                 /* PQexec itself (outer call, only when probed) */
-	API_EXEC_PARAMS,          /* PQexecParams itself */
-	API_PREPARE,              /* PQprepare itself */
-	API_EXEC_PREPARED,        /* PQexecPrepared itself */
+	API_SEND_QUERY,		 /* PQsendQuery (and PQexec) */
+	API_SEND_QUERY_PARAMS,	 /* PQsendQueryParams (and PQexecParams) */
+	API_SEND_PREPARE,	 /* PQsendPrepare (and PQprepare) */
+	API_SEND_QUERY_PREPARED, /* PQsendQueryPrepared (and PQexecPrepared) */
+	API_DESCRIBE_PREPARED,	 /* PQdescribePrepared, PQsendDescribePrepared */
+	API_DESCRIBE_PORTAL,	 /* PQdescribePortal, PQsendDescribePortal */
+	API_CLOSE_PREPARED,	 /* PQclosePrepared, PQsendClosePrepared (libpq 17+) */
+	API_CLOSE_PORTAL,	 /* PQclosePortal, PQsendClosePortal (libpq 17+) */
+	API_PIPELINE_SYNC,	 /* PQpipelineSync, PQsendPipelineSync */
+	API_EXEC,		 /* PQexec itself (outer call, only when probed) */
+	API_EXEC_PARAMS,	 /* PQexecParams itself */
+	API_PREPARE,		 /* PQprepare itself */
+	API_EXEC_PREPARED,	 /* PQexecPrepared itself */
 	API__COUNT,
 };
 
 struct ev_text {
 	struct ev_hdr h; /* pid, tid and ts of the EV_REQ this text belongs to */
-	__u32 seq;       /* chunk index */
-	__u32 len;       /* bytes used in data */
+	__u32 seq;	 /* chunk index */
+	__u32 len;	 /* bytes used in data */
 	char data[SQLSPAN_TEXT_CHUNK];
 };
 
 struct ev_req {
 	struct ev_hdr h;
-	__u64 conn;      /* PGconn * */
-	__s32 fd;        /* the connection's socket, -1 if unknown */
-	__u16 api;       /* enum sqlspan_api */
-	__u8 pipeline;   /* PQpipelineStatus at the call: 0 off, 1 on, 2 aborted; 0xff unknown */
+	__u64 conn;    /* PGconn * */
+	__s32 fd;      /* the connection's socket, -1 if unknown */
+	__u16 api;     /* enum sqlspan_api */
+	__u8 pipeline; /* PQpipelineStatus at the call: 0 off, 1 on, 2 aborted; 0xff unknown */
 	__u8 _pad0;
-	__u32 text_len;  /* statement text bytes captured (sum of the chunks) */
-	__u16 nchunks;   /* EV_TEXT records sent for this request */
+	__u32 text_len; /* statement text bytes captured (sum of the chunks) */
+	__u16 nchunks;	/* EV_TEXT records sent for this request */
 	__u16 _pad1;
-	__s32 be_pid;    /* backend PID in the PGconn at the call, 0 if unknown */
+	__s32 be_pid; /* backend PID in the PGconn at the call, 0 if unknown */
 	__u32 _pad2;
 	char name[SQLSPAN_NAME_LEN]; /* statement or portal name ("" = unnamed) */
 };
 
-#define SQLSPAN_IDENT_STR 64
+#define SQLSPAN_IDENT_STR  64
 #define SQLSPAN_IDENT_HOST 128
 
 /* EV_IDENT: strings are NUL-terminated, "" when they could not be read. */
@@ -101,10 +101,10 @@ struct ev_ident {
 	struct ev_hdr h;
 	__u64 conn;
 	__s32 fd;
-	__s32 be_pid;    /* 0 unknown */
-	__s32 status;    /* ConnStatusType, -1 unknown */
+	__s32 be_pid;	 /* 0 unknown */
+	__s32 status;	 /* ConnStatusType, -1 unknown */
 	__s32 host_type; /* pg_conn_host.type: 0 name, 1 address, 2 Unix socket; -1 unknown */
-	__u8 ssl;        /* 1 TLS, 0 not, 0xff unknown */
+	__u8 ssl;	 /* 1 TLS, 0 not, 0xff unknown */
 	__u8 _pad[7];
 	char db[SQLSPAN_IDENT_STR];
 	char user[SQLSPAN_IDENT_STR];
@@ -141,35 +141,36 @@ enum desync_reason {
 	DESYNC_BAD_HEADER = 1, /* a message header that no backend sends */
 	DESYNC_TOO_MANY = 2,   /* more messages in one read than the walker may visit */
 	DESYNC_READ_FAULT = 3, /* the receive buffer could not be read */
+	DESYNC_TLS = 4,	       /* TLS records: the replies are encrypted on the socket */
 };
 
 /* Counters in the per-CPU `stats` map. */
 enum sqlspan_stat {
 	ST_DROP_TEXT = 0, /* text chunks lost: ring/perf buffer full */
-	ST_DROP_REQ,      /* requests lost */
-	ST_DROP_MSG,      /* backend messages lost */
-	ST_DROP_OTHER,    /* other records lost */
-	ST_DESYNC,        /* sockets whose stream could not be followed */
-	ST_FD_FULL,       /* sockets not tracked: table full */
-	ST_REQS,          /* requests seen */
-	ST_MSGS,          /* backend messages seen (DataRows excluded) */
-	ST_ROWS,          /* DataRows skipped */
-	ST_RECVS,         /* reads of tracked sockets */
+	ST_DROP_REQ,	  /* requests lost */
+	ST_DROP_MSG,	  /* backend messages lost */
+	ST_DROP_OTHER,	  /* other records lost */
+	ST_DESYNC,	  /* sockets whose stream could not be followed */
+	ST_FD_FULL,	  /* sockets not tracked: table full */
+	ST_REQS,	  /* requests seen */
+	ST_MSGS,	  /* backend messages seen (DataRows excluded) */
+	ST_ROWS,	  /* DataRows skipped */
+	ST_RECVS,	  /* reads of tracked sockets */
 	ST__COUNT,
 };
 
 /* Per-library data for the BPF side: where in a PGconn what sqlspan reads lives (-1: unknown). */
 struct lib_range {
-	__u64 lo, hi;       /* text addresses of this libpq in the process */
-	__s16 sock_off;     /* PGconn.sock */
-	__s16 pipe_off;     /* PGconn.pipelineStatus (libpq 14+) */
+	__u64 lo, hi;	    /* text addresses of this libpq in the process */
+	__s16 sock_off;	    /* PGconn.sock */
+	__s16 pipe_off;	    /* PGconn.pipelineStatus (libpq 14+) */
 	__s16 status_off;   /* PGconn.status */
 	__s16 be_pid_off;   /* PGconn.be_pid */
-	__s16 db_off;       /* PGconn.dbName */
-	__s16 user_off;     /* PGconn.pguser */
+	__s16 db_off;	    /* PGconn.dbName */
+	__s16 user_off;	    /* PGconn.pguser */
 	__s16 connhost_off; /* PGconn.connhost */
 	__s16 which_off;    /* PGconn.whichhost */
-	__s16 ssl_off;      /* PGconn.ssl_in_use */
+	__s16 ssl_off;	    /* PGconn.ssl_in_use */
 	__s16 host_size;    /* sizeof(pg_conn_host) */
 	__s16 host_type;    /* pg_conn_host.type */
 	__s16 host_host;    /* pg_conn_host.host */

@@ -39,9 +39,30 @@ struct {
 static __always_inline bool backend_type(__u8 t)
 {
 	switch (t) {
-	case 'R': case 'K': case 'S': case 'Z': case 'T': case 'D': case 'C': case 'E': case 'N':
-	case 'A': case 'I': case '1': case '2': case '3': case 'n': case 's': case 't': case 'G':
-	case 'H': case 'W': case 'd': case 'c': case 'V': case 'v':
+	case 'R':
+	case 'K':
+	case 'S':
+	case 'Z':
+	case 'T':
+	case 'D':
+	case 'C':
+	case 'E':
+	case 'N':
+	case 'A':
+	case 'I':
+	case '1':
+	case '2':
+	case '3':
+	case 'n':
+	case 's':
+	case 't':
+	case 'G':
+	case 'H':
+	case 'W':
+	case 'd':
+	case 'c':
+	case 'V':
+	case 'v':
 		return true;
 	}
 	return false;
@@ -65,8 +86,17 @@ static __always_inline int msg_cap(__u8 t, __u32 body)
 	case 'K':
 		cap = 8;
 		break;
-	case 'T': case 'I': case '1': case '2': case '3': case 'n': case 's': case 'G': case 'H':
-	case 'W': case 'c':
+	case 'T':
+	case 'I':
+	case '1':
+	case '2':
+	case '3':
+	case 'n':
+	case 's':
+	case 'G':
+	case 'H':
+	case 'W':
+	case 'c':
 		cap = 0;
 		break;
 	default:
@@ -82,7 +112,8 @@ static __always_inline void walk_desync(void *ctx, struct walk *w, struct fd_sta
 	st->flags &= ~FS_SYNCED;
 	st->body_left = 0;
 	st->hdr_have = 0;
-	stat_add(ST_DESYNC, 1);
+	if (why != DESYNC_TLS)
+		stat_add(ST_DESYNC, 1);
 	e = rec_reserve(sizeof(*e));
 	if (!e) {
 		stat_add(ST_DROP_OTHER, 1);
@@ -96,7 +127,8 @@ static __always_inline void walk_desync(void *ctx, struct walk *w, struct fd_sta
 		stat_add(ST_DROP_OTHER, 1);
 }
 
-/* Send `want` body bytes at `src` (offset `off` in the body) in a record with `datasz` data bytes. */
+/* Send `want` body bytes at `src` (offset `off` in the body) in a record with `datasz` data bytes.
+ */
 static __always_inline void walk_emit_sz(void *ctx, struct walk *w, struct fd_state *st, __u64 src,
 					 __u32 want, __u32 off, const __u32 datasz)
 {
@@ -108,7 +140,8 @@ static __always_inline void walk_emit_sz(void *ctx, struct walk *w, struct fd_st
 		stat_add(ST_DROP_MSG, 1);
 		return;
 	}
-	hdr_fill(&m->h, EV_MSG, w->pid_tgid, bpf_ktime_get_ns(), (st->flags & FS_GAP) ? EVF_GAP : 0);
+	hdr_fill(&m->h, EV_MSG, w->pid_tgid, bpf_ktime_get_ns(),
+		 (st->flags & FS_GAP) ? EVF_GAP : 0);
 	m->fd = w->fd;
 	m->len = st->body_len;
 	m->off = off;
@@ -116,7 +149,8 @@ static __always_inline void walk_emit_sz(void *ctx, struct walk *w, struct fd_st
 	m->cap = st->cap;
 	m->type = st->type;
 	m->_pad[0] = m->_pad[1] = m->_pad[2] = 0;
-	/* caps stay below the data sizes, which are powers of two: the mask keeps the verifier sure */
+	/* caps stay below the data sizes, which are powers of two: the mask keeps the verifier sure
+	 */
 	n = want;
 	asm volatile("%[n] &= %[mask]" : [n] "+r"(n) : [mask] "i"(datasz - 1));
 	if (n && bpf_probe_read_user(m->data, n, (const void *)src))
@@ -154,7 +188,10 @@ static __always_inline int walk_header(void *ctx, struct walk *w, struct fd_stat
 	int cap;
 
 	if (!backend_type(hdr[0]) || len < 4 || len > (1u << 30)) {
-		walk_desync(ctx, w, st, DESYNC_BAD_HEADER);
+		/* a TLS record header: content type 20-24, version 3.x */
+		bool tls = hdr[0] >= 20 && hdr[0] <= 24 && hdr[1] == 3;
+
+		walk_desync(ctx, w, st, tls ? DESYNC_TLS : DESYNC_BAD_HEADER);
 		return 1;
 	}
 	body = len - 4;

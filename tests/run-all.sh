@@ -16,6 +16,15 @@ add() { # add "N passed, M failed" from a log file's last such line
 status=0
 log=$(mktemp)
 
+echo "== format (clang-format)"
+if make --no-print-directory -s check-format; then
+	echo "format: 1 passed, 0 failed"
+	total_p=$((total_p + 1))
+else
+	echo "format: 0 passed, 1 failed"
+	total_f=$((total_f + 1))
+fi
+
 echo "== unit tests (plain and ASan/UBSan)"
 make --no-print-directory -s test-unit >"$log" 2>&1 || status=1
 cat "$log"

@@ -8,7 +8,8 @@
 #include "sqllex.h"
 #include "../bpf/sqlspan.h"
 
-#define MAX_PENDING 100000 /* requests in flight on one connection before the oldest are given up */
+#define MAX_PENDING 100000 /* requests in flight on one connection before the oldest are given up  \
+			    */
 #define MAX_PREPARED 4096  /* prepared statements remembered per connection */
 
 struct prepared {
@@ -45,8 +46,8 @@ struct ptext {
 	uint64_t ts;
 	char *buf;
 	size_t len;
-	uint32_t got;   /* chunks received */
-	bool broken;    /* a chunk is missing or out of order */
+	uint32_t got; /* chunks received */
+	bool broken;  /* a chunk is missing or out of order */
 };
 
 struct assembler {
@@ -157,7 +158,7 @@ static void on_ident(struct assembler *a, const struct ev_ident *e, size_t size)
 	conn_ident_free(id);
 	c->have_ident = true;
 	id->known = true;
-#define STR(dst, src)                                                                             \
+#define STR(dst, src)                                                                              \
 	(dst = strndup(src, sizeof(src)), (dst && !*dst) ? (free(dst), dst = NULL) : 0)
 	STR(id->db, e->db);
 	STR(id->user, e->user);
@@ -391,8 +392,7 @@ static void drain(struct assembler *a, struct aconn *c, enum span_result res, ui
 	c->msg.active = false;
 }
 
-static void complete_front(struct assembler *a, struct aconn *c, enum span_result res,
-			   uint64_t end)
+static void complete_front(struct assembler *a, struct aconn *c, enum span_result res, uint64_t end)
 {
 	struct span *s = q_pop(c);
 
@@ -572,7 +572,8 @@ static void span_text(struct assembler *a, struct aconn *c, struct span *s, cons
 		}
 		if (s->req == REQ_PREPARE && c)
 			prep_remember(c, s->name, s->text, s->text_len, s->text_state);
-	} else if (s->req == REQ_EXECUTE || (s->req == REQ_DESCRIBE && r->api == API_DESCRIBE_PREPARED) ||
+	} else if (s->req == REQ_EXECUTE ||
+		   (s->req == REQ_DESCRIBE && r->api == API_DESCRIBE_PREPARED) ||
 		   (s->req == REQ_CLOSE && r->api == API_CLOSE_PREPARED)) {
 		struct prepared *p = c ? prep_find(c, s->name) : NULL;
 
@@ -810,9 +811,18 @@ static void on_conn(struct assembler *a, const struct ev_conn *e, size_t size)
 	}
 	switch (e->h.kind) {
 	case EV_DESYNC:
-		a->st.desyncs++;
-		a->st.desync_why[e->arg < 4 ? e->arg : 0]++;
+		a->st.desync_why[e->arg < 5 ? e->arg : 0]++;
 		c = conn_get(a, e->h.pid, e->fd, false);
+		if (e->arg == DESYNC_TLS) {
+			/* replies are encrypted: the first one marks the end, its content is
+			 * unknown */
+			if (c) {
+				c->ident.tls = true;
+				drain(a, c, RES_UNKNOWN, e->h.ts, false);
+			}
+			break;
+		}
+		a->st.desyncs++;
 		if (c)
 			drain(a, c, RES_UNKNOWN, e->h.ts, true);
 		break;

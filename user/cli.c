@@ -87,7 +87,8 @@ static long parse_long(const char *s, long min, long max, const char *what)
 	errno = 0;
 	v = strtol(s, &end, 10);
 	if (end == s || *end || errno || v < min || v > max) {
-		fprintf(stderr, "sqlspan: invalid %s '%s' (expected %ld..%ld)\n", what, s, min, max);
+		fprintf(stderr, "sqlspan: invalid %s '%s' (expected %ld..%ld)\n", what, s, min,
+			max);
 		return LONG_MIN;
 	}
 	return v;
@@ -116,7 +117,8 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
 		c->duration_s = strtod(arg, &end);
 		if (end == arg || *end || errno || !isfinite(c->duration_s) || c->duration_s <= 0 ||
 		    c->duration_s > 1e9) {
-			fprintf(stderr, "sqlspan: invalid duration '%s' (expected seconds > 0)\n", arg);
+			fprintf(stderr, "sqlspan: invalid duration '%s' (expected seconds > 0)\n",
+				arg);
 			return EINVAL;
 		}
 		break;
@@ -124,7 +126,8 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
 	case 'm':
 		if (parse_duration_ns(arg, &c->min_duration_ns)) {
 			fprintf(stderr,
-				"sqlspan: invalid minimum duration '%s' (e.g. 5ms, 250us, 1s)\n", arg);
+				"sqlspan: invalid minimum duration '%s' (e.g. 5ms, 250us, 1s)\n",
+				arg);
 			return EINVAL;
 		}
 		break;
@@ -189,14 +192,16 @@ static int precheck(int argc, char **argv)
 			size_t n = strcspn(a + 2, "=");
 
 			for (o = opts; o->name || o->key; o++) {
-				if (o->name && strlen(o->name) == n && !strncmp(o->name, a + 2, n)) {
+				if (o->name && strlen(o->name) == n &&
+				    !strncmp(o->name, a + 2, n)) {
 					found = true;
 					takes = o->arg != NULL;
 					break;
 				}
 			}
 			if (!found) {
-				fprintf(stderr, "sqlspan: unknown option '%s' (see sqlspan --help)\n", a);
+				fprintf(stderr,
+					"sqlspan: unknown option '%s' (see sqlspan --help)\n", a);
 				return -1;
 			}
 			if (takes && !a[2 + n] && i + 1 >= argc) {
@@ -215,7 +220,8 @@ static int precheck(int argc, char **argv)
 			}
 		}
 		if (!found) {
-			fprintf(stderr, "sqlspan: unknown option '-%c' (see sqlspan --help)\n", a[1]);
+			fprintf(stderr, "sqlspan: unknown option '-%c' (see sqlspan --help)\n",
+				a[1]);
 			return -1;
 		}
 		if (takes && !a[2]) {
@@ -238,9 +244,9 @@ int cli_parse(struct cli *c, int argc, char **argv)
 	c->max_sql_bytes = 65536;
 	c->ring_mb = 16;
 	for (int i = 1; i < argc; i++) {
-		if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h") || !strcmp(argv[i], "-?") ||
-		    !strcmp(argv[i], "--usage") || !strcmp(argv[i], "--version") ||
-		    !strcmp(argv[i], "-V")) {
+		if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h") ||
+		    !strcmp(argv[i], "-?") || !strcmp(argv[i], "--usage") ||
+		    !strcmp(argv[i], "--version") || !strcmp(argv[i], "-V")) {
 			argp_parse(&argp, argc, argv, 0, NULL, c);
 			return 1;
 		}

@@ -7,21 +7,21 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define CLI_MAX_PIDS 64
+#define CLI_MAX_PIDS	  64
 #define CLI_MAX_SQL_BYTES (255u * 4063u) /* what the BPF side can send per statement */
 
 struct cli {
 	pid_t pids[CLI_MAX_PIDS];
 	int npids;
-	double duration_s;         /* 0 = until interrupted or every traced process exited */
-	uint64_t min_duration_ns;  /* spans shorter than this are not shown */
+	double duration_s;	  /* 0 = until interrupted or every traced process exited */
+	uint64_t min_duration_ns; /* spans shorter than this are not shown */
 	bool json;
 	int verbose;
 	bool perf_buffer;
-	bool wait;                 /* wait for processes to load libpq */
+	bool wait; /* wait for processes to load libpq */
 	uint32_t max_sql_bytes;
 	uint32_t ring_mb;
-	bool no_bpf_loop;          /* walk reads with tail calls even where bpf_loop exists */
+	bool no_bpf_loop; /* walk reads with tail calls even where bpf_loop exists */
 };
 
 /*

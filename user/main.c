@@ -92,7 +92,8 @@ static void hook_span(void *arg, const struct span *s)
 		out_json(stdout, s, t->mono2real);
 	else
 		out_table_row(stdout, s, t->mono2real, t->width);
-	fflush(stdout);
+	if (fflush(stdout) == EOF && errno == EPIPE)
+		exiting = 1; /* the reader went away (| head): stop cleanly */
 }
 
 /* ---- records ---- */
@@ -228,10 +229,11 @@ static int open_and_load(struct tracer *t)
 		return -1;
 	}
 	t->skel = skel;
-	t->use_ringbuf = !t->cli.perf_buffer &&
-			 libbpf_probe_bpf_map_type(BPF_MAP_TYPE_RINGBUF, NULL) == 1;
+	t->use_ringbuf =
+		!t->cli.perf_buffer && libbpf_probe_bpf_map_type(BPF_MAP_TYPE_RINGBUF, NULL) == 1;
 	if (!t->cli.perf_buffer && !t->use_ringbuf)
-		fprintf(stderr, "sqlspan: this kernel has no BPF ring buffer: using perf buffers\n");
+		fprintf(stderr,
+			"sqlspan: this kernel has no BPF ring buffer: using perf buffers\n");
 	skel->rodata->use_ringbuf = t->use_ringbuf;
 	/* one of the two read walkers: bpf_loop where the kernel has it, tail calls otherwise */
 	t->use_loop = !t->cli.no_bpf_loop &&
@@ -254,8 +256,9 @@ static int open_and_load(struct tracer *t)
 	}
 	err = sqlspan_bpf__load(skel);
 	if (err) {
-		fprintf(stderr, "sqlspan: cannot load the BPF programs (%s); run with -v for the "
-				"verifier's log\n",
+		fprintf(stderr,
+			"sqlspan: cannot load the BPF programs (%s); run with -v for the "
+			"verifier's log\n",
 			strerror(-err));
 		return -1;
 	}
@@ -263,8 +266,8 @@ static int open_and_load(struct tracer *t)
 		uint32_t zero = 0;
 		int fd = bpf_program__fd(skel->progs.tp_walk_more);
 
-		if (bpf_map__update_elem(skel->maps.walk_progs, &zero, sizeof(zero), &fd, sizeof(fd),
-					 BPF_ANY)) {
+		if (bpf_map__update_elem(skel->maps.walk_progs, &zero, sizeof(zero), &fd,
+					 sizeof(fd), BPF_ANY)) {
 			fprintf(stderr, "sqlspan: cannot set up the message walker: %s\n",
 				strerror(errno));
 			return -1;
@@ -280,7 +283,8 @@ static int attach_tracepoints(struct tracer *t)
 		const char *cat, *name;
 	} tps[] = {
 		{t->skel->progs.tp_enter_recvfrom, "syscalls", "sys_enter_recvfrom"},
-		{t->use_loop ? t->skel->progs.tp_exit_recvfrom_loop : t->skel->progs.tp_exit_recvfrom,
+		{t->use_loop ? t->skel->progs.tp_exit_recvfrom_loop
+			     : t->skel->progs.tp_exit_recvfrom,
 		 "syscalls", "sys_exit_recvfrom"},
 		{t->skel->progs.tp_enter_close, "syscalls", "sys_enter_close"},
 		{t->skel->progs.tp_process_exit, "sched", "sched_process_exit"},
@@ -293,12 +297,12 @@ static int attach_tracepoints(struct tracer *t)
 		return -1;
 	}
 	for (size_t i = 0; i < sizeof(tps) / sizeof(tps[0]); i++) {
-		struct bpf_link *l = bpf_program__attach_tracepoint(tps[i].prog, tps[i].cat,
-								    tps[i].name);
+		struct bpf_link *l =
+			bpf_program__attach_tracepoint(tps[i].prog, tps[i].cat, tps[i].name);
 
 		if (!l) {
-			fprintf(stderr, "sqlspan: cannot attach to tracepoint %s:%s: %s\n", tps[i].cat,
-				tps[i].name, strerror(errno));
+			fprintf(stderr, "sqlspan: cannot attach to tracepoint %s:%s: %s\n",
+				tps[i].cat, tps[i].name, strerror(errno));
 			return -1;
 		}
 		t->tp_links[t->ntp_links++] = l;
@@ -344,8 +348,9 @@ static void summary(struct tracer *t, uint64_t open_at_end)
 			(unsigned long long)st->orphan_msgs, (unsigned long long)st->orphan_texts,
 			(unsigned long long)st->bad_records);
 	if (st->desyncs)
-		vlog(t, "streams not followed: %llu bad header, %llu too many messages in one read, "
-			"%llu unreadable buffer",
+		vlog(t,
+		     "streams not followed: %llu bad header, %llu too many messages in one read, "
+		     "%llu unreadable buffer",
 		     (unsigned long long)st->desync_why[DESYNC_BAD_HEADER],
 		     (unsigned long long)st->desync_why[DESYNC_TOO_MANY],
 		     (unsigned long long)st->desync_why[DESYNC_READ_FAULT]);
@@ -369,6 +374,7 @@ int main(int argc, char **argv)
 		return r > 0 ? 0 : 2;
 	signal(SIGINT, on_signal);
 	signal(SIGTERM, on_signal);
+	signal(SIGPIPE, SIG_IGN);
 	libbpf_print((enum libbpf_print_level)t->cli.verbose, NULL, NULL);
 	libbpf_set_print(libbpf_print);
 
@@ -394,7 +400,7 @@ int main(int argc, char **argv)
 		p->alive = true;
 		proc_exe_name(pid, p->exe, sizeof(p->exe));
 		t->nprocs++;
-dup:;
+	dup:;
 	}
 
 	if (getrandom(&seed, sizeof(seed), 0) != sizeof(seed))
@@ -415,22 +421,23 @@ dup:;
 				     BPF_ANY);
 		r = probes_scan(t, p);
 		if (r < 0) {
-			fprintf(stderr, "sqlspan: cannot read the memory map of PID %d: %s\n", p->pid,
-				strerror(errno));
+			fprintf(stderr, "sqlspan: cannot read the memory map of PID %d: %s\n",
+				p->pid, strerror(errno));
 			goto cleanup;
 		}
 		if (r == 0) {
 			if (!t->cli.wait) {
 				fprintf(stderr,
-					"sqlspan: PID %d (%s) has not loaded libpq; use --wait to wait "
+					"sqlspan: PID %d (%s) has not loaded libpq; use --wait to "
+					"wait "
 					"for it\n",
 					p->pid, p->exe);
 				goto cleanup;
 			}
 			p->waiting = true;
 			probes_predict(t, p);
-			fprintf(stderr, "sqlspan: waiting for PID %d (%s) to load libpq...\n", p->pid,
-				p->exe);
+			fprintf(stderr, "sqlspan: waiting for PID %d (%s) to load libpq...\n",
+				p->pid, p->exe);
 		}
 	}
 	if (attach_tracepoints(t))
@@ -439,7 +446,8 @@ dup:;
 	if (t->use_ringbuf) {
 		rb = ring_buffer__new(bpf_map__fd(t->skel->maps.events), on_record, t, NULL);
 		if (!rb) {
-			fprintf(stderr, "sqlspan: cannot open the ring buffer: %s\n", strerror(errno));
+			fprintf(stderr, "sqlspan: cannot open the ring buffer: %s\n",
+				strerror(errno));
 			goto cleanup;
 		}
 	} else {
@@ -447,7 +455,8 @@ dup:;
 		pb = perf_buffer__new(bpf_map__fd(t->skel->maps.events), 256, on_perf_sample,
 				      on_perf_lost, t, NULL);
 		if (!pb || !ro) {
-			fprintf(stderr, "sqlspan: cannot open the perf buffers: %s\n", strerror(errno));
+			fprintf(stderr, "sqlspan: cannot open the perf buffers: %s\n",
+				strerror(errno));
 			goto cleanup;
 		}
 	}

@@ -6,7 +6,7 @@
 
 const char *span_result_name(enum span_result r)
 {
-	static const char *const names[] = {"ok",     "error",  "aborted",  "unknown",
+	static const char *const names[] = {"ok",     "error",	"aborted", "unknown",
 					    "closed", "exited", "detached"};
 
 	return (unsigned)r < sizeof(names) / sizeof(names[0]) ? names[r] : "unknown";
@@ -14,7 +14,8 @@ const char *span_result_name(enum span_result r)
 
 const char *span_request_name(enum span_request r)
 {
-	static const char *const names[] = {"query", "prepare", "execute", "describe", "close", "sync"};
+	static const char *const names[] = {"query",	"prepare", "execute",
+					    "describe", "close",   "sync"};
 
 	return (unsigned)r < sizeof(names) / sizeof(names[0]) ? names[r] : "query";
 }
@@ -261,8 +262,8 @@ void out_json(FILE *f, const struct span *s, int64_t mono_to_real)
 void out_table_header(FILE *f, int width)
 {
 	(void)width;
-	fprintf(f, "%-12s %-7s %9s %6s %-10s %-6s %s\n", "TIME", "PID", "MS", "ROWS", "DB", "RESULT",
-		"SQL");
+	fprintf(f, "%-12s %-7s %9s %6s %-10s %-6s %s\n", "TIME", "PID", "MS", "ROWS", "DB",
+		"RESULT", "SQL");
 }
 
 /*
@@ -354,8 +355,8 @@ void out_table_row(FILE *f, const struct span *s, int64_t mono_to_real, int widt
 
 			room -= k > 0 ? k : 0;
 		} else if (s->req == REQ_DESCRIBE || s->req == REQ_CLOSE) {
-			int k = fprintf(f, "[%s %s] ", s->req == REQ_DESCRIBE ? "DESCRIBE" : "CLOSE",
-					s->name);
+			int k = fprintf(f, "[%s %s] ",
+					s->req == REQ_DESCRIBE ? "DESCRIBE" : "CLOSE", s->name);
 
 			room -= k > 0 ? k : 0;
 		}

@@ -102,7 +102,8 @@ void pgident_read(pid_t pid, uint64_t conn, const struct pq_layout *l, struct co
 
 				id->unix_path = malloc(len);
 				if (id->unix_path)
-					snprintf(id->unix_path, len, "%s/.s.PGSQL.%d", host, id->port);
+					snprintf(id->unix_path, len, "%s/.s.PGSQL.%d", host,
+						 id->port);
 			}
 			if (host && *host) {
 				id->host = host;

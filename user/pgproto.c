@@ -6,8 +6,8 @@
 /* Row count carried by a command tag: "SELECT 5", "INSERT 0 5", "UPDATE 5", "COPY 5", ... */
 static int64_t tag_rows(const char *tag)
 {
-	static const char *const with_count[] = {"SELECT", "INSERT", "UPDATE", "DELETE", "MERGE",
-						 "FETCH",  "MOVE",   "COPY"};
+	static const char *const with_count[] = {"SELECT", "INSERT", "UPDATE", "DELETE",
+						 "MERGE",  "FETCH",  "MOVE",   "COPY"};
 	const char *sp = strrchr(tag, ' ');
 	size_t i, wl;
 	char *end;
@@ -80,11 +80,13 @@ int pg_parse_error(const uint8_t *body, size_t n, bool cut, struct pg_error *out
 			break;
 		case 'V':
 			if (terminated)
-				copy_field(out->severity, sizeof(out->severity), body + start, i - start);
+				copy_field(out->severity, sizeof(out->severity), body + start,
+					   i - start);
 			break;
 		case 'S':
 			if (terminated && !out->severity[0])
-				copy_field(out->severity, sizeof(out->severity), body + start, i - start);
+				copy_field(out->severity, sizeof(out->severity), body + start,
+					   i - start);
 			break;
 		case 'M':
 			copy_field(out->message, sizeof(out->message), body + start, i - start);

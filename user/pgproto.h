@@ -7,14 +7,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define PG_TAG_MAX 64
+#define PG_TAG_MAX    64
 #define PG_ERRMSG_MAX 512
 
 struct pg_error {
-	char sqlstate[6];          /* "23505"; "" if absent */
-	char severity[12];         /* "ERROR", "FATAL", ... (non-localized 'V' if sent) */
+	char sqlstate[6];  /* "23505"; "" if absent */
+	char severity[12]; /* "ERROR", "FATAL", ... (non-localized 'V' if sent) */
 	char message[PG_ERRMSG_MAX];
-	bool message_cut;          /* the message is longer than what was captured */
+	bool message_cut; /* the message is longer than what was captured */
 };
 
 /* CommandComplete: the tag, and the row count it carries (-1 if it carries none). */

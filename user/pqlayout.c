@@ -144,8 +144,8 @@ int pq_layout_from_port(struct pq_layout *l, const uint8_t *code, size_t n)
 				whichhost = in.disp;
 				ridx = in.dst;
 			}
-		} else if (in.op == X86_LEA && in.base == ridx && in.index == ridx && in.dst == ridx &&
-			   in.disp == 0) {
+		} else if (in.op == X86_LEA && in.base == ridx && in.index == ridx &&
+			   in.dst == ridx && in.disp == 0) {
 			mult = 1 + in.scale;
 		} else if (in.op == X86_LOAD && in.base == rconn && in.index == ridx && mult) {
 			port = in.disp;

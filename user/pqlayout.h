@@ -11,19 +11,19 @@
 #include <stdint.h>
 
 struct pq_layout {
-	int sock;       /* int: the socket */
-	int pipeline;   /* PGpipelineStatus (libpq 14+) */
-	int status;     /* ConnStatusType */
-	int be_pid;     /* int: backend PID */
-	int db_name;    /* char * */
-	int user;       /* char * */
-	int connhost;   /* pg_conn_host * (array) */
-	int whichhost;  /* int: index into connhost */
-	int host_size;  /* sizeof(pg_conn_host) */
-	int host_host;  /* offsetof(pg_conn_host, host) */
-	int host_addr;  /* offsetof(pg_conn_host, hostaddr) */
-	int host_port;  /* offsetof(pg_conn_host, port) */
-	int host_type;  /* offsetof(pg_conn_host, type) */
+	int sock;	/* int: the socket */
+	int pipeline;	/* PGpipelineStatus (libpq 14+) */
+	int status;	/* ConnStatusType */
+	int be_pid;	/* int: backend PID */
+	int db_name;	/* char * */
+	int user;	/* char * */
+	int connhost;	/* pg_conn_host * (array) */
+	int whichhost;	/* int: index into connhost */
+	int host_size;	/* sizeof(pg_conn_host) */
+	int host_host;	/* offsetof(pg_conn_host, host) */
+	int host_addr;	/* offsetof(pg_conn_host, hostaddr) */
+	int host_port;	/* offsetof(pg_conn_host, port) */
+	int host_type;	/* offsetof(pg_conn_host, type) */
 	int ssl_in_use; /* bool */
 };
 

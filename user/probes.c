@@ -20,7 +20,7 @@
 struct probe_spec {
 	const char *sym;
 	const char *prog;
-	uint32_t keep;     /* registers the program reads: the probe must sit before they change */
+	uint32_t keep;	   /* registers the program reads: the probe must sit before they change */
 	const char *inner; /* an outer call: probed only where its call of `inner` is not proven */
 };
 
@@ -101,8 +101,8 @@ static void derive_layout(struct tracer *t, struct elf_file *ef, struct lib_targ
 			vlog(t, "%s: could not read %s's offsets from %s", lt->shown, "PGconn",
 			     acc[i].sym);
 	}
-	vlog(t, "%s: PGconn sock@%d pipeline@%d status@%d be_pid@%d db@%d user@%d connhost@%d", lt->shown,
-	     lt->layout.sock, lt->layout.pipeline, lt->layout.status, lt->layout.be_pid,
+	vlog(t, "%s: PGconn sock@%d pipeline@%d status@%d be_pid@%d db@%d user@%d connhost@%d",
+	     lt->shown, lt->layout.sock, lt->layout.pipeline, lt->layout.status, lt->layout.be_pid,
 	     lt->layout.db_name, lt->layout.user, lt->layout.connhost);
 	if (lt->layout.sock < 0)
 		fprintf(stderr,
@@ -117,8 +117,8 @@ static int attach_lib(struct tracer *t, struct proc_target *p, struct lib_target
 	int attached = 0;
 
 	if (!ef) {
-		fprintf(stderr, "sqlspan: warning: cannot read %s for PID %d: %s\n", lt->shown, p->pid,
-			strerror(errno));
+		fprintf(stderr, "sqlspan: warning: cannot read %s for PID %d: %s\n", lt->shown,
+			p->pid, strerror(errno));
 		return -1;
 	}
 	derive_layout(t, ef, lt);
@@ -143,7 +143,8 @@ static int attach_lib(struct tracer *t, struct proc_target *p, struct lib_target
 			else
 				calls = elff_calls(ef, sp->sym, sp->inner);
 			if (calls == 1) {
-				vlog(t, "%s: %s calls %s: probed there", lt->shown, sp->sym, sp->inner);
+				vlog(t, "%s: %s calls %s: probed there", lt->shown, sp->sym,
+				     sp->inner);
 				continue;
 			}
 		}
@@ -154,17 +155,19 @@ static int attach_lib(struct tracer *t, struct proc_target *p, struct lib_target
 			continue;
 		link = bpf_program__attach_uprobe(prog, false, p->pid, lt->path, foff);
 		if (!link) {
-			fprintf(stderr, "sqlspan: warning: cannot attach to %s in %s for PID %d: %s\n",
+			fprintf(stderr,
+				"sqlspan: warning: cannot attach to %s in %s for PID %d: %s\n",
 				sp->sym, lt->shown, p->pid, strerror(errno));
 			continue;
 		}
 		lt->links[lt->nlinks++] = link;
 		attached++;
 		if (t->cli.verbose) {
-			bool emu = x86_decode(code + off, n - off, &in) > 0 && x86_uprobe_emulated(&in);
+			bool emu = x86_decode(code + off, n - off, &in) > 0 &&
+				   x86_uprobe_emulated(&in);
 
-			vlog(t, "%s: %s probed at +%zu, file offset %#lx (%s)", lt->shown, sp->sym, off,
-			     (unsigned long)foff, emu ? "emulated" : "single-stepped");
+			vlog(t, "%s: %s probed at +%zu, file offset %#lx (%s)", lt->shown, sp->sym,
+			     off, (unsigned long)foff, emu ? "emulated" : "single-stepped");
 		}
 	}
 	elff_close(ef);
@@ -220,7 +223,8 @@ static struct lib_target *add_lib(struct tracer *t, struct proc_target *p, const
 	struct lib_target *lt;
 
 	if (p->nlibs >= SQLSPAN_MAX_LIBS) {
-		fprintf(stderr, "sqlspan: warning: PID %d maps more than %d libpq files; %s ignored\n",
+		fprintf(stderr,
+			"sqlspan: warning: PID %d maps more than %d libpq files; %s ignored\n",
 			p->pid, SQLSPAN_MAX_LIBS, shown);
 		return NULL;
 	}
@@ -295,8 +299,11 @@ int probes_scan(struct tracer *t, struct proc_target *p)
 
 int probes_predict(struct tracer *t, struct proc_target *p)
 {
-	static const char *const dirs[] = {"/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu",
-					   "/usr/lib64", "/usr/lib", "/usr/local/lib",
+	static const char *const dirs[] = {"/usr/lib/x86_64-linux-gnu",
+					   "/lib/x86_64-linux-gnu",
+					   "/usr/lib64",
+					   "/usr/lib",
+					   "/usr/local/lib",
 					   "/usr/local/pgsql/lib"};
 	int added = 0;
 

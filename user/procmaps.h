@@ -13,7 +13,7 @@ struct map_entry {
 	unsigned dev_major, dev_minor;
 	uint64_t inode;
 	char path[512]; /* as the process sees it; "" for anonymous mappings */
-	bool deleted;   /* the file was replaced or removed since it was mapped */
+	bool deleted;	/* the file was replaced or removed since it was mapped */
 };
 
 /* Parse one line of /proc/PID/maps. Returns 0, or -1 if it is not a maps line. */

@@ -20,33 +20,33 @@ enum span_request {
 /* How the span ended. */
 enum span_result {
 	RES_OK = 0,
-	RES_ERROR,     /* the server answered with an ErrorResponse */
-	RES_ABORTED,   /* skipped by the server after an earlier error in the same pipeline */
-	RES_UNKNOWN,   /* the result was not seen (events lost, stream not followed, TLS) */
-	RES_CLOSED,    /* the connection closed before the result arrived */
-	RES_EXITED,    /* the process exited before the result arrived */
-	RES_DETACHED,  /* still open when sqlspan stopped */
+	RES_ERROR,    /* the server answered with an ErrorResponse */
+	RES_ABORTED,  /* skipped by the server after an earlier error in the same pipeline */
+	RES_UNKNOWN,  /* the result was not seen (events lost, stream not followed, TLS) */
+	RES_CLOSED,   /* the connection closed before the result arrived */
+	RES_EXITED,   /* the process exited before the result arrived */
+	RES_DETACHED, /* still open when sqlspan stopped */
 };
 
 /* The statement text as far as it is known. */
 enum text_state {
 	TEXT_FULL = 0,
-	TEXT_CUT,        /* longer than --max-sql-bytes: the start is kept */
-	TEXT_UNKNOWN,    /* an execution by name of a statement prepared before sqlspan attached */
+	TEXT_CUT,	 /* longer than --max-sql-bytes: the start is kept */
+	TEXT_UNKNOWN,	 /* an execution by name of a statement prepared before sqlspan attached */
 	TEXT_INCOMPLETE, /* part of the text was lost (buffer full) or unreadable */
-	TEXT_NONE,       /* nothing to show (describe/close of an unknown statement, sync) */
+	TEXT_NONE,	 /* nothing to show (describe/close of an unknown statement, sync) */
 };
 
 /* What is known of the connection a span ran on. Strings are NULL when unknown. */
 struct conn_ident {
 	char *db;
 	char *user;
-	char *host;      /* host name or address as the application gave it */
+	char *host;	 /* host name or address as the application gave it */
 	char *unix_path; /* socket file, for Unix-domain connections */
-	int port;        /* 0 unknown */
+	int port;	 /* 0 unknown */
 	int backend_pid; /* 0 unknown */
-	bool tls;        /* the connection uses SSL/TLS */
-	bool known;      /* the PGconn could be read at all */
+	bool tls;	 /* the connection uses SSL/TLS */
+	bool known;	 /* the PGconn could be read at all */
 };
 
 struct span {
@@ -54,29 +54,29 @@ struct span {
 	uint8_t span_id[8];
 	uint64_t start_ns, end_ns; /* CLOCK_MONOTONIC */
 	uint32_t pid, tid;
-	const char *exe;           /* process.executable.name */
-	uint64_t conn;             /* PGconn address in the process */
+	const char *exe; /* process.executable.name */
+	uint64_t conn;	 /* PGconn address in the process */
 	int fd;
 
 	enum span_request req;
 	enum span_result result;
 	enum text_state text_state;
-	char *text;      /* NUL-terminated, may be NULL */
+	char *text; /* NUL-terminated, may be NULL */
 	size_t text_len;
-	bool redacted;   /* a password literal was replaced */
-	char name[64];   /* statement or portal name */
+	bool redacted; /* a password literal was replaced */
+	char name[64]; /* statement or portal name */
 	bool has_name;
 	bool pipeline;
 
 	struct pg_tag tag;     /* tag.tag[0] == 0: none */
 	int64_t returned_rows; /* DataRows seen, -1 if not counted */
-	int ncommands;         /* CommandCompletes seen (more than one for multi-statement text) */
+	int ncommands;	       /* CommandCompletes seen (more than one for multi-statement text) */
 	bool has_error;
 	struct pg_error error;
-	uint8_t txn_status;    /* ReadyForQuery status after the statement, 0 if not seen */
+	uint8_t txn_status; /* ReadyForQuery status after the statement, 0 if not seen */
 	const struct conn_ident *ident;
-	int backend_pid;       /* from the PGconn at the call; 0 unknown */
-	bool lost_events;      /* records were lost around this span */
+	int backend_pid;  /* from the PGconn at the call; 0 unknown */
+	bool lost_events; /* records were lost around this span */
 };
 
 #endif

@@ -152,10 +152,11 @@ static struct sql_tok skip_with(struct sql_lexer *lx)
 
 void sql_info(const char *sql, size_t n, struct sql_info *o)
 {
-	static const char *const create_mods[] = {"OR", "REPLACE", "TEMP", "TEMPORARY", "UNLOGGED",
-						  "GLOBAL", "LOCAL", "UNIQUE", "MATERIALIZED",
-						  "RECURSIVE", NULL};
-	static const char *const if_exists[] = {"IF", "NOT", "EXISTS", "ONLY", "CONCURRENTLY", NULL};
+	static const char *const create_mods[] = {"OR",		  "REPLACE",   "TEMP",	"TEMPORARY",
+						  "UNLOGGED",	  "GLOBAL",    "LOCAL", "UNIQUE",
+						  "MATERIALIZED", "RECURSIVE", NULL};
+	static const char *const if_exists[] = {"IF",	"NOT",		"EXISTS",
+						"ONLY", "CONCURRENTLY", NULL};
 	struct sql_lexer lx;
 	struct sql_tok t, t2;
 
@@ -236,7 +237,8 @@ void sql_info(const char *sql, size_t n, struct sql_info *o)
 
 			do {
 				t2 = sql_lex_next(&lx);
-			} while (t2.type != TK_END && !(sql_tok_punct(&t2, ')') && t2.depth == d + 1));
+			} while (t2.type != TK_END &&
+				 !(sql_tok_punct(&t2, ')') && t2.depth == d + 1));
 			t2 = sql_lex_next(&lx);
 		}
 		skip_words(&lx, &t2, mods);

@@ -6,8 +6,8 @@
 #include <stddef.h>
 
 struct sql_info {
-	char op[32];     /* "SELECT", "INSERT", "CREATE TABLE", ...; "" if not recognised */
-	char coll[128];  /* the first table named, as written ("public.users"); "" if none */
+	char op[32];	/* "SELECT", "INSERT", "CREATE TABLE", ...; "" if not recognised */
+	char coll[128]; /* the first table named, as written ("public.users"); "" if none */
 };
 
 void sql_info(const char *sql, size_t n, struct sql_info *out);

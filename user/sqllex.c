@@ -39,7 +39,8 @@ static void skip_space(struct sql_lexer *lx)
 				if (lx->end - lx->s >= 2 && lx->s[0] == '/' && lx->s[1] == '*') {
 					nest++;
 					lx->s += 2;
-				} else if (lx->end - lx->s >= 2 && lx->s[0] == '*' && lx->s[1] == '/') {
+				} else if (lx->end - lx->s >= 2 && lx->s[0] == '*' &&
+					   lx->s[1] == '/') {
 					lx->s += 2;
 					if (--nest == 0)
 						break;
@@ -118,7 +119,8 @@ struct sql_tok sql_lex_next(struct sql_lexer *lx)
 		t.type = TK_STRING;
 		goto quoted;
 	}
-	if ((c == 'U' || c == 'u') && lx->end - p >= 3 && p[1] == '&' && (p[2] == '\'' || p[2] == '"')) {
+	if ((c == 'U' || c == 'u') && lx->end - p >= 3 && p[1] == '&' &&
+	    (p[2] == '\'' || p[2] == '"')) {
 		e = skip_quoted(p + 2, lx->end, p[2], false);
 		t.type = p[2] == '"' ? TK_QIDENT : TK_STRING;
 		goto quoted;

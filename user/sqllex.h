@@ -12,7 +12,7 @@ enum sql_tok_type {
 	TK_QIDENT, /* "quoted identifier" */
 	TK_STRING, /* 'string', E'...', $tag$...$tag$, B'..', X'..', U&'..' */
 	TK_NUMBER,
-	TK_PUNCT,  /* any other single character: ( ) . , ; = ... */
+	TK_PUNCT, /* any other single character: ( ) . , ; = ... */
 };
 
 struct sql_tok {

@@ -53,8 +53,8 @@ int check_kernel(const char *release, char *msg, size_t n)
 	}
 	if (major < SQLSPAN_MIN_KERNEL_MAJOR ||
 	    (major == SQLSPAN_MIN_KERNEL_MAJOR && minor < SQLSPAN_MIN_KERNEL_MINOR)) {
-		snprintf(msg, n, "kernel %s is too old: sqlspan needs Linux %d.%d or newer", release,
-			 SQLSPAN_MIN_KERNEL_MAJOR, SQLSPAN_MIN_KERNEL_MINOR);
+		snprintf(msg, n, "kernel %s is too old: sqlspan needs Linux %d.%d or newer",
+			 release, SQLSPAN_MIN_KERNEL_MAJOR, SQLSPAN_MIN_KERNEL_MINOR);
 		return -1;
 	}
 	return 0;

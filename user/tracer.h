@@ -21,9 +21,9 @@ struct bpf_link;
 /* One libpq file attached for one process. */
 struct lib_target {
 	char path[PATH_MAX + 64]; /* opened and attached through the process's root */
-	char shown[PATH_MAX]; /* as the process names it */
+	char shown[PATH_MAX];	  /* as the process names it */
 	uint64_t dev, ino;
-	uint64_t lo, hi;      /* its executable mapping; 0 while not mapped yet */
+	uint64_t lo, hi; /* its executable mapping; 0 while not mapped yet */
 	struct pq_layout layout;
 	struct bpf_link *links[MAX_LINKS];
 	int nlinks;
@@ -33,11 +33,11 @@ struct proc_target {
 	pid_t pid;
 	char exe[64];
 	bool alive;
-	bool announced;  /* "tracing PID ..." said */
-	bool waiting;    /* no libpq mapped yet (--wait) */
+	bool announced; /* "tracing PID ..." said */
+	bool waiting;	/* no libpq mapped yet (--wait) */
 	struct lib_target libs[SQLSPAN_MAX_LIBS];
 	int nlibs;
-	int nmapped;     /* libs actually mapped by the process */
+	int nmapped; /* libs actually mapped by the process */
 };
 
 struct tracer {

@@ -171,7 +171,8 @@ int x86_decode(const uint8_t *p, size_t n, struct x86_insn *in)
 				return -1;
 			i += r;
 			in->op = X86_ALU;
-			in->dst = (op2 >= 0x90 && op2 <= 0x9f) ? (in->has_mem ? X86_NOREG : m.rm) : m.reg;
+			in->dst = (op2 >= 0x90 && op2 <= 0x9f) ? (in->has_mem ? X86_NOREG : m.rm)
+							       : m.reg;
 			if (op2 >= 0x90 && op2 <= 0x9f && in->has_mem)
 				in->op = X86_STORE;
 			goto done;
@@ -262,13 +263,52 @@ int x86_decode(const uint8_t *p, size_t n, struct x86_insn *in)
 
 	/* opcodes with ModRM */
 	switch (op) {
-	case 0x88: case 0x89: case 0x8a: case 0x8b: case 0x8d: case 0x63:
-	case 0x84: case 0x85: case 0x38: case 0x39: case 0x3a: case 0x3b:
-	case 0x00: case 0x01: case 0x02: case 0x03: case 0x08: case 0x09: case 0x0a: case 0x0b:
-	case 0x20: case 0x21: case 0x22: case 0x23: case 0x28: case 0x29: case 0x2a: case 0x2b:
-	case 0x30: case 0x31: case 0x32: case 0x33:
-	case 0x80: case 0x81: case 0x83: case 0xc6: case 0xc7: case 0xc0: case 0xc1:
-	case 0xd0: case 0xd1: case 0xd3: case 0xf6: case 0xf7: case 0xfe: case 0xff:
+	case 0x88:
+	case 0x89:
+	case 0x8a:
+	case 0x8b:
+	case 0x8d:
+	case 0x63:
+	case 0x84:
+	case 0x85:
+	case 0x38:
+	case 0x39:
+	case 0x3a:
+	case 0x3b:
+	case 0x00:
+	case 0x01:
+	case 0x02:
+	case 0x03:
+	case 0x08:
+	case 0x09:
+	case 0x0a:
+	case 0x0b:
+	case 0x20:
+	case 0x21:
+	case 0x22:
+	case 0x23:
+	case 0x28:
+	case 0x29:
+	case 0x2a:
+	case 0x2b:
+	case 0x30:
+	case 0x31:
+	case 0x32:
+	case 0x33:
+	case 0x80:
+	case 0x81:
+	case 0x83:
+	case 0xc6:
+	case 0xc7:
+	case 0xc0:
+	case 0xc1:
+	case 0xd0:
+	case 0xd1:
+	case 0xd3:
+	case 0xf6:
+	case 0xf7:
+	case 0xfe:
+	case 0xff:
 		break;
 	default:
 		return -1;
@@ -311,10 +351,21 @@ int x86_decode(const uint8_t *p, size_t n, struct x86_insn *in)
 		in->op = X86_LEA;
 		in->dst = m.reg;
 		break;
-	case 0x84: case 0x85: case 0x38: case 0x39: case 0x3a: case 0x3b:
+	case 0x84:
+	case 0x85:
+	case 0x38:
+	case 0x39:
+	case 0x3a:
+	case 0x3b:
 		in->op = X86_FLAGS;
 		break;
-	case 0x80: case 0x81: case 0x83: case 0xc0: case 0xc1: case 0xc6: case 0xc7: {
+	case 0x80:
+	case 0x81:
+	case 0x83:
+	case 0xc0:
+	case 0xc1:
+	case 0xc6:
+	case 0xc7: {
 		int isz = op == 0x81 || op == 0xc7 ? (opsize == 2 ? 2 : 4) : 1;
 
 		if (n < i + isz)
@@ -366,7 +417,7 @@ int x86_decode(const uint8_t *p, size_t n, struct x86_insn *in)
 		if (!in->has_mem && (in->op == X86_CALL_IND || in->op == X86_JMP_IND))
 			in->src = m.rm;
 		break;
-	default: /* add/or/and/sub/xor, shifts */
+	default:			      /* add/or/and/sub/xor, shifts */
 		if (op <= 0x33 && (op & 2)) { /* reg <- reg op r/m */
 			in->op = X86_ALU;
 			in->dst = m.reg;
@@ -416,7 +467,8 @@ size_t x86_probe_offset(const uint8_t *p, size_t n, uint32_t keep)
 			return base;
 		if (x86_uprobe_emulated(&in))
 			return off;
-		/* only skip what cannot change control flow, memory or the registers the probe reads */
+		/* only skip what cannot change control flow, memory or the registers the probe
+		 * reads */
 		if (in.op != X86_MOV_IMM && in.op != X86_MOV_RR && in.op != X86_FLAGS &&
 		    !(in.op == X86_ALU && !in.has_mem))
 			return base;

@@ -15,8 +15,22 @@
 
 enum x86_reg {
 	X86_NOREG = -1,
-	X86_RAX = 0, X86_RCX, X86_RDX, X86_RBX, X86_RSP, X86_RBP, X86_RSI, X86_RDI,
-	X86_R8, X86_R9, X86_R10, X86_R11, X86_R12, X86_R13, X86_R14, X86_R15,
+	X86_RAX = 0,
+	X86_RCX,
+	X86_RDX,
+	X86_RBX,
+	X86_RSP,
+	X86_RBP,
+	X86_RSI,
+	X86_RDI,
+	X86_R8,
+	X86_R9,
+	X86_R10,
+	X86_R11,
+	X86_R12,
+	X86_R13,
+	X86_R14,
+	X86_R15,
 	X86_RIP = 16,
 };
 
@@ -27,15 +41,15 @@ enum x86_op {
 	X86_MOV_RR,    /* mov reg, reg */
 	X86_MOV_IMM,   /* mov reg, imm */
 	X86_LEA,
-	X86_PUSH,      /* push reg */
+	X86_PUSH, /* push reg */
 	X86_POP,
-	X86_FLAGS,     /* test/cmp: writes only flags */
-	X86_ALU,       /* other arithmetic/logic writing `dst` */
-	X86_JMP,       /* jmp rel */
-	X86_JCC,       /* conditional jump rel */
-	X86_CALL,      /* call rel32 */
-	X86_JMP_IND,   /* jmp [mem] / jmp reg */
-	X86_CALL_IND,  /* call [mem] / call reg */
+	X86_FLAGS,    /* test/cmp: writes only flags */
+	X86_ALU,      /* other arithmetic/logic writing `dst` */
+	X86_JMP,      /* jmp rel */
+	X86_JCC,      /* conditional jump rel */
+	X86_CALL,     /* call rel32 */
+	X86_JMP_IND,  /* jmp [mem] / jmp reg */
+	X86_CALL_IND, /* call [mem] / call reg */
 	X86_RET,
 	X86_NOP,
 	X86_ENDBR,
@@ -44,19 +58,19 @@ enum x86_op {
 
 struct x86_insn {
 	uint8_t len;
-	uint8_t op;      /* enum x86_op */
-	uint8_t size;    /* operand size in bytes (1, 2, 4, 8) */
-	uint8_t ext;     /* LOAD: 0 plain, 'z' zero-extending, 's' sign-extending */
-	int8_t dst;      /* register written, X86_NOREG if none */
-	int8_t src;      /* register read (MOV_RR, PUSH, STORE), X86_NOREG if none */
+	uint8_t op;   /* enum x86_op */
+	uint8_t size; /* operand size in bytes (1, 2, 4, 8) */
+	uint8_t ext;  /* LOAD: 0 plain, 'z' zero-extending, 's' sign-extending */
+	int8_t dst;   /* register written, X86_NOREG if none */
+	int8_t src;   /* register read (MOV_RR, PUSH, STORE), X86_NOREG if none */
 	/* memory operand */
 	bool has_mem;
-	int8_t base;     /* X86_NOREG, a register, or X86_RIP */
-	int8_t index;    /* X86_NOREG or a register */
-	uint8_t scale;   /* 1, 2, 4, 8 */
+	int8_t base;   /* X86_NOREG, a register, or X86_RIP */
+	int8_t index;  /* X86_NOREG or a register */
+	uint8_t scale; /* 1, 2, 4, 8 */
 	int32_t disp;
 	int64_t imm;
-	int64_t rel;     /* JMP/JCC/CALL: target minus the end of this instruction */
+	int64_t rel; /* JMP/JCC/CALL: target minus the end of this instruction */
 };
 
 /* Decode one instruction at p (n bytes available). Returns its length, or -1 if unknown. */

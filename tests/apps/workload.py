@@ -278,6 +278,32 @@ def psycopg_thread(a, i):
     conn.close()
 
 
+def scenario_psycopg_async(a):
+    """psycopg's AsyncConnection: libpq in non-blocking mode under asyncio, 10 tasks at once."""
+    import asyncio
+
+    import psycopg
+
+    async def task(i):
+        conn = await psycopg.AsyncConnection.connect(dsn(a), autocommit=True)
+        cur = conn.cursor()
+        for k in range(10):
+            sql = "SELECT %s::int + %s::int, pg_sleep(0.001)"
+            await cur.execute(sql, (i, k))
+            await cur.fetchall()
+            REC.add(conn.info.backend_pid, pg3_text(sql), rows=cur.rowcount)
+        try:
+            await cur.execute("SELECT 1/0")
+        except psycopg.errors.DivisionByZero:
+            REC.add(conn.info.backend_pid, "SELECT 1/0", sqlstate="22012", outcome="error")
+        await conn.close()
+
+    async def main():
+        await asyncio.gather(*(task(i) for i in range(10)))
+
+    asyncio.run(main())
+
+
 # ---------------------------------------------------------------- psycopg2 without SQLAlchemy
 
 def pg2_run(conn, cur, sql, params=None):
@@ -327,7 +353,7 @@ def main():
     ap.add_argument("--user", default="postgres")
     ap.add_argument("--scenario", required=True,
                     choices=["sqlalchemy", "psycopg", "psycopg2", "connect-first", "late-import",
-                             "sql"])
+                             "sql", "psycopg-async"])
     ap.add_argument("--sql", action="append", default=[],
                     help="a statement for --scenario sql (@N: a statement of N bytes)")
     ap.add_argument("--record", required=True)
@@ -354,6 +380,8 @@ def main():
         scenario_psycopg(a)
     elif a.scenario == "sql":
         scenario_sql(a)
+    elif a.scenario == "psycopg-async":
+        scenario_psycopg_async(a)
     elif a.scenario in ("psycopg2", "late-import"):
         scenario_psycopg2(a)
     elif a.scenario == "connect-first":

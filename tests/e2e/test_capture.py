@@ -73,3 +73,14 @@ def test_psycopg3_pipeline_prepared(cluster, tmp_path):
     assert len(piped) >= 25
     aborted = [s for s in spans if s["sqlspan.result"] == "aborted"]
     assert [s["db.query.text"] for s in aborted] == ["DELETE FROM items WHERE id = $1"]
+
+
+def test_psycopg3_async(cluster, tmp_path):
+    """psycopg's AsyncConnection (non-blocking libpq) with 10 concurrent asyncio tasks."""
+    record, spans, tr = trace_app(cluster, "psycopg-async", str(tmp_path))
+    check_clean(tr, spans)
+    backends = record["backends"]
+    assert len(backends) == 10
+    assert check_against_server(cluster, spans, backends) == len(executed(spans))
+    assert check_against_record(record, spans) == 110
+    check_identity(spans, cluster, backends, cluster.sockpath)

@@ -47,7 +47,10 @@ static int checks_run;
 	} while (0)
 
 #define TEST(name) static void name(void)
-#define CASE(name) {#name, name}
+#define CASE(name)                                                                                 \
+	{                                                                                          \
+#name, name                                                                        \
+	}
 
 static int run_cases(const char *suite, const struct test_case *cases, size_t n)
 {

@@ -79,7 +79,7 @@ static void req_full(struct assembler *a, int fd, uint64_t conn, uint16_t api, u
 		do {
 			struct ev_text t;
 			size_t k = len - off < SQLSPAN_TEXT_CHUNK - 1 ? len - off
-								   : SQLSPAN_TEXT_CHUNK - 1;
+								      : SQLSPAN_TEXT_CHUNK - 1;
 
 			memset(&t, 0, sizeof(t));
 			hdr(&t.h, EV_TEXT, 7, 8, 0);
@@ -155,8 +155,9 @@ static void msg_parts(struct assembler *a, int fd, uint8_t type, const void *bod
 		rec.m.type = type;
 		if (n)
 			memcpy(rec.data, (const uint8_t *)body + off, n);
-		asm_record(a, &rec, sizeof(rec.m) + (cap >= SQLSPAN_MSG_SHORT ? SQLSPAN_MSG_LONG
-									   : SQLSPAN_MSG_SHORT));
+		asm_record(a, &rec,
+			   sizeof(rec.m) + (cap >= SQLSPAN_MSG_SHORT ? SQLSPAN_MSG_LONG
+								     : SQLSPAN_MSG_SHORT));
 		off += n;
 	} while (off < cap);
 }
@@ -474,9 +475,8 @@ TEST(messages_in_parts)
 	z(a, 5, 'E');
 	CHECK_EQ(G.n, 1);
 	CHECK_STR(G.s[0].error.sqlstate, "23505");
-	CHECK_STR(G.s[0].error.message,
-		  "duplicate key value violates unique constraint "
-		  "\"a_rather_long_constraint_name_pkey\"");
+	CHECK_STR(G.s[0].error.message, "duplicate key value violates unique constraint "
+					"\"a_rather_long_constraint_name_pkey\"");
 	req(a, 5, API_SEND_QUERY, 0, "SELECT 5", NULL);
 	msg_parts(a, 5, 'C', "SELECT 5000", 12, 5000, 3, 0);
 	z(a, 5, 'I');
@@ -515,7 +515,8 @@ TEST(losses_are_reported)
 	CHECK_EQ(G.n, 2);
 	CHECK_EQ(G.s[1].result, RES_UNKNOWN);
 	CHECK_EQ(asm_stats(a)->desync_why[DESYNC_TOO_MANY], 1);
-	/* a new request outside pipeline mode while one is pending: the old one was answered unseen */
+	/* a new request outside pipeline mode while one is pending: the old one was answered unseen
+	 */
 	req(a, 5, API_SEND_QUERY, 0, "SELECT 3", NULL);
 	req(a, 5, API_SEND_QUERY, 0, "SELECT 4", NULL);
 	CHECK_EQ(G.n, 3);
@@ -613,7 +614,8 @@ TEST(random_records)
 		}
 		((struct ev_hdr *)buf)->kind = 1 + x % 10;
 		((struct ev_hdr *)buf)->pid = 7;
-		if (((struct ev_hdr *)buf)->kind == EV_MSG || ((struct ev_hdr *)buf)->kind == EV_REQ)
+		if (((struct ev_hdr *)buf)->kind == EV_MSG ||
+		    ((struct ev_hdr *)buf)->kind == EV_REQ)
 			((struct ev_msg *)buf)->fd = x % 4;
 		n = (x >> 20) % sizeof(buf);
 		asm_record(a, buf, n);

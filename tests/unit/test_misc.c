@@ -57,8 +57,8 @@ TEST(command_line)
 	struct cli c;
 	uint64_t ns;
 
-	CHECK_EQ(parse((const char *const[]){"sqlspan", "-p", "12", "-p", "34", "--json", "-d", "2.5",
-					     "-m", "10ms", "-vv", "--max-sql-bytes", "1000",
+	CHECK_EQ(parse((const char *const[]){"sqlspan", "-p", "12", "-p", "34", "--json", "-d",
+					     "2.5", "-m", "10ms", "-vv", "--max-sql-bytes", "1000",
 					     "--perf-buffer", "--wait", NULL},
 		       &c),
 		 0);
@@ -90,7 +90,8 @@ TEST(command_line)
 	CHECK_EQ(parse((const char *const[]){"sqlspan", NULL}, &c), -1);
 	CHECK_EQ(parse((const char *const[]){"sqlspan", "-p", "x", NULL}, &c), -1);
 	CHECK_EQ(parse((const char *const[]){"sqlspan", "-p", "99999999999", NULL}, &c), -1);
-	CHECK_EQ(parse((const char *const[]){"sqlspan", "-p", "1", "--ring-mb", "0", NULL}, &c), -1);
+	CHECK_EQ(parse((const char *const[]){"sqlspan", "-p", "1", "--ring-mb", "0", NULL}, &c),
+		 -1);
 	CHECK_EQ(parse((const char *const[]){"sqlspan", "-p", "1", "--max-sql-bytes", "2000000",
 					     NULL},
 		       &c),
@@ -109,8 +110,9 @@ TEST(system_checks)
 	CHECK_EQ(check_kernel("garbage", msg, sizeof(msg)), -1);
 	CHECK_STR(msg, "cannot read the kernel version from 'garbage'");
 	CHECK_EQ(check_btf("/nonexistent/btf/vmlinux", msg, sizeof(msg)), -1);
-	CHECK_STR(msg, "this kernel has no BTF (/nonexistent/btf/vmlinux is missing): sqlspan needs "
-		       "a kernel built with CONFIG_DEBUG_INFO_BTF=y");
+	CHECK_STR(msg,
+		  "this kernel has no BTF (/nonexistent/btf/vmlinux is missing): sqlspan needs "
+		  "a kernel built with CONFIG_DEBUG_INFO_BTF=y");
 	CHECK_EQ(check_btf("/proc/self/status", msg, sizeof(msg)), 0);
 	CHECK(proc_alive(getpid()));
 	CHECK(!proc_alive(2147483646));
@@ -120,9 +122,10 @@ TEST(proc_maps)
 {
 	struct map_entry e;
 
-	CHECK_EQ(maps_parse_line("7f1c2a3b4000-7f1c2a3c9000 r-xp 0000a000 fd:01 1234567                "
-				 "   /usr/lib/x86_64-linux-gnu/libpq.so.5.15\n",
-				 &e),
+	CHECK_EQ(maps_parse_line(
+			 "7f1c2a3b4000-7f1c2a3c9000 r-xp 0000a000 fd:01 1234567                "
+			 "   /usr/lib/x86_64-linux-gnu/libpq.so.5.15\n",
+			 &e),
 		 0);
 	CHECK(e.exec);
 	CHECK_EQ(e.lo, 0x7f1c2a3b4000ULL);
@@ -150,8 +153,12 @@ TEST(proc_maps)
 
 static struct span sample(void)
 {
-	static struct conn_ident id = {.db = "shop", .user = "app", .host = "db1", .port = 5432,
-				       .backend_pid = 77, .known = true};
+	static struct conn_ident id = {.db = "shop",
+				       .user = "app",
+				       .host = "db1",
+				       .port = 5432,
+				       .backend_pid = 77,
+				       .known = true};
 	struct span s;
 
 	memset(&s, 0, sizeof(s));
@@ -193,7 +200,8 @@ TEST(json_output)
 	CHECK(strstr(j, "\"name\":\"SELECT users\"") != NULL);
 	CHECK(strstr(j, "\"start_time_unix_nano\":1000001000,\"end_time_unix_nano\":1000004000,"
 			"\"duration_ns\":3000") != NULL);
-	/* escaped quotes and backslashes, UTF-8 kept, control bytes escaped, invalid UTF-8 replaced */
+	/* escaped quotes and backslashes, UTF-8 kept, control bytes escaped, invalid UTF-8 replaced
+	 */
 	CHECK(strstr(j, "\"db.query.text\":\"SELECT \\\"q\\\"\\\\, '\xc3\xa9' \\u0001\\ufffd FROM "
 			"users\\n\"") != NULL);
 	CHECK(strstr(j, "\"db.namespace\":\"shop\",\"server.address\":\"db1\",\"server.port\":5432,"
@@ -285,7 +293,7 @@ TEST(reorder_by_time)
 int main(void)
 {
 	static const struct test_case cases[] = {
-		CASE(hash_map),    CASE(command_line), CASE(system_checks),  CASE(proc_maps),
+		CASE(hash_map),	   CASE(command_line), CASE(system_checks),   CASE(proc_maps),
 		CASE(json_output), CASE(table_output), CASE(reorder_by_time),
 	};
 	return RUN("misc", cases);

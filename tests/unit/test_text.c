@@ -57,7 +57,8 @@ TEST(error_responses)
 	CHECK_STR(e.severity, "FEHLER");
 	CHECK_STR(e.sqlstate, "42601");
 	/* captured in part: the message is marked as cut */
-	CHECK_EQ(pg_parse_error((const uint8_t *)"SERROR\0C22012\0Mdivision by ze", 29, true, &e), 0);
+	CHECK_EQ(pg_parse_error((const uint8_t *)"SERROR\0C22012\0Mdivision by ze", 29, true, &e),
+		 0);
 	CHECK_STR(e.message, "division by ze");
 	CHECK(e.message_cut);
 	/* malformed: a bad SQLSTATE is not taken; nothing usable -> -1 */
@@ -77,8 +78,8 @@ static void info(const char *sql, const char *op, const char *coll)
 
 	sql_info(sql, strlen(sql), &si);
 	if (strcmp(si.op, op) || strcmp(si.coll, coll)) {
-		fprintf(stderr, "  sql_info(%s) = (%s, %s), want (%s, %s)\n", sql, si.op, si.coll, op,
-			coll);
+		fprintf(stderr, "  sql_info(%s) = (%s, %s), want (%s, %s)\n", sql, si.op, si.coll,
+			op, coll);
 		check_failed_in_case = 1;
 	}
 	checks_run++;
@@ -103,10 +104,12 @@ TEST(operation_and_collection)
 	info("insert into s.t values ($1)", "INSERT", "s.t");
 	info("UPDATE ONLY accounts SET x = 1", "UPDATE", "accounts");
 	info("DELETE FROM sessions WHERE expired", "DELETE", "sessions");
-	info("MERGE INTO tgt USING src ON tgt.id = src.id WHEN MATCHED THEN DELETE", "MERGE", "tgt");
-	info("WITH x AS (SELECT * FROM a), y (c) AS MATERIALIZED (SELECT 1) SELECT * FROM b", "SELECT",
-	     "b");
-	info("WITH RECURSIVE r AS (SELECT 1 UNION ALL SELECT n FROM r) INSERT INTO t SELECT * FROM r",
+	info("MERGE INTO tgt USING src ON tgt.id = src.id WHEN MATCHED THEN DELETE", "MERGE",
+	     "tgt");
+	info("WITH x AS (SELECT * FROM a), y (c) AS MATERIALIZED (SELECT 1) SELECT * FROM b",
+	     "SELECT", "b");
+	info("WITH RECURSIVE r AS (SELECT 1 UNION ALL SELECT n FROM r) INSERT INTO t SELECT * FROM "
+	     "r",
 	     "INSERT", "t");
 	info("CREATE TABLE IF NOT EXISTS items (id int)", "CREATE TABLE", "items");
 	info("CREATE TEMP TABLE tmp_x AS SELECT 1", "CREATE TABLE", "tmp_x");
@@ -181,7 +184,7 @@ TEST(redact_dsns)
 int main(void)
 {
 	static const struct test_case cases[] = {
-		CASE(command_tags),          CASE(error_responses), CASE(operation_and_collection),
+		CASE(command_tags),	    CASE(error_responses), CASE(operation_and_collection),
 		CASE(redact_sql_passwords), CASE(redact_dsns),
 	};
 	return RUN("text", cases);
