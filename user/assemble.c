@@ -8,9 +8,10 @@
 #include "sqllex.h"
 #include "../bpf/sqlspan.h"
 
-#define MAX_PENDING 100000 /* requests in flight on one connection before the oldest are given up  \
-			    */
-#define MAX_PREPARED 4096  /* prepared statements remembered per connection */
+/* requests in flight on one connection before the oldest are given up */
+#define MAX_PENDING 100000
+/* prepared statements remembered per connection */
+#define MAX_PREPARED 4096
 
 struct prepared {
 	char name[SQLSPAN_NAME_LEN];
