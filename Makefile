@@ -88,10 +88,20 @@ demo:
 	@$(MAKE) --no-print-directory -s sqlspan
 	@scripts/demo.sh
 
+# ---- benchmark ----
+$(OUTPUT)/floor.bpf.o: bench/floor.bpf.c vmlinux/$(ARCH)/vmlinux.h | $(OUTPUT)
+	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
+
+$(OUTPUT)/floor.skel.h: $(OUTPUT)/floor.bpf.o
+	$(BPFTOOL) gen skeleton $< name floor_bpf > $@
+
+$(OUTPUT)/floor: bench/floor.c $(OUTPUT)/floor.skel.h user/elffile.c user/x86dec.c
+	$(CC) -g -O2 $(WARN) $(INCLUDES) bench/floor.c user/elffile.c user/x86dec.c $(LDLIBS) -o $@
+
 bench:
 	@scripts/setup.sh test
-	@$(MAKE) --no-print-directory sqlspan
-	@bench/run.sh
+	@$(MAKE) --no-print-directory -s sqlspan $(OUTPUT)/floor
+	@/usr/bin/python3 bench/run.py
 
 format:
 	clang-format -i bpf/*.c bpf/*.h user/*.c user/*.h tests/unit/*.c tests/unit/*.h

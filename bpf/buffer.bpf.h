@@ -8,6 +8,12 @@
 #define SQLSPAN_BUFFER_BPF_H
 
 const volatile bool use_ringbuf = true;
+/*
+ * Waking the reader costs the traced thread an interrupt and a cross-CPU wakeup per record:
+ * records go in quietly, the reader polls on a timer, and is woken early only when this many
+ * bytes wait in the ring (a burst that could fill it).
+ */
+const volatile __u64 wakeup_bytes = 1 << 20;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -54,7 +60,11 @@ static __always_inline void *rec_reserve(__u32 size)
 static __always_inline long rec_submit(void *ctx, void *rec, __u32 size)
 {
 	if (use_ringbuf) {
-		bpf_ringbuf_submit(rec, 0);
+		__u64 flags = BPF_RB_NO_WAKEUP;
+
+		if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > wakeup_bytes)
+			flags = BPF_RB_FORCE_WAKEUP;
+		bpf_ringbuf_submit(rec, flags);
 		return 0;
 	}
 	return bpf_perf_event_output(ctx, &events, BPF_F_CURRENT_CPU, rec, size);

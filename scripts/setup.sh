@@ -8,7 +8,7 @@ what="${1:-test}"
 
 BUILD_PKGS="make gcc clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev pkg-config"
 RUN_PKGS="postgresql-15 postgresql-contrib python3 python3-sqlalchemy python3-psycopg2 python3-psycopg"
-TEST_PKGS="python3-pytest procps util-linux iproute2"
+TEST_PKGS="python3-pytest procps util-linux iproute2 python3-asyncpg python3-greenlet python3-yaml python3-jsonschema"
 
 case "$what" in
 build) pkgs="$BUILD_PKGS" ;;

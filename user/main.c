@@ -16,6 +16,7 @@
 #include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/utsname.h>
+#include <linux/perf_event.h>
 #include <unistd.h>
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
@@ -120,12 +121,28 @@ static void on_perf_sample(void *ctx, int cpu, void *data, __u32 size)
 		on_record(ctx, data, size);
 }
 
-static void on_perf_lost(void *ctx, int cpu, __u64 cnt)
+/* Raw perf records: samples carry one of our records, PERF_RECORD_LOST counts losses. */
+static enum bpf_perf_event_ret on_perf_event(void *ctx, int cpu, struct perf_event_header *ev)
 {
 	struct tracer *t = ctx;
 
-	(void)cpu;
-	t->perf_lost += cnt;
+	if (ev->type == PERF_RECORD_SAMPLE) {
+		struct {
+			struct perf_event_header h;
+			__u32 size;
+			char data[];
+		} *s = (void *)ev;
+
+		on_perf_sample(t, cpu, s->data, s->size);
+	} else if (ev->type == PERF_RECORD_LOST) {
+		struct {
+			struct perf_event_header h;
+			__u64 id, lost;
+		} *l = (void *)ev;
+
+		t->perf_lost += l->lost;
+	}
+	return LIBBPF_PERF_EVENT_CONT;
 }
 
 static void release_ordered(struct tracer *t, bool all)
@@ -138,6 +155,26 @@ static void release_ordered(struct tracer *t, bool all)
 		on_record(t, (void *)rec, size);
 		reorder_release(ro);
 	}
+}
+
+/* A BPF counter summed over CPUs. */
+static uint64_t stat_sum(struct tracer *t, uint32_t k)
+{
+	int ncpu = libbpf_num_possible_cpus();
+	uint64_t total = 0, *vals;
+
+	if (ncpu <= 0)
+		return 0;
+	vals = calloc(ncpu, sizeof(*vals));
+	if (!vals)
+		return 0;
+	if (!bpf_map__lookup_elem(t->skel->maps.stats, &k, sizeof(k), vals, ncpu * sizeof(*vals),
+				  0)) {
+		for (int c = 0; c < ncpu; c++)
+			total += vals[c];
+	}
+	free(vals);
+	return total;
 }
 
 /* Events lost in the kernel: BPF counters plus the perf buffers' own. */
@@ -248,6 +285,7 @@ static int open_and_load(struct tracer *t)
 	skel->rodata->text_max_chunks = chunks;
 	if (t->use_ringbuf) {
 		bpf_map__set_max_entries(skel->maps.events, t->cli.ring_mb << 20);
+		skel->rodata->wakeup_bytes = (uint64_t)(t->cli.ring_mb << 20) / 8;
 	} else {
 		bpf_map__set_type(skel->maps.events, BPF_MAP_TYPE_PERF_EVENT_ARRAY);
 		bpf_map__set_key_size(skel->maps.events, sizeof(int));
@@ -347,6 +385,9 @@ static void summary(struct tracer *t, uint64_t open_at_end)
 			(unsigned long long)desync, (unsigned long long)st->texts_lost,
 			(unsigned long long)st->orphan_msgs, (unsigned long long)st->orphan_texts,
 			(unsigned long long)st->bad_records);
+	vlog(t, "probe hits: %llu requests, %llu socket reads walked, %llu messages sent",
+	     (unsigned long long)stat_sum(t, ST_REQS), (unsigned long long)stat_sum(t, ST_RECVS),
+	     (unsigned long long)stat_sum(t, ST_MSGS));
 	if (st->desyncs)
 		vlog(t,
 		     "streams not followed: %llu bad header, %llu too many messages in one read, "
@@ -451,9 +492,19 @@ int main(int argc, char **argv)
 			goto cleanup;
 		}
 	} else {
+		/* like perf_buffer__new, but waking the reader every 64 records, not every one */
+		struct perf_event_attr attr = {
+			.type = PERF_TYPE_SOFTWARE,
+			.config = PERF_COUNT_SW_BPF_OUTPUT,
+			.sample_type = PERF_SAMPLE_RAW,
+			.sample_period = 1,
+			.wakeup_events = 64,
+		};
+		struct perf_buffer_raw_opts ropts = {.sz = sizeof(ropts)};
+
 		ro = reorder_new();
-		pb = perf_buffer__new(bpf_map__fd(t->skel->maps.events), 256, on_perf_sample,
-				      on_perf_lost, t, NULL);
+		pb = perf_buffer__new_raw(bpf_map__fd(t->skel->maps.events), 256, &attr, on_perf_event,
+					  t, &ropts);
 		if (!pb || !ro) {
 			fprintf(stderr, "sqlspan: cannot open the perf buffers: %s\n",
 				strerror(errno));
@@ -476,11 +527,16 @@ int main(int argc, char **argv)
 	while (!exiting) {
 		unsigned long long now;
 
+		/* records arrive without waking us (see buffer.bpf.h): poll, then take what is there */
 		r = rb ? ring_buffer__poll(rb, 100) : perf_buffer__poll(pb, 100);
 		if (r < 0 && r != -EINTR) {
 			fprintf(stderr, "sqlspan: polling failed: %s\n", strerror(-r));
 			break;
 		}
+		if (rb)
+			ring_buffer__consume(rb);
+		else
+			perf_buffer__consume(pb);
 		if (pb)
 			release_ordered(t, false);
 		now = mono_now_ns();

@@ -1,0 +1,119 @@
+#!/usr/bin/python3
+"""The benchmark's application: SELECT 1 in a loop through SQLAlchemy, on one connection.
+
+Driven over stdin/stdout by bench/run.py, one line per command:
+  run N        -> "wall_ns cpu_ns" for N statements (this process's own CPU time: it pays for
+                  every probe hit, whether sqlspan is attached or not)
+  otel on|off  -> an in-process tracer on SQLAlchemy's cursor events, as OpenTelemetry's SQLAlchemy
+                  instrumentation does it: an SDK span per statement, with its attributes
+  quit
+Usage: app.py DRIVER SOCKET_DIR PORT   (DRIVER: psycopg2, psycopg, asyncpg)
+"""
+import asyncio
+import os
+import sys
+import time
+
+from sqlalchemy import event, text
+
+DRIVER, SOCK, PORT = sys.argv[1], sys.argv[2], sys.argv[3]
+URLS = {
+    "psycopg2": "postgresql+psycopg2://postgres@/postgres?host=%s&port=%s",
+    "psycopg": "postgresql+psycopg://postgres@/postgres?host=%s&port=%s",
+    "asyncpg": "postgresql+asyncpg://postgres@/postgres?host=%s&port=%s",
+}
+
+
+class InProcessTracer:
+    """Spans from SQLAlchemy cursor events, the way in-process instrumentation makes them."""
+
+    def __init__(self):
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, \
+            SpanExportResult
+
+        class Drop(SpanExporter):
+            def export(self, spans):
+                return SpanExportResult.SUCCESS
+
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(Drop()))
+        self.tracer = provider.get_tracer("bench.sqlalchemy")
+        self.engine = None
+
+    def before(self, conn, cursor, statement, parameters, context, executemany):
+        span = self.tracer.start_span(statement.split(None, 1)[0] + " postgres",
+                                      kind=__import__("opentelemetry.trace").trace.SpanKind.CLIENT)
+        span.set_attribute("db.system.name", "postgresql")
+        span.set_attribute("db.query.text", statement)
+        span.set_attribute("db.namespace", "postgres")
+        span.set_attribute("server.address", SOCK)
+        span.set_attribute("server.port", int(PORT))
+        context._bench_span = span
+
+    def after(self, conn, cursor, statement, parameters, context, executemany):
+        span = getattr(context, "_bench_span", None)
+        if span is not None:
+            span.end()
+
+    def on(self, engine):
+        event.listen(engine, "before_cursor_execute", self.before)
+        event.listen(engine, "after_cursor_execute", self.after)
+
+    def off(self, engine):
+        event.remove(engine, "before_cursor_execute", self.before)
+        event.remove(engine, "after_cursor_execute", self.after)
+
+
+def measure(loop_fn, n):
+    w0, c0 = time.perf_counter_ns(), time.process_time_ns()
+    loop_fn(n)
+    return time.perf_counter_ns() - w0, time.process_time_ns() - c0
+
+
+def main():
+    url = URLS[DRIVER] % (SOCK, PORT)
+    tracer = None
+    stmt = text("SELECT 1")
+    if DRIVER == "asyncpg":
+        from sqlalchemy.ext.asyncio import create_async_engine
+        loop = asyncio.new_event_loop()
+        engine = create_async_engine(url)
+        aconn = loop.run_until_complete(engine.connect())
+        sync_engine = engine.sync_engine
+
+        async def many(n):
+            for _ in range(n):
+                await aconn.execute(stmt)
+
+        def run(n):
+            loop.run_until_complete(many(n))
+    else:
+        from sqlalchemy import create_engine
+        engine = sync_engine = create_engine(url)
+        conn = engine.connect()
+
+        def run(n):
+            for _ in range(n):
+                conn.execute(stmt)
+
+    run(200)  # warm up: connection, caches
+    print("ready %d" % os.getpid(), flush=True)
+    for line in sys.stdin:
+        cmd = line.split()
+        if not cmd:
+            continue
+        if cmd[0] == "run":
+            wall, cpu = measure(run, int(cmd[1]))
+            print("%d %d" % (wall, cpu), flush=True)
+        elif cmd[0] == "otel":
+            if tracer is None:
+                tracer = InProcessTracer()
+            (tracer.on if cmd[1] == "on" else tracer.off)(sync_engine)
+            print("ok", flush=True)
+        elif cmd[0] == "quit":
+            break
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,12 @@
+// SPDX-License-Identifier: MIT
+/* An empty uprobe program: what one probe hit costs, with nothing done in it. */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";
+
+SEC("uprobe")
+int empty(void *ctx)
+{
+	return 0;
+}

@@ -1,0 +1,147 @@
+// SPDX-License-Identifier: MIT
+/*
+ * The floor of probe costs on this machine: calls of tiny functions, untraced and with an empty
+ * BPF uprobe (and uretprobe) on them, where the first instruction is one the kernel emulates
+ * (push, nop) and one it must single-step (mov). Prints one line per case: ns per call and the
+ * added ns per probe hit. Usage: floor [CALLS]
+ *
+ * floor attach PID LIBRARY SYMBOL [ret]: put an empty uprobe (and uretprobe) on SYMBOL in another
+ * process until stdin closes: the cost of a design that probes there.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <bpf/libbpf.h>
+#include "elffile.h"
+#include "floor.skel.h"
+
+/* first instruction chosen on purpose */
+__asm__(".text\n.globl f_push\n.type f_push,@function\nf_push:\n push %rbp\n mov %rsp,%rbp\n"
+	" pop %rbp\n ret\n.size f_push,.-f_push\n"
+	".globl f_nop\n.type f_nop,@function\nf_nop:\n nop\n ret\n.size f_nop,.-f_nop\n"
+	".globl f_mov\n.type f_mov,@function\nf_mov:\n mov %rdi,%rax\n ret\n.size f_mov,.-f_mov\n");
+void f_push(void);
+void f_nop(void);
+void f_mov(void);
+
+static double cpu_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+	return ts.tv_sec * 1e9 + ts.tv_nsec;
+}
+
+/* best of 5 runs of n calls: CPU ns per call */
+static double per_call(void (*fn)(void), long n)
+{
+	double best = 1e18;
+
+	for (int r = 0; r < 5; r++) {
+		double c0 = cpu_ns();
+
+		for (long i = 0; i < n; i++) {
+			fn();
+			__asm__ volatile("" ::: "memory");
+		}
+		double c = (cpu_ns() - c0) / n;
+		if (c < best)
+			best = c;
+	}
+	return best;
+}
+
+static int silent(enum libbpf_print_level l, const char *f, va_list a)
+{
+	(void)l, (void)f, (void)a;
+	return 0;
+}
+
+static int attach_other(int argc, char **argv)
+{
+	struct floor_bpf *skel = floor_bpf__open_and_load();
+	struct elf_file *ef = argc > 4 ? elff_open(argv[3]) : NULL;
+	struct bpf_link *l1, *l2 = NULL;
+	uint64_t va, foff;
+	char buf[64];
+
+	if (!skel || !ef || elff_sym(ef, argv[4], &va, NULL)) {
+		fprintf(stderr, "floor: usage: floor attach PID LIBRARY SYMBOL [ret]\n");
+		return 2;
+	}
+	foff = elff_file_offset(ef, va);
+	l1 = bpf_program__attach_uprobe(skel->progs.empty, false, atoi(argv[2]), argv[3], foff);
+	if (argc > 5 && !strcmp(argv[5], "ret"))
+		l2 = bpf_program__attach_uprobe(skel->progs.empty, true, atoi(argv[2]), argv[3], foff);
+	if (!l1 || (argc > 5 && !l2)) {
+		fprintf(stderr, "floor: cannot attach\n");
+		return 1;
+	}
+	printf("attached\n");
+	fflush(stdout);
+	while (fgets(buf, sizeof(buf), stdin))
+		;
+	bpf_link__destroy(l2);
+	bpf_link__destroy(l1);
+	floor_bpf__destroy(skel);
+	elff_close(ef);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	static const struct {
+		const char *name, *first;
+		void (*fn)(void);
+	} fns[] = {{"f_push", "push %rbp (emulated)", f_push},
+		   {"f_nop", "nop (emulated)", f_nop},
+		   {"f_mov", "mov %rdi,%rax (single-stepped)", f_mov}};
+	long n = argc > 1 ? atol(argv[1]) : 200000;
+	struct floor_bpf *skel;
+	struct elf_file *ef;
+	char self[4096];
+	ssize_t len;
+
+	libbpf_set_print(silent);
+	if (argc > 1 && !strcmp(argv[1], "attach"))
+		return attach_other(argc, argv);
+	len = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	if (len <= 0)
+		return 1;
+	self[len] = 0;
+	ef = elff_open(self);
+	skel = floor_bpf__open_and_load();
+	if (!ef || !skel) {
+		fprintf(stderr, "floor: cannot open myself or load the BPF program\n");
+		return 1;
+	}
+	printf("%-34s %12s %12s %12s %12s\n", "first instruction", "ns/call", "+uprobe",
+	       "+uretprobe", "both");
+	for (size_t i = 0; i < sizeof(fns) / sizeof(fns[0]); i++) {
+		uint64_t va, foff;
+		struct bpf_link *l1, *l2;
+		double base, up, both;
+
+		if (elff_sym(ef, fns[i].name, &va, NULL))
+			return 1;
+		foff = elff_file_offset(ef, va);
+		base = per_call(fns[i].fn, n * 10);
+		l1 = bpf_program__attach_uprobe(skel->progs.empty, false, getpid(), self, foff);
+		up = per_call(fns[i].fn, n);
+		l2 = bpf_program__attach_uprobe(skel->progs.empty, true, getpid(), self, foff);
+		both = per_call(fns[i].fn, n);
+		bpf_link__destroy(l2);
+		bpf_link__destroy(l1);
+		if (!l1 || !l2) {
+			fprintf(stderr, "floor: cannot attach uprobes\n");
+			return 1;
+		}
+		printf("%-34s %12.1f %12.1f %12.1f %12.1f\n", fns[i].first, base, up - base,
+		       both - up, both - base);
+	}
+	floor_bpf__destroy(skel);
+	elff_close(ef);
+	return 0;
+}
