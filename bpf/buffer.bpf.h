@@ -20,9 +20,9 @@ struct {
 	__uint(max_entries, 8 << 20);
 } events SEC(".maps");
 
-/* One record-sized scratch area per CPU, used to build records for the perf buffer. */
+/* A scratch area per CPU to build records in (text records are sent with their own length). */
 struct scratch {
-	__u8 bytes[sizeof(struct ev_text)];
+	__u8 bytes[8192];
 };
 
 struct {
@@ -68,6 +68,26 @@ static __always_inline long rec_submit(void *ctx, void *rec, __u32 size)
 		return 0;
 	}
 	return bpf_perf_event_output(ctx, &events, BPF_F_CURRENT_CPU, rec, size);
+}
+
+/* Send `size` bytes of a record built in the per-CPU scratch area (variable-size records). */
+static __always_inline long rec_output(void *ctx, void *rec, __u64 size)
+{
+	if (use_ringbuf) {
+		__u64 flags = BPF_RB_NO_WAKEUP;
+
+		if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > wakeup_bytes)
+			flags = BPF_RB_FORCE_WAKEUP;
+		return bpf_ringbuf_output(&events, rec, size, flags);
+	}
+	return bpf_perf_event_output(ctx, &events, BPF_F_CURRENT_CPU, rec, size);
+}
+
+static __always_inline void *scratch_get(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&heap, &zero);
 }
 
 static __always_inline void rec_discard(void *rec)

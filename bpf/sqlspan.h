@@ -106,6 +106,7 @@ struct ev_ident {
 	__s32 host_type; /* pg_conn_host.type: 0 name, 1 address, 2 Unix socket; -1 unknown */
 	__u8 ssl;	 /* 1 TLS, 0 not, 0xff unknown */
 	__u8 _pad[7];
+	char comm[16]; /* command name of the thread (the process may be gone before it is seen) */
 	char db[SQLSPAN_IDENT_STR];
 	char user[SQLSPAN_IDENT_STR];
 	char port[16];
@@ -191,7 +192,7 @@ struct proc_libs {
 SQLSPAN_ASSERT(sizeof(struct ev_hdr) == 24, "ev_hdr size");
 SQLSPAN_ASSERT(sizeof(struct ev_text) == 4096, "ev_text size");
 SQLSPAN_ASSERT(sizeof(struct ev_req) == 24 + 32 + SQLSPAN_NAME_LEN, "ev_req size");
-SQLSPAN_ASSERT(sizeof(struct ev_ident) == 24 + 32 + 2 * SQLSPAN_IDENT_STR + 16 + SQLSPAN_IDENT_HOST,
+SQLSPAN_ASSERT(sizeof(struct ev_ident) == 24 + 48 + 2 * SQLSPAN_IDENT_STR + 16 + SQLSPAN_IDENT_HOST,
 	       "ev_ident size");
 SQLSPAN_ASSERT(sizeof(struct ev_msg) == 48, "ev_msg size");
 SQLSPAN_ASSERT(sizeof(struct ev_conn) == 40, "ev_conn size");

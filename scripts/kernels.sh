@@ -192,6 +192,10 @@ mount -t cgroup2 cgroup2 $R/sys/fs/cgroup 2>/dev/null || :
 mount -t tmpfs -o mode=1777 tmpfs $R/tmp
 mount -t tmpfs -o mode=1777 tmpfs $R/var/tmp
 mount -t tmpfs -o mode=755 tmpfs $R/run
+mkdir -m 1777 $R/run/lock
+ln -s /dev/shm $R/run/shm
+pg=$(awk -F: '$1 == "postgres" {print $3 ":" $4}' $R/etc/passwd)
+if [ -n "$pg" ]; then mkdir -m 2775 $R/run/postgresql && chown "$pg" $R/run/postgresql; fi
 ip link set lo up
 hostname sqlspan-vm
 cp /cmd.sh $R/run/sqlspan-cmd.sh
@@ -304,8 +308,6 @@ run() {
 	mkdir "$run_dir/cpio"
 	{
 		echo 'export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root PYTHONDONTWRITEBYTECODE=1 LANG=C.UTF-8 TERM=dumb'
-		echo 'mkdir -p -m 1777 /run/lock && ln -s /dev/shm /run/shm'
-		echo 'if id postgres >/dev/null 2>&1; then install -d -o postgres -g postgres -m 2775 /run/postgresql; fi'
 		echo "cd $(quote "$cwd") || { echo 'sqlspan-vm: the current directory does not exist in the guest' >&2; exit 125; }"
 		printf 'exec'
 		for a in "$@"; do
@@ -321,7 +323,7 @@ run() {
 	# fd per guest inode (the fd limit may be low)
 	nofile=$(awk '/^Max open files/ {print $5}' /proc/self/limits)
 	case "$nofile" in '' | *[!0-9]*) nofile=0 ;; esac
-	virtiofsd --shared-dir / --readonly --sandbox chroot --inode-file-handles=prefer --cache auto --no-announce-submounts \
+	virtiofsd --shared-dir / --readonly --sandbox chroot --inode-file-handles=prefer --cache always --no-announce-submounts \
 		--rlimit-nofile "$nofile" --log-level error --socket-path "$run_dir/vfs.sock" \
 		>"$run_dir/virtiofsd.log" 2>&1 &
 	vfs_pid=$!
@@ -338,7 +340,7 @@ run() {
 	# qemu: 1 vCPU under TCG; virtiofs needs guest RAM in shared memory (memfd, share=on) mapped by a NUMA node
 	(
 		rc=0
-		timeout -k 10 "$tmo" qemu-system-x86_64 -accel tcg -cpu max -smp 1 -m "${mem}M" \
+		timeout -k 10 "$tmo" qemu-system-x86_64 -accel tcg -cpu Nehalem,+rdrand -smp 1 -m "${mem}M" \
 			-object "memory-backend-memfd,id=mem,size=${mem}M,share=on" -numa node,memdev=mem \
 			-bios /usr/share/qemu/qboot.rom -nodefaults -no-user-config -nographic -serial stdio -no-reboot -pidfile "$run_dir/qemu.pid" \
 			-chardev "socket,id=vfs,path=$run_dir/vfs.sock" -device vhost-user-fs-pci,chardev=vfs,tag=hostroot \
@@ -346,9 +348,9 @@ run() {
 			-append "console=ttyS0 panic=-1 quiet mitigations=off random.trust_cpu=on" \
 			</dev/null 2>&1 || rc=$?
 		echo "$rc" >"$run_dir/qemu.rc"
-	) | sed -u 's/\r$//' | tee "$run_dir/console.log"
+	) | sed -u -e 's/\r$//' -e '/^\[ *[0-9.]*\] reboot: Power down$/d' | tee "$run_dir/console.log"
 
-	code=$(sed -n "s/^$MARKER=\([0-9][0-9]*\)\$/\1/p" "$run_dir/console.log" | tail -1)
+	code=$(sed -n "s/.*$MARKER=\([0-9][0-9]*\)\$/\1/p" "$run_dir/console.log" | tail -1)
 	if [ -n "$code" ]; then
 		exit "$code"
 	fi

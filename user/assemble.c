@@ -166,6 +166,8 @@ static void on_ident(struct assembler *a, const struct ev_ident *e, size_t size)
 	STR(id->host, e->host);
 #undef STR
 	id->backend_pid = e->status == 0 ? e->be_pid : 0;
+	memcpy(id->comm, e->comm, sizeof(id->comm));
+	id->comm[sizeof(id->comm) - 1] = 0;
 	id->tls = e->ssl == 1;
 	{
 		char port[sizeof(e->port) + 1];
@@ -642,6 +644,8 @@ static void on_req(struct assembler *a, const struct ev_req *r, size_t size)
 		if (!c->have_ident)
 			conn_identify(a, c);
 		s->ident = &c->ident;
+		if (!s->exe && c->ident.comm[0])
+			s->exe = c->ident.comm; /* the process is gone: its command name */
 		if (r->be_pid > 0 && c->ident.known && c->ident.backend_pid != r->be_pid)
 			c->ident.backend_pid = r->be_pid; /* e.g. after PQreset */
 		/* outside pipeline mode libpq sends only on an idle connection: what is still

@@ -75,7 +75,7 @@ static const char *hook_exe(void *arg, uint32_t pid)
 
 	for (int i = 0; i < t->nprocs; i++) {
 		if (t->procs[i].pid == (pid_t)pid)
-			return t->procs[i].exe;
+			return strcmp(t->procs[i].exe, "?") ? t->procs[i].exe : NULL;
 	}
 	return NULL;
 }
@@ -106,8 +106,14 @@ static int on_record(void *ctx, void *data, size_t size)
 	struct tracer *t = ctx;
 	const struct ev_hdr *h = data;
 
-	if (size >= sizeof(*h) && h->kind == EV_MMAP)
+	if (size >= sizeof(*h) && h->kind == EV_MMAP) {
+		/* a library arrives, or the process exec'd: look again, name included */
+		for (int i = 0; i < t->nprocs; i++) {
+			if (t->procs[i].pid == (pid_t)h->pid)
+				proc_exe_name(h->pid, t->procs[i].exe, sizeof(t->procs[i].exe));
+		}
 		t->rescan = true;
+	}
 	if (size >= sizeof(*h) && h->kind == EV_EXIT)
 		t->rescan = true;
 	asm_record(t->as, data, size);
@@ -503,8 +509,8 @@ int main(int argc, char **argv)
 		struct perf_buffer_raw_opts ropts = {.sz = sizeof(ropts)};
 
 		ro = reorder_new();
-		pb = perf_buffer__new_raw(bpf_map__fd(t->skel->maps.events), 256, &attr, on_perf_event,
-					  t, &ropts);
+		pb = perf_buffer__new_raw(bpf_map__fd(t->skel->maps.events), 256, &attr,
+					  on_perf_event, t, &ropts);
 		if (!pb || !ro) {
 			fprintf(stderr, "sqlspan: cannot open the perf buffers: %s\n",
 				strerror(errno));
@@ -527,7 +533,8 @@ int main(int argc, char **argv)
 	while (!exiting) {
 		unsigned long long now;
 
-		/* records arrive without waking us (see buffer.bpf.h): poll, then take what is there */
+		/* records arrive without waking us (see buffer.bpf.h): poll, then take what is
+		 * there */
 		r = rb ? ring_buffer__poll(rb, 100) : perf_buffer__poll(pb, 100);
 		if (r < 0 && r != -EINTR) {
 			fprintf(stderr, "sqlspan: polling failed: %s\n", strerror(-r));

@@ -46,6 +46,7 @@ struct conn_ident {
 	int port;	 /* 0 unknown */
 	int backend_pid; /* 0 unknown */
 	bool tls;	 /* the connection uses SSL/TLS */
+	char comm[16];	 /* command name of the thread that first used it ("" unknown) */
 	bool known;	 /* the PGconn could be read at all */
 };
 
