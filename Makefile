@@ -16,10 +16,10 @@ ARCH := x86
 # the pure logic: no libbpf, unit-tested without root
 PURE_SRCS := user/hmap.c user/x86dec.c user/pqlayout.c user/pgproto.c user/sqllex.c \
 	user/sqlinfo.c user/redact.c user/assemble.c user/output.c user/reorder.c \
-	user/procmaps.c user/cli.c user/elffile.c user/sysinfo.c
-LOADER_SRCS := user/main.c user/probes.c user/pgident.c
+	user/procmaps.c user/cli.c user/elffile.c user/sysinfo.c user/pyline.c user/pylayout_table.c user/pyruntime.c user/pyframes.c
+LOADER_SRCS := user/main.c user/probes.c user/pgident.c user/pystack.c
 BPF_SRCS := bpf/sqlspan.bpf.c
-BPF_HDRS := bpf/sqlspan.h bpf/buffer.bpf.h bpf/maps.bpf.h bpf/wire.bpf.h
+BPF_HDRS := bpf/sqlspan.h bpf/buffer.bpf.h bpf/maps.bpf.h bpf/wire.bpf.h bpf/pystack.bpf.h
 
 CFLAGS ?= -g -O2
 WARN := -Wall -Wextra -Werror -Wno-missing-field-initializers
@@ -31,7 +31,7 @@ BPF_CFLAGS := -g -O2 -target bpf -D__TARGET_ARCH_$(ARCH) -Wall -Werror=undef \
 PURE_OBJS := $(patsubst user/%.c,$(OUTPUT)/%.o,$(PURE_SRCS))
 LOADER_OBJS := $(patsubst user/%.c,$(OUTPUT)/%.o,$(LOADER_SRCS))
 
-.PHONY: all setup demo test test-unit test-e2e bench format check-format vmlinux clean
+.PHONY: all setup demo test test-unit test-e2e test-kernels bench format check-format vmlinux clean
 .DELETE_ON_ERROR:
 
 all: sqlspan
@@ -77,6 +77,9 @@ test-unit: $(addprefix $(OUTPUT)/unit/,$(UNIT_TESTS)) $(addprefix $(OUTPUT)/unit
 
 test-e2e: sqlspan
 	@tests/run-e2e.sh
+
+test-kernels: sqlspan
+	@tests/kernels/run.sh
 
 test:
 	@scripts/setup.sh test

@@ -20,17 +20,44 @@ struct {
 	__uint(max_entries, 8 << 20);
 } events SEC(".maps");
 
-/* A scratch area per CPU to build records in (text records are sent with their own length). */
+/*
+ * Scratch space to build records in, one per thread, not per CPU: on recent kernels uprobe and
+ * syscall programs can be preempted, and another thread's program on the same CPU would
+ * overwrite a per-CPU buffer still in use.
+ */
 struct scratch {
 	__u8 bytes[8192];
 };
 
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, struct scratch);
+} scratches SEC(".maps");
+
+/* zeroes to create a thread's entries from (never written) */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct scratch);
-} heap SEC(".maps");
+} zeroes SEC(".maps");
+
+/* The calling thread's entry in a per-thread map, created on first use. */
+static __always_inline void *thread_entry(void *map)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid(), zero = 0;
+	void *p = bpf_map_lookup_elem(map, &tid), *z;
+
+	if (p)
+		return p;
+	z = bpf_map_lookup_elem(&zeroes, &zero);
+	if (!z)
+		return NULL;
+	bpf_map_update_elem(map, &tid, z, BPF_NOEXIST);
+	return bpf_map_lookup_elem(map, &tid);
+}
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -49,11 +76,9 @@ static __always_inline void stat_add(__u32 idx, __u64 n)
 
 static __always_inline void *rec_reserve(__u32 size)
 {
-	__u32 zero = 0;
-
 	if (use_ringbuf)
 		return bpf_ringbuf_reserve(&events, size, 0);
-	return bpf_map_lookup_elem(&heap, &zero);
+	return thread_entry(&scratches);
 }
 
 /* Returns 0 when the record was handed over, <0 when it was lost (perf buffer full). */
@@ -85,9 +110,7 @@ static __always_inline long rec_output(void *ctx, void *rec, __u64 size)
 
 static __always_inline void *scratch_get(void)
 {
-	__u32 zero = 0;
-
-	return bpf_map_lookup_elem(&heap, &zero);
+	return thread_entry(&scratches);
 }
 
 static __always_inline void rec_discard(void *rec)

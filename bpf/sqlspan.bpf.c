@@ -17,6 +17,7 @@
 #include "buffer.bpf.h"
 #include "maps.bpf.h"
 #include "wire.bpf.h"
+#include "pystack.bpf.h"
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
@@ -39,18 +40,16 @@ static __always_inline struct lib_range *lib_of(__u32 tgid, __u64 ip)
 
 /*
  * Send the NUL-terminated text at `s` in chunks, each record as long as its text (built in the
- * per-CPU scratch area, then copied out). Returns the number of chunks sent.
+ * per-CPU scratch area, then copied out). A global function, verified once. Returns
+ * total | chunks << 32 | flags << 48.
  */
-static __always_inline __u32 send_text(void *ctx, __u64 pid_tgid, __u64 ts, const char *s,
-				       __u32 *total, __u32 *flags)
+__noinline long send_text(struct pt_regs *ctx, __u64 pid_tgid, __u64 ts, __u64 s)
 {
 	struct ev_text *t = scratch_get();
-	__u32 off = 0, i;
+	__u32 off = 0, i, flags = 0;
 
-	if (!t) {
-		*flags |= EVF_TEXT_FAULT;
-		return 0;
-	}
+	if (!t)
+		return (long)EVF_TEXT_FAULT << 48;
 	for (i = 0; i < SQLSPAN_MAX_CHUNKS; i++) {
 		__u64 size;
 		long r;
@@ -58,14 +57,14 @@ static __always_inline __u32 send_text(void *ctx, __u64 pid_tgid, __u64 ts, cons
 		if (i >= text_max_chunks) {
 			char c = 0;
 
-			bpf_probe_read_user(&c, 1, s + off);
+			bpf_probe_read_user(&c, 1, (const void *)(s + off));
 			if (c)
-				*flags |= EVF_TEXT_CUT;
+				flags |= EVF_TEXT_CUT;
 			break;
 		}
-		r = bpf_probe_read_user_str(t->data, SQLSPAN_TEXT_CHUNK, s + off);
+		r = bpf_probe_read_user_str(t->data, SQLSPAN_TEXT_CHUNK, (const void *)(s + off));
 		if (r <= 0) {
-			*flags |= EVF_TEXT_FAULT;
+			flags |= EVF_TEXT_FAULT;
 			break;
 		}
 		hdr_fill(&t->h, EV_TEXT, pid_tgid, ts, 0);
@@ -75,7 +74,7 @@ static __always_inline __u32 send_text(void *ctx, __u64 pid_tgid, __u64 ts, cons
 		size = offsetof(struct ev_text, data) + ((__u64)r & 4095);
 		if (rec_output(ctx, t, size)) {
 			stat_add(ST_DROP_TEXT, 1);
-			*flags |= EVF_GAP;
+			flags |= EVF_GAP;
 			i++;
 			break;
 		}
@@ -85,8 +84,7 @@ static __always_inline __u32 send_text(void *ctx, __u64 pid_tgid, __u64 ts, cons
 			break;
 		}
 	}
-	*total = off;
-	return i;
+	return (long)off | ((long)i << 32) | ((long)flags << 48);
 }
 
 static __always_inline void read_str(char *dst, __u32 size, __u64 ptr_addr)
@@ -244,8 +242,15 @@ static __always_inline int on_request(struct pt_regs *ctx, __u16 api, __u64 conn
 		send_ident(ctx, pid_tgid, lib, conn, fd);
 
 	ts = bpf_ktime_get_ns();
-	if (text)
-		nchunks = send_text(ctx, pid_tgid, ts, text, &total, &flags);
+	if (text) {
+		long packed = send_text(ctx, pid_tgid, ts, (__u64)text);
+
+		total = (__u32)packed;
+		nchunks = (packed >> 32) & 0xffff;
+		flags |= (packed >> 48) & 0xffff;
+	}
+	if (api != API_PIPELINE_SYNC && bpf_map_lookup_elem(&pyprocs, &tgid))
+		send_stack(ctx, pid_tgid, ts);
 
 	r = rec_reserve(sizeof(*r));
 	if (!r) {
@@ -443,15 +448,25 @@ int tp_enter_recvfrom(struct trace_event_raw_sys_enter *ctx)
 static __always_inline struct walk *walk_begin(struct trace_event_raw_sys_exit *ctx)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u32 tid = (__u32)pid_tgid, zero = 0;
+	__u32 tid = (__u32)pid_tgid;
 	struct recv_args *a = bpf_map_lookup_elem(&recvs, &tid);
 	struct walk *w;
 	long ret = ctx->ret;
 
 	if (!a)
 		return NULL;
-	w = bpf_map_lookup_elem(&walks, &zero);
-	if (!w || ret <= 0) {
+	if (ret > 0) {
+		struct walk init = {};
+
+		w = bpf_map_lookup_elem(&walks, &tid);
+		if (!w) {
+			bpf_map_update_elem(&walks, &tid, &init, BPF_ANY);
+			w = bpf_map_lookup_elem(&walks, &tid);
+		}
+	} else {
+		w = NULL;
+	}
+	if (!w) {
 		bpf_map_delete_elem(&recvs, &tid);
 		return NULL;
 	}
@@ -491,8 +506,8 @@ int tp_exit_recvfrom_loop(struct trace_event_raw_sys_exit *ctx)
 SEC("tracepoint/syscalls/sys_exit_recvfrom")
 int tp_walk_more(void *ctx)
 {
-	__u32 zero = 0;
-	struct walk *w = bpf_map_lookup_elem(&walks, &zero);
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct walk *w = bpf_map_lookup_elem(&walks, &tid);
 
 	if (w)
 		walk_run(ctx, w);

@@ -34,6 +34,8 @@ enum ev_kind {
 	EV_EXIT = 7,   /* a traced process exited */
 	EV_MMAP = 8,   /* a traced process mapped an executable file (a library may have loaded) */
 	EV_IDENT = 9,  /* who a connection is: read from its PGconn when its socket is first seen */
+	EV_STACK =
+		10, /* the Python stack of the thread that made a request, sent before its EV_REQ */
 };
 
 /* Header flags. */
@@ -130,6 +132,42 @@ struct ev_msg {
 	__u8 data[]; /* SQLSPAN_MSG_SHORT or SQLSPAN_MSG_LONG bytes reserved */
 };
 
+/* Python frames sent per request at most, and the frame bytes read to find what is in one. */
+#define SQLSPAN_MAX_FRAMES   128
+#define SQLSPAN_FRAME_READ   128
+#define SQLSPAN_FRAME_LOCALS 4
+
+struct ev_frame {
+	__u64 code;  /* PyCodeObject * */
+	__u64 instr; /* the frame's instruction pointer (prev_instr / instr_ptr) */
+	__u64 local[SQLSPAN_FRAME_LOCALS]; /* localsplus[0..3]: self, arguments */
+	__u8 owner;
+	__u8 _pad[7];
+};
+
+#define STACK_CUT	(1u << 0) /* deeper than the frames sent */
+#define STACK_NO_THREAD (1u << 1) /* the thread's PyThreadState was not found */
+#define STACK_FAULT	(1u << 2) /* a frame could not be read: the walk stopped there */
+
+struct ev_stack {
+	struct ev_hdr h; /* pid, tid and ts of the EV_REQ it belongs to */
+	__u64 tstate;
+	__u32 nframes;
+	__u32 flags;
+	struct ev_frame frames[]; /* innermost first */
+};
+
+/* Per traced CPython process: where things are (from pylayout, set by the loader). */
+struct py_cfg {
+	__u64 runtime; /* &_PyRuntime */
+	__s32 interp_head, threads_head, tstate_next, tstate_thread_id, tstate_frame, cframe_frame;
+	__s32 frame_code, frame_previous, frame_instr, frame_owner, frame_localsplus;
+	__s32 owner_cstack, owner_first_incomplete;
+	__u32 code_tagged;
+	__u32 max_frames;
+	__u32 _pad;
+};
+
 /* EV_DESYNC, EV_CLOSE, EV_FINISH, EV_EXIT, EV_MMAP */
 struct ev_conn {
 	struct ev_hdr h;
@@ -197,5 +235,8 @@ SQLSPAN_ASSERT(sizeof(struct ev_ident) == 24 + 48 + 2 * SQLSPAN_IDENT_STR + 16 +
 SQLSPAN_ASSERT(sizeof(struct ev_msg) == 48, "ev_msg size");
 SQLSPAN_ASSERT(sizeof(struct ev_conn) == 40, "ev_conn size");
 SQLSPAN_ASSERT(sizeof(struct lib_range) == 48, "lib_range size");
+SQLSPAN_ASSERT(sizeof(struct ev_frame) == 56, "ev_frame size");
+SQLSPAN_ASSERT(sizeof(struct ev_stack) == 40, "ev_stack size");
+SQLSPAN_ASSERT(sizeof(struct py_cfg) == 72, "py_cfg size");
 
 #endif

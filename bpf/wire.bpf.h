@@ -22,9 +22,10 @@ struct walk {
 	__u32 tails;
 };
 
+/* per thread: a program can be preempted mid-walk on recent kernels (see buffer.bpf.h) */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
 	__type(key, __u32);
 	__type(value, struct walk);
 } walks SEC(".maps");

@@ -51,6 +51,14 @@ struct ptext {
 	bool broken;  /* a chunk is missing or out of order */
 };
 
+/* A stack record waiting for its request. */
+struct pstack {
+	uint32_t pid, tid;
+	uint64_t ts;
+	void *rec;
+	size_t size;
+};
+
 struct assembler {
 	struct asm_hooks h;
 	size_t max_text;
@@ -58,6 +66,8 @@ struct assembler {
 	struct hmap conns; /* (pid, fd) -> aconn */
 	struct ptext *texts;
 	size_t ntexts, captexts;
+	struct pstack *stacks;
+	size_t nstacks, capstacks;
 	struct asm_stats st;
 	uint64_t open;
 };
@@ -114,11 +124,22 @@ struct assembler *asm_new(const struct asm_hooks *hooks, size_t max_text, uint64
 	return a;
 }
 
+static void span_py_free(struct span_py *p)
+{
+	free(p->function);
+	free(p->file);
+	free(p->stack);
+	free(p->sa_statement);
+	free(p->problem);
+	memset(p, 0, sizeof(*p));
+}
+
 static void span_free(struct span *s)
 {
 	if (!s)
 		return;
 	free(s->text);
+	span_py_free(&s->py);
 	free(s);
 }
 
@@ -219,6 +240,9 @@ void asm_free(struct assembler *a)
 	for (size_t i = 0; i < a->ntexts; i++)
 		free(a->texts[i].buf);
 	free(a->texts);
+	for (size_t i = 0; i < a->nstacks; i++)
+		free(a->stacks[i].rec);
+	free(a->stacks);
 	free(a);
 }
 
@@ -474,8 +498,64 @@ static void on_text(struct assembler *a, const struct ev_text *e, size_t size)
 	}
 }
 
+/* ---- Python stacks ---- */
+
+static void on_stack(struct assembler *a, const struct ev_stack *e, size_t size)
+{
+	struct pstack *p;
+
+	if (size < sizeof(*e) || e->nframes > SQLSPAN_MAX_FRAMES ||
+	    size < sizeof(*e) + (size_t)e->nframes * sizeof(struct ev_frame)) {
+		a->st.bad_records++;
+		return;
+	}
+	if (a->nstacks == a->capstacks) {
+		size_t nc = a->capstacks ? a->capstacks * 2 : 8;
+		struct pstack *np = realloc(a->stacks, nc * sizeof(*np));
+
+		if (!np)
+			return;
+		a->stacks = np;
+		a->capstacks = nc;
+	}
+	p = &a->stacks[a->nstacks];
+	p->rec = malloc(size);
+	if (!p->rec)
+		return;
+	memcpy(p->rec, e, size);
+	p->size = size;
+	p->pid = e->h.pid;
+	p->tid = e->h.tid;
+	p->ts = e->h.ts;
+	a->nstacks++;
+}
+
+/* The stack sent with a request: resolved into the span, then dropped. */
+static void take_stack(struct assembler *a, const struct ev_req *r, struct span *s)
+{
+	for (size_t i = 0; i < a->nstacks; i++) {
+		struct pstack *p = &a->stacks[i];
+
+		if (p->pid != r->h.pid || p->tid != r->h.tid || p->ts != r->h.ts)
+			continue;
+		if (a->h.py_resolve)
+			a->h.py_resolve(a->h.arg, p->rec, p->size, &s->py);
+		free(p->rec);
+		*p = a->stacks[--a->nstacks];
+		return;
+	}
+}
+
 void asm_expire(struct assembler *a, uint64_t now, uint64_t max_age_ns)
 {
+	for (size_t i = 0; i < a->nstacks;) {
+		if (now > a->stacks[i].ts && now - a->stacks[i].ts > max_age_ns) {
+			free(a->stacks[i].rec);
+			a->stacks[i] = a->stacks[--a->nstacks];
+		} else {
+			i++;
+		}
+	}
 	for (size_t i = 0; i < a->ntexts;) {
 		if (now > a->texts[i].ts && now - a->texts[i].ts > max_age_ns) {
 			a->st.orphan_texts++;
@@ -655,6 +735,7 @@ static void on_req(struct assembler *a, const struct ev_req *r, size_t size)
 	}
 
 	span_text(a, c, s, r);
+	take_stack(a, r, s);
 
 	if (!c) {
 		/* no socket known: the result cannot be followed */
@@ -887,6 +968,9 @@ void asm_record(struct assembler *a, const void *data, size_t size)
 		break;
 	case EV_IDENT:
 		on_ident(a, data, size);
+		break;
+	case EV_STACK:
+		on_stack(a, data, size);
 		break;
 	case EV_MMAP:
 		break;

@@ -16,11 +16,15 @@
 #include <stdint.h>
 #include "span.h"
 
+struct ev_stack;
+
 struct asm_hooks {
 	/* Fill in the identity of a connection (strings malloc'd; the assembler frees them). */
 	void (*ident)(void *arg, uint32_t pid, uint64_t conn, int fd, struct conn_ident *out);
 	/* process.executable.name of a process; NULL if unknown. */
 	const char *(*exe)(void *arg, uint32_t pid);
+	/* Resolve a Python stack record (EV_STACK) into what a span shows. May be NULL. */
+	void (*py_resolve)(void *arg, const struct ev_stack *st, size_t size, struct span_py *out);
 	/* A finished span. Pointers in it are valid only during the call. */
 	void (*span)(void *arg, const struct span *s);
 	void *arg;

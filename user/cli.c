@@ -32,6 +32,10 @@ enum {
 	OPT_MAX_SQL,
 	OPT_RING,
 	OPT_NO_LOOP,
+	OPT_STACK,
+	OPT_STACK_DEPTH,
+	OPT_APP_PATH,
+	OPT_NO_PYTHON,
 };
 
 static const struct argp_option opts[] = {
@@ -44,6 +48,15 @@ static const struct argp_option opts[] = {
 	{"max-sql-bytes", OPT_MAX_SQL, "BYTES", 0,
 	 "Statement text kept per span (default 65536; longer text is cut and marked)", 0},
 	{"perf-buffer", OPT_PERF, NULL, 0, "Use perf buffers instead of the BPF ring buffer", 0},
+	{"stack", OPT_STACK, NULL, 0, "Add the whole Python stack to each span (python.stack)", 0},
+	{"stack-depth", OPT_STACK_DEPTH, "FRAMES", 0,
+	 "Python frames read per statement (default 64, at most 128)", 0},
+	{"app-path", OPT_APP_PATH, "PREFIX", 0,
+	 "Files under PREFIX are the application's: the call site is the innermost of them "
+	 "(repeatable; default: anything outside the standard library and site-/dist-packages)",
+	 0},
+	{"no-python", OPT_NO_PYTHON, NULL, 0, "Do not read Python stacks (driver-level spans only)",
+	 0},
 	{"ring-mb", OPT_RING, "MB", 0, "Ring buffer size in MiB (default 16)", 0},
 	{"verbose", 'v', NULL, 0, "Say more: probe placement, libbpf messages", 0},
 	{"no-bpf-loop", OPT_NO_LOOP, NULL, 0,
@@ -158,6 +171,26 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
 	case OPT_NO_LOOP:
 		c->no_bpf_loop = true;
 		break;
+	case OPT_STACK:
+		c->stack = true;
+		break;
+	case OPT_NO_PYTHON:
+		c->no_python = true;
+		break;
+	case OPT_STACK_DEPTH:
+		v = parse_long(arg, 1, 128, "--stack-depth");
+		if (v == LONG_MIN)
+			return EINVAL;
+		c->stack_depth = v;
+		break;
+	case OPT_APP_PATH:
+		if (c->napp_paths == CLI_MAX_APP_PATHS || !*arg) {
+			fprintf(stderr, "sqlspan: at most %d non-empty --app-path\n",
+				CLI_MAX_APP_PATHS);
+			return EINVAL;
+		}
+		c->app_paths[c->napp_paths++] = arg;
+		break;
 	case 'h':
 		argp_state_help(state, stdout, ARGP_HELP_STD_HELP);
 		break;
@@ -243,6 +276,7 @@ int cli_parse(struct cli *c, int argc, char **argv)
 	memset(c, 0, sizeof(*c));
 	c->max_sql_bytes = 65536;
 	c->ring_mb = 16;
+	c->stack_depth = 64;
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h") ||
 		    !strcmp(argv[i], "-?") || !strcmp(argv[i], "--usage") ||

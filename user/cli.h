@@ -8,6 +8,7 @@
 #include <sys/types.h>
 
 #define CLI_MAX_PIDS	  64
+#define CLI_MAX_APP_PATHS 16
 #define CLI_MAX_SQL_BYTES (255u * 4063u) /* what the BPF side can send per statement */
 
 struct cli {
@@ -21,7 +22,12 @@ struct cli {
 	bool wait; /* wait for processes to load libpq */
 	uint32_t max_sql_bytes;
 	uint32_t ring_mb;
-	bool no_bpf_loop; /* walk reads with tail calls even where bpf_loop exists */
+	bool no_bpf_loop;
+	bool stack;	      /* --stack: the whole Python stack on each span */
+	bool no_python;	      /* --no-python: no Python stacks at all */
+	uint32_t stack_depth; /* Python frames read per statement */
+	const char *app_paths[CLI_MAX_APP_PATHS + 1]; /* --app-path, NULL-terminated */
+	int napp_paths; /* walk reads with tail calls even where bpf_loop exists */
 };
 
 /*

@@ -228,6 +228,17 @@ ssize_t elff_read(struct elf_file *ef, uint64_t vaddr, void *buf, size_t n)
 	return pread(ef->fd, buf, n, off);
 }
 
+uint64_t elff_first_load(struct elf_file *ef)
+{
+	uint64_t lo = (uint64_t)-1;
+
+	for (size_t i = 0; i < ef->nloads; i++) {
+		if (ef->loads[i].vaddr < lo)
+			lo = ef->loads[i].vaddr;
+	}
+	return ef->nloads ? lo & ~0xfffULL : 0;
+}
+
 static const char *got_name(struct elf_file *ef, uint64_t got)
 {
 	size_t i;

@@ -21,6 +21,8 @@ const char *elff_call_target(struct elf_file *ef, uint64_t vaddr);
 uint64_t elff_file_offset(struct elf_file *ef, uint64_t vaddr);
 /* Read n bytes of the file's image at a virtual address. Returns bytes read or -1. */
 ssize_t elff_read(struct elf_file *ef, uint64_t vaddr, void *buf, size_t n);
+/* The virtual address of the first PT_LOAD segment (0 for shared objects and PIE). */
+uint64_t elff_first_load(struct elf_file *ef);
 /* Does the function `caller` contain a direct or PLT call/jump to `callee`? 1 yes, 0 no, -1
  * unknown. */
 int elff_calls(struct elf_file *ef, const char *caller, const char *callee);

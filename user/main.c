@@ -69,6 +69,59 @@ static void hook_ident(void *arg, uint32_t pid, uint64_t conn, int fd, struct co
 		vlog(t, "PID %u: could not read PGconn %#lx", pid, (unsigned long)conn);
 }
 
+static void hook_py(void *arg, const struct ev_stack *st, size_t size, struct span_py *out)
+{
+	struct tracer *t = arg;
+
+	pystacks_resolve(&t->py, st, size, out);
+}
+
+/* A CPython process: tell the BPF side where its structures are, so it reads its stacks. */
+static void python_setup(struct tracer *t, struct proc_target *p)
+{
+	struct py_target pt;
+	struct py_cfg cfg;
+	const struct py_layout *l = &pt.layout;
+	uint32_t key = p->pid;
+	char why[256];
+	enum py_detect_result r = py_detect(p->pid, &pt, why, sizeof(why));
+
+	if (r == PY_NOT_PYTHON)
+		return;
+	if (r != PY_FOUND) {
+		fprintf(stderr,
+			"sqlspan: warning: PID %d: %s: spans will have no Python call sites\n",
+			p->pid, why);
+		return;
+	}
+	memset(&cfg, 0, sizeof(cfg));
+	cfg.runtime = pt.runtime;
+	cfg.interp_head = l->runtime_interpreters_head;
+	cfg.threads_head = l->interp_threads_head;
+	cfg.tstate_next = l->tstate_next;
+	cfg.tstate_thread_id = l->tstate_thread_id;
+	cfg.tstate_frame = l->tstate_frame;
+	cfg.cframe_frame = l->cframe_frame;
+	cfg.frame_code = l->frame_code;
+	cfg.frame_previous = l->frame_previous;
+	cfg.frame_instr = l->frame_instr;
+	cfg.frame_owner = l->frame_owner;
+	cfg.frame_localsplus = l->frame_localsplus;
+	cfg.owner_cstack = l->owner_cstack;
+	cfg.owner_first_incomplete = l->owner_first_incomplete;
+	cfg.code_tagged = l->code_tagged;
+	cfg.max_frames = t->cli.stack_depth;
+	if (!pystacks_add(&t->py, p->pid, &pt) ||
+	    bpf_map__update_elem(t->skel->maps.pyprocs, &key, sizeof(key), &cfg, sizeof(cfg),
+				 BPF_ANY)) {
+		fprintf(stderr, "sqlspan: warning: PID %d: cannot set up Python stacks\n", p->pid);
+		return;
+	}
+	vlog(t, "PID %d: CPython %u.%u.%u (%s), _PyRuntime at %#lx, offsets from %s", p->pid,
+	     pt.version >> 24, (pt.version >> 16) & 0xff, (pt.version >> 8) & 0xff, pt.binary,
+	     (unsigned long)pt.runtime, pt.from_debug_offsets ? "_Py_DebugOffsets" : "tables");
+}
+
 static const char *hook_exe(void *arg, uint32_t pid)
 {
 	struct tracer *t = arg;
@@ -407,7 +460,11 @@ int main(int argc, char **argv)
 {
 	static struct tracer tr;
 	struct tracer *t = &tr;
-	struct asm_hooks hooks = {hook_ident, hook_exe, hook_span, t};
+	struct asm_hooks hooks = {.ident = hook_ident,
+				  .exe = hook_exe,
+				  .py_resolve = hook_py,
+				  .span = hook_span,
+				  .arg = t};
 	struct ring_buffer *rb = NULL;
 	struct perf_buffer *pb = NULL;
 	unsigned long long start, last_check = 0, last_lost_report = 0;
@@ -452,6 +509,8 @@ int main(int argc, char **argv)
 
 	if (getrandom(&seed, sizeof(seed), 0) != sizeof(seed))
 		seed = mono_now_ns() ^ ((uint64_t)getpid() << 32);
+	t->py.app_paths = t->cli.napp_paths ? t->cli.app_paths : NULL;
+	t->py.want_stack = t->cli.stack;
 	t->as = asm_new(&hooks, t->cli.max_sql_bytes, seed);
 	if (!t->as)
 		return 1;
@@ -466,6 +525,8 @@ int main(int argc, char **argv)
 
 		bpf_map__update_elem(t->skel->maps.pids, &key, sizeof(key), &one, sizeof(one),
 				     BPF_ANY);
+		if (!t->cli.no_python)
+			python_setup(t, p);
 		r = probes_scan(t, p);
 		if (r < 0) {
 			fprintf(stderr, "sqlspan: cannot read the memory map of PID %d: %s\n",
@@ -598,5 +659,6 @@ cleanup:
 	sqlspan_bpf__destroy(t->skel);
 	reorder_free(ro);
 	asm_free(t->as);
+	pystacks_free(&t->py);
 	return rc;
 }

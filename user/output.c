@@ -223,6 +223,27 @@ void out_json(FILE *f, const struct span *s, int64_t mono_to_real)
 	if (id && id->tls)
 		fputs(",\"sqlspan.connection.tls\":true", f);
 
+	if (s->py.present) {
+		if (s->py.function) {
+			kv_str(f, "code.function.name", s->py.function);
+			kv_str(f, "code.file.path", s->py.file);
+			if (s->py.line >= 0)
+				kv_int(f, "code.line.number", s->py.line);
+		}
+		if (s->py.stack) {
+			key(f, "python.stack");
+			fputs(s->py.stack, f);
+			if (s->py.cut)
+				fputs(",\"python.stack.cut\":true", f);
+		}
+		if (s->py.sa_conn)
+			fprintf(f, ",\"sqlalchemy.connection.id\":%llu",
+				(unsigned long long)s->py.sa_conn);
+		if (s->py.pool_reset)
+			fputs(",\"sqlalchemy.pool_reset\":true", f);
+		if (s->py.problem)
+			kv_str(f, "sqlspan.python.problem", s->py.problem);
+	}
 	if (s->returned_rows >= 0)
 		kv_int(f, "db.response.returned_rows", s->returned_rows);
 	if (s->tag.tag[0]) {

@@ -50,6 +50,20 @@ struct conn_ident {
 	bool known;	 /* the PGconn could be read at all */
 };
 
+/* What the Python stack at the request says (all strings malloc'd, owned by the span). */
+struct span_py {
+	bool present;	/* a stack was read */
+	bool cut;	/* deeper than what was read */
+	char *function; /* the application's call site: qualified name */
+	char *file;
+	int line;	    /* -1 unknown */
+	char *stack;	    /* --stack: a JSON array of "qualname (file:line)", innermost first */
+	uint64_t sa_conn;   /* the SQLAlchemy Connection (id(conn)), 0 if none on the stack */
+	bool pool_reset;    /* issued by SQLAlchemy's pool when a connection is returned */
+	char *sa_statement; /* the statement text SQLAlchemy holds, if read */
+	char *problem;	    /* why the stack could not be read, if it could not */
+};
+
 struct span {
 	uint8_t trace_id[16];
 	uint8_t span_id[8];
@@ -78,6 +92,7 @@ struct span {
 	const struct conn_ident *ident;
 	int backend_pid;  /* from the PGconn at the call; 0 unknown */
 	bool lost_events; /* records were lost around this span */
+	struct span_py py;
 };
 
 #endif

@@ -11,6 +11,7 @@
 #include "cli.h"
 #include "hmap.h"
 #include "pqlayout.h"
+#include "pystack.h"
 #include "../bpf/sqlspan.h"
 
 struct sqlspan_bpf;
@@ -46,6 +47,7 @@ struct tracer {
 	struct proc_target procs[CLI_MAX_PIDS];
 	int nprocs;
 	struct assembler *as;
+	struct pystacks py;
 	struct bpf_link *tp_links[8];
 	int ntp_links;
 	long long mono2real;

@@ -1,4 +1,5 @@
 """Transport and walker variants, text limits, filters, the table view."""
+import os
 import re
 
 from lib import check_against_record, check_against_server, executed, trace_app
@@ -27,11 +28,20 @@ def test_walker_without_bpf_loop(cluster, tmp_path):
     assert check_against_record(record, spans) == 3
 
 
-def test_large_results_with_bpf_loop(cluster, tmp_path):
+def kernel_has_bpf_loop():
+    major, minor = (int(x) for x in os.uname().release.split(".")[:2])
+    return (major, minor) >= (5, 17)
+
+
+def test_large_results(cluster, tmp_path):
+    """200,000 rows and 2 MB of rows in one statement: every row counted, nothing copied."""
     record, spans, tr = trace_app(cluster, "sql", str(tmp_path), args=["-v"],
                                   sql=["SELECT generate_series(1, 200000)",
                                        "SELECT repeat('z', 100000) FROM generate_series(1, 20)"])
-    assert "walked with bpf_loop" in tr.stderr
+    if kernel_has_bpf_loop():
+        assert "walked with bpf_loop" in tr.stderr
+    else:
+        assert "walked with bounded loops and tail calls" in tr.stderr
     assert [s.get("db.response.returned_rows") for s in spans] == [200000, 20]
     assert all(s["sqlspan.result"] == "ok" for s in spans)
 

@@ -47,7 +47,7 @@ static void hook_span(void *arg, const struct span *s)
 
 static struct assembler *fresh(size_t max_text)
 {
-	static const struct asm_hooks h = {hook_ident, hook_exe, hook_span, NULL};
+	static const struct asm_hooks h = {.ident = hook_ident, .exe = hook_exe, .span = hook_span};
 
 	for (int i = 0; i < G.n; i++)
 		free(G.text[i]);

@@ -1,0 +1,29 @@
+#!/bin/sh
+# Runs inside a kernel-matrix VM (scripts/kernels.sh run NAME -- tests/kernels/guest.sh TIERS):
+# the end-to-end tests of each tier, with the host's root (and so this repo, its build and the
+# Debian packages) shared read-only. Prints pytest's per-test results (-rA) for the table.
+#   tier 1: every BPF program loads and attaches; records through the ring buffer and the perf
+#           buffer; the socket walker with bpf_loop and with tail calls; detach leaves no probe
+#   tier 2: real apps end to end (SQLAlchemy + psycopg2, psycopg 3 pipelines, pgbench) against the
+#           server's statement log
+set -u
+cd "$(dirname "$0")/../.."
+echo "guest: kernel $(uname -r)"
+sel=""
+for tier in "$@"; do
+	case "$tier" in
+	1) sel="$sel tests/e2e/test_modes.py::test_perf_buffer
+		tests/e2e/test_modes.py::test_walker_without_bpf_loop
+		tests/e2e/test_modes.py::test_large_results
+		tests/e2e/test_modes.py::test_statement_text_limits
+		tests/e2e/test_modes.py::test_errors_and_secrets
+		tests/e2e/test_attach.py::test_sigint_detaches_and_leaves_no_probe
+		tests/e2e/test_attach.py::test_library_loaded_after_attach" ;;
+	2) sel="$sel tests/e2e/test_capture.py::test_sqlalchemy_psycopg2
+		tests/e2e/test_capture.py::test_psycopg3_pipeline_prepared
+		tests/e2e/test_clients.py::test_pgbench_select_only" ;;
+	*) echo "guest: unknown tier $tier" >&2; exit 2 ;;
+	esac
+done
+# shellcheck disable=SC2086
+exec /usr/bin/python3 -m pytest -p no:cacheprovider -q -rA $sel
