@@ -19,7 +19,8 @@ PURE_SRCS := user/hmap.c user/x86dec.c user/pqlayout.c user/pgproto.c user/sqlle
 	user/procmaps.c user/cli.c user/elffile.c user/sysinfo.c user/pyline.c user/pylayout_table.c user/pyruntime.c user/pyframes.c
 LOADER_SRCS := user/main.c user/probes.c user/pgident.c user/pystack.c
 BPF_SRCS := bpf/sqlspan.bpf.c
-BPF_HDRS := bpf/sqlspan.h bpf/buffer.bpf.h bpf/maps.bpf.h bpf/wire.bpf.h bpf/pystack.bpf.h
+BPF_HDRS := bpf/sqlspan.h bpf/buffer.bpf.h bpf/maps.bpf.h bpf/wire.bpf.h bpf/pystack.bpf.h \
+	bpf/request.bpf.h
 
 CFLAGS ?= -g -O2
 WARN := -Wall -Wextra -Werror -Wno-missing-field-initializers

@@ -27,35 +27,30 @@ struct {
 	__type(value, __u64);
 } tstates SEC(".maps");
 
-/* an ev_stack with room for its frames */
+/* an ev_stack with room for its frames, and the walk's own variables after them */
 struct stack_buf {
 	struct ev_hdr h;
 	__u64 tstate;
 	__u32 nframes;
 	__u32 flags;
 	struct ev_frame frames[SQLSPAN_MAX_FRAMES];
+	/* not sent: */
+	__u64 frame;  /* the frame being read */
+	__u64 fsbase; /* the thread pointer: pthread_self() */
+	__u32 tid;
+	__u32 _pad;
+	__u8 fb[SQLSPAN_FRAME_READ]; /* one frame's first bytes */
 };
 
 _Static_assert(sizeof(struct stack_buf) <= sizeof(struct scratch), "stack_buf fits");
 
-struct frame_buf {
-	__u8 b[SQLSPAN_FRAME_READ];
-};
-
-/* per thread, like the scratch space (see buffer.bpf.h); an entry fits in struct scratch */
+/* per thread, like the scratch space (see buffer.bpf.h) */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 1024);
 	__type(key, __u32);
-	__type(value, struct scratch);
+	__type(value, struct stack_buf);
 } stackbufs SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 1024);
-	__type(key, __u32);
-	__type(value, struct scratch);
-} framebufs SEC(".maps");
 
 static __always_inline __u64 rd64(__u64 addr)
 {
@@ -66,117 +61,127 @@ static __always_inline __u64 rd64(__u64 addr)
 }
 
 /* The thread's PyThreadState: remembered, or found in the interpreter's list. */
-static __always_inline __u64 py_tstate(struct py_cfg *cfg, __u32 tid)
+static __noinline __u64 py_tstate(struct py_cfg *cfg, struct stack_buf *sb)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	__u64 fsbase = BPF_CORE_READ(task, thread.fsbase);
-	__u64 *cached = bpf_map_lookup_elem(&tstates, &tid);
-	__u64 ts, interp;
+	__u64 *cached;
 
-	if (!fsbase)
+	sb->fsbase = BPF_CORE_READ(task, thread.fsbase);
+	if (!sb->fsbase)
 		return 0;
-	if (cached && *cached && rd64(*cached + cfg->tstate_thread_id) == fsbase)
+	cached = bpf_map_lookup_elem(&tstates, &sb->tid);
+	if (cached && *cached && rd64(*cached + cfg->tstate_thread_id) == sb->fsbase)
 		return *cached;
-	interp = rd64(cfg->runtime + cfg->interp_head);
-	if (!interp)
+	sb->frame = rd64(cfg->runtime + cfg->interp_head); /* the interpreter */
+	if (!sb->frame)
 		return 0;
-	ts = rd64(interp + cfg->threads_head);
-	for (int i = 0; i < PY_MAX_THREADS && ts; i++) {
-		if (rd64(ts + cfg->tstate_thread_id) == fsbase) {
-			bpf_map_update_elem(&tstates, &tid, &ts, BPF_ANY);
-			return ts;
+	sb->frame = rd64(sb->frame + cfg->threads_head); /* its first thread state */
+	for (int i = 0; i < PY_MAX_THREADS && sb->frame; i++) {
+		if (rd64(sb->frame + cfg->tstate_thread_id) == sb->fsbase) {
+			bpf_map_update_elem(&tstates, &sb->tid, &sb->frame, BPF_ANY);
+			return sb->frame;
 		}
-		ts = rd64(ts + cfg->tstate_next);
+		sb->frame = rd64(sb->frame + cfg->tstate_next);
 	}
 	return 0;
 }
 
-static __always_inline __u64 fb64(struct frame_buf *fb, __s32 off)
+static __always_inline __u64 fb64(struct stack_buf *sb, __s32 off)
 {
-	return *(__u64 *)&fb->b[off & (SQLSPAN_FRAME_READ - 8)];
+	return *(__u64 *)&sb->fb[off & (SQLSPAN_FRAME_READ - 8)];
+}
+
+/* Read one frame into sb->fb; 0 on success. */
+static __noinline int py_read_frame(struct stack_buf *sb)
+{
+	if (!bpf_probe_read_user(sb->fb, SQLSPAN_FRAME_READ, (const void *)sb->frame))
+		return 0;
+	/* a small frame at the end of a mapping: read what it surely has */
+	*(__u64 *)&sb->fb[96] = 0;
+	*(__u64 *)&sb->fb[104] = 0;
+	*(__u64 *)&sb->fb[112] = 0;
+	*(__u64 *)&sb->fb[120] = 0;
+	return bpf_probe_read_user(sb->fb, 96, (const void *)sb->frame) ? -1 : 0;
+}
+
+/* Add the frame in sb->fb to the record, unless it is a shim; 1 when the record is full. */
+static __noinline int py_add_frame(struct py_cfg *cfg, struct stack_buf *sb)
+{
+	__u64 code = fb64(sb, cfg->frame_code);
+	__u8 owner = sb->fb[cfg->frame_owner & (SQLSPAN_FRAME_READ - 1)];
+	struct ev_frame *f;
+	__u32 k;
+
+	if (cfg->code_tagged)
+		code &= ~3ULL;
+	if (owner == cfg->owner_cstack || owner >= cfg->owner_first_incomplete || !code)
+		return 0; /* a shim or incomplete frame */
+	k = sb->nframes;
+	if (k >= cfg->max_frames || k >= SQLSPAN_MAX_FRAMES - 1) {
+		sb->flags |= STACK_CUT;
+		return 1;
+	}
+	f = &sb->frames[k & (SQLSPAN_MAX_FRAMES - 1)];
+	f->code = code;
+	f->instr = fb64(sb, cfg->frame_instr);
+	f->local[0] = fb64(sb, cfg->frame_localsplus);
+	f->local[1] = fb64(sb, cfg->frame_localsplus + 8);
+	f->local[2] = fb64(sb, cfg->frame_localsplus + 16);
+	f->local[3] = fb64(sb, cfg->frame_localsplus + 24);
+	f->owner = owner;
+	sb->nframes = k + 1;
+	return 0;
 }
 
 /*
  * Send the stack of the current thread, keyed like its request (pid_tgid, ts). A global function:
- * the verifier checks it once, not inside every program that calls it.
+ * the verifier checks it once. Its variables live in the thread's stack_buf (see request.bpf.h on
+ * why the stack stays small).
  */
 __noinline int send_stack(struct pt_regs *ctx, __u64 pid_tgid, __u64 ts_key)
 {
-	__u32 tgid = pid_tgid >> 32, n;
+	__u32 tgid = pid_tgid >> 32;
 	struct py_cfg *cfg = bpf_map_lookup_elem(&pyprocs, &tgid);
 	struct stack_buf *sb;
-	struct frame_buf *fb;
-	__u64 tstate, frame;
 	int i;
 
 	if (!cfg)
 		return 0;
 	sb = thread_entry(&stackbufs);
-	fb = thread_entry(&framebufs);
-	if (!sb || !fb)
+	if (!sb)
 		return 0;
-	/*
-	 * The frame count and flags live in the map value, not in registers: the verifier then
-	 * sees one state per loop iteration instead of one per possible count.
-	 */
+	hdr_fill(&sb->h, EV_STACK, pid_tgid, ts_key, 0);
+	sb->tid = (__u32)pid_tgid;
 	sb->nframes = 0;
 	sb->flags = 0;
-	tstate = py_tstate(cfg, (__u32)pid_tgid);
-	frame = 0;
-	if (!tstate) {
+	sb->tstate = py_tstate(cfg, sb);
+	sb->frame = 0;
+	if (!sb->tstate) {
 		sb->flags |= STACK_NO_THREAD;
 	} else {
-		frame = rd64(tstate + cfg->tstate_frame);
-		if (cfg->cframe_frame >= 0 && frame)
-			frame = rd64(frame + cfg->cframe_frame);
+		sb->frame = rd64(sb->tstate + cfg->tstate_frame);
+		if (cfg->cframe_frame >= 0 && sb->frame)
+			sb->frame = rd64(sb->frame + cfg->cframe_frame);
 	}
-	for (i = 0; i < SQLSPAN_MAX_FRAMES && frame; i++) {
-		struct ev_frame *f;
-		__u64 code;
-		__u32 k;
-		__u8 owner;
-
-		if (bpf_probe_read_user(fb->b, SQLSPAN_FRAME_READ, (const void *)frame)) {
-			/* a small frame at the end of a mapping: read what it surely has */
-			__u64 *tail = (__u64 *)&fb->b[96];
-
-			tail[0] = tail[1] = tail[2] = tail[3] = 0;
-			if (bpf_probe_read_user(fb->b, 96, (const void *)frame)) {
-				sb->flags |= STACK_FAULT;
-				break;
-			}
-		}
-		code = fb64(fb, cfg->frame_code);
-		frame = fb64(fb, cfg->frame_previous);
-		owner = fb->b[cfg->frame_owner & (SQLSPAN_FRAME_READ - 1)];
-		if (cfg->code_tagged)
-			code &= ~3ULL;
-		if (owner == cfg->owner_cstack || owner >= cfg->owner_first_incomplete || !code)
-			continue; /* a shim or incomplete frame */
-		k = sb->nframes;
-		if (k >= cfg->max_frames) {
-			sb->flags |= STACK_CUT;
+	for (i = 0; i < SQLSPAN_MAX_FRAMES && sb->frame; i++) {
+		if (py_read_frame(sb)) {
+			sb->flags |= STACK_FAULT;
 			break;
 		}
-		f = &sb->frames[k & (SQLSPAN_MAX_FRAMES - 1)];
-		f->code = code;
-		f->instr = fb64(fb, cfg->frame_instr);
-		f->local[0] = fb64(fb, cfg->frame_localsplus);
-		f->local[1] = fb64(fb, cfg->frame_localsplus + 8);
-		f->local[2] = fb64(fb, cfg->frame_localsplus + 16);
-		f->local[3] = fb64(fb, cfg->frame_localsplus + 24);
-		f->owner = owner;
-		sb->nframes = k + 1;
+		if (py_add_frame(cfg, sb))
+			break;
+		sb->frame = fb64(sb, cfg->frame_previous);
 	}
-	if (frame && i >= SQLSPAN_MAX_FRAMES)
+	if (sb->frame && i >= SQLSPAN_MAX_FRAMES)
 		sb->flags |= STACK_CUT;
-	hdr_fill(&sb->h, EV_STACK, pid_tgid, ts_key, 0);
-	sb->tstate = tstate;
-	n = sb->nframes;
-	if (n > SQLSPAN_MAX_FRAMES)
-		n = SQLSPAN_MAX_FRAMES;
-	if (rec_output(ctx, sb, sizeof(struct ev_stack) + (__u64)n * sizeof(struct ev_frame)))
-		stat_add(ST_DROP_OTHER, 1);
+	{
+		/* at most 127 frames (py_add_frame): the mask is exact and the verifier sure */
+		__u64 n = sb->nframes;
+
+		asm volatile("%[n] &= %[mask]" : [n] "+r"(n) : [mask] "i"(SQLSPAN_MAX_FRAMES - 1));
+		if (rec_output(ctx, sb, sizeof(struct ev_stack) + n * sizeof(struct ev_frame)))
+			stat_add(ST_DROP_OTHER, 1);
+	}
 	return 0;
 }
 

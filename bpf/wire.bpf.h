@@ -20,6 +20,11 @@ struct walk {
 	__u32 pos; /* bytes walked */
 	__s32 fd;
 	__u32 tails;
+	struct fd_key key;
+	__u8 hdr[8]; /* the message header being read */
+	__u64 esrc;  /* what walk_emit sends: from here */
+	__u32 ewant; /* this many bytes */
+	__u32 eoff;  /* at this offset in the message body */
 };
 
 /* per thread: a program can be preempted mid-walk on recent kernels (see buffer.bpf.h) */
@@ -106,7 +111,7 @@ static __always_inline int msg_cap(__u8 t, __u32 body)
 	return body < cap ? body : cap;
 }
 
-static __always_inline void walk_desync(void *ctx, struct walk *w, struct fd_state *st, __u32 why)
+static __noinline void walk_desync(void *ctx, struct walk *w, struct fd_state *st, __u32 why)
 {
 	struct ev_conn *e;
 
@@ -168,22 +173,21 @@ static __always_inline void walk_emit_sz(void *ctx, struct walk *w, struct fd_st
 	stat_add(ST_MSGS, 1);
 }
 
-static __always_inline void walk_emit(void *ctx, struct walk *w, struct fd_state *st, __u64 src,
-				      __u32 want, __u32 off)
+static __noinline void walk_emit(void *ctx, struct walk *w, struct fd_state *st)
 {
 	if (st->cap >= SQLSPAN_MSG_SHORT)
-		walk_emit_sz(ctx, w, st, src, want, off, SQLSPAN_MSG_LONG);
+		walk_emit_sz(ctx, w, st, w->esrc, w->ewant, w->eoff, SQLSPAN_MSG_LONG);
 	else
-		walk_emit_sz(ctx, w, st, src, want, off, SQLSPAN_MSG_SHORT);
+		walk_emit_sz(ctx, w, st, w->esrc, w->ewant, w->eoff, SQLSPAN_MSG_SHORT);
 }
 
 /*
  * A message header has been read (hdr) and w->pos points at its body: set the walk up for the
  * message, send what is to be sent, skip what is in this read. Returns 1 if the stream is lost.
  */
-static __always_inline int walk_header(void *ctx, struct walk *w, struct fd_state *st,
-				       const __u8 *hdr)
+static __always_inline int walk_header(void *ctx, struct walk *w, struct fd_state *st)
 {
+	const __u8 *hdr = w->hdr;
 	__u32 len = ((__u32)hdr[1] << 24) | ((__u32)hdr[2] << 16) | ((__u32)hdr[3] << 8) | hdr[4];
 	__u32 body, avail, take, want;
 	int cap;
@@ -213,7 +217,10 @@ static __always_inline int walk_header(void *ctx, struct walk *w, struct fd_stat
 	if (cap >= 0) {
 		st->cap = cap;
 		want = (__u32)cap < avail ? (__u32)cap : avail;
-		walk_emit(ctx, w, st, w->buf + w->pos, want, 0);
+		w->esrc = w->buf + w->pos;
+		w->ewant = want;
+		w->eoff = 0;
+		walk_emit(ctx, w, st);
 		st->copied = want;
 	}
 	w->pos += take;
@@ -236,25 +243,23 @@ static __always_inline void walk_stash(struct walk *w, struct fd_state *st)
 }
 
 /* Finish what the previous read left: the rest of a split header, or of a message body. */
-static __always_inline int walk_resume(void *ctx, struct walk *w, struct fd_state *st)
+static __noinline int walk_resume(void *ctx, struct walk *w, struct fd_state *st)
 {
 	__u32 avail, take, want;
 
 	if (st->hdr_have) {
-		__u8 hdr[8] = {};
-
 		walk_stash(w, st);
 		if (st->hdr_have < 4 || w->pos >= w->n)
 			return w->pos >= w->n;
 		/* four bytes kept; the fifth is here */
-		__builtin_memcpy(hdr, st->hdr, 4);
-		if (bpf_probe_read_user(&hdr[4], 1, (const void *)(w->buf + w->pos))) {
+		__builtin_memcpy(w->hdr, st->hdr, 4);
+		if (bpf_probe_read_user(&w->hdr[4], 1, (const void *)(w->buf + w->pos))) {
 			walk_desync(ctx, w, st, DESYNC_READ_FAULT);
 			return 1;
 		}
 		w->pos++;
 		st->hdr_have = 0;
-		return walk_header(ctx, w, st, hdr);
+		return walk_header(ctx, w, st);
 	}
 	if (st->body_left) {
 		avail = w->n - w->pos;
@@ -263,7 +268,10 @@ static __always_inline int walk_resume(void *ctx, struct walk *w, struct fd_stat
 			want = st->cap - st->copied;
 			if (want > take)
 				want = take;
-			walk_emit(ctx, w, st, w->buf + w->pos, want, st->copied);
+			w->esrc = w->buf + w->pos;
+			w->ewant = want;
+			w->eoff = st->copied;
+			walk_emit(ctx, w, st);
 			st->copied += want;
 		}
 		st->body_left -= take;
@@ -273,10 +281,8 @@ static __always_inline int walk_resume(void *ctx, struct walk *w, struct fd_stat
 }
 
 /* One whole message header from this read. Returns 1 when the read is done (or lost). */
-static __always_inline int walk_step(void *ctx, struct walk *w, struct fd_state *st)
+static __noinline int walk_step(void *ctx, struct walk *w, struct fd_state *st)
 {
-	__u8 hdr[8];
-
 	if (w->pos >= w->n)
 		return 1;
 	if (w->n - w->pos < 5) {
@@ -284,42 +290,46 @@ static __always_inline int walk_step(void *ctx, struct walk *w, struct fd_state 
 		walk_stash(w, st);
 		return 1;
 	}
-	if (bpf_probe_read_user(hdr, 5, (const void *)(w->buf + w->pos))) {
+	if (bpf_probe_read_user(w->hdr, 5, (const void *)(w->buf + w->pos))) {
 		walk_desync(ctx, w, st, DESYNC_READ_FAULT);
 		return 1;
 	}
 	w->pos += 5;
-	return walk_header(ctx, w, st, hdr);
+	return walk_header(ctx, w, st);
 }
 
 static __always_inline struct fd_state *walk_state(struct walk *w)
 {
-	struct fd_key k = {.tgid = w->pid_tgid >> 32, .fd = w->fd};
-	struct fd_state *st = bpf_map_lookup_elem(&fds, &k);
+	struct fd_state *st;
+
+	w->key.tgid = w->pid_tgid >> 32;
+	w->key.fd = w->fd;
+	st = bpf_map_lookup_elem(&fds, &w->key);
 
 	return st && (st->flags & FS_SYNCED) ? st : NULL;
 }
 
 /* Kernels without bpf_loop: WALK_STEPS messages per program run, then a tail call. */
-static __always_inline void walk_run(void *ctx, struct walk *w)
+static __noinline int walk_run(void *ctx, struct walk *w)
 {
 	struct fd_state *st = walk_state(w);
 
 	if (!st)
-		return;
+		return 0;
 	if (w->tails == 0 && walk_resume(ctx, w, st))
-		return;
+		return 0;
 	for (int i = 0; i < WALK_STEPS; i++) {
 		if (walk_step(ctx, w, st))
-			return;
+			return 0;
 	}
 	if (w->pos >= w->n)
-		return;
+		return 0;
 	if (w->tails < WALK_TAILS) {
 		w->tails++;
 		bpf_tail_call(ctx, &walk_progs, 0);
 	}
 	walk_desync(ctx, w, st, DESYNC_TOO_MANY);
+	return 0;
 }
 
 struct loop_ctx {
@@ -339,7 +349,7 @@ static long walk_loop_cb(__u32 i, void *data)
 /* Kernels with bpf_loop (5.17+): one program run walks up to WALK_LOOP_MAX messages. */
 #define WALK_LOOP_MAX (1 << 20)
 
-static __always_inline void walk_run_loop(void *ctx, struct walk *w)
+static __noinline void walk_run_loop(void *ctx, struct walk *w)
 {
 	struct loop_ctx lc = {.ctx = ctx, .w = w};
 

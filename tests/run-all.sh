@@ -25,6 +25,15 @@ else
 	total_f=$((total_f + 1))
 fi
 
+echo "== BPF stack depth (private stacks are unsafe for preemptible uprobe programs)"
+if scripts/bpf-stack-check.sh .output/sqlspan.bpf.o; then
+	echo "bpf-stack: 1 passed, 0 failed"
+	total_p=$((total_p + 1))
+else
+	echo "bpf-stack: 0 passed, 1 failed"
+	total_f=$((total_f + 1))
+fi
+
 echo "== unit tests (plain and ASan/UBSan)"
 make --no-print-directory -s test-unit >"$log" 2>&1 || status=1
 cat "$log"

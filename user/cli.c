@@ -50,7 +50,7 @@ static const struct argp_option opts[] = {
 	{"perf-buffer", OPT_PERF, NULL, 0, "Use perf buffers instead of the BPF ring buffer", 0},
 	{"stack", OPT_STACK, NULL, 0, "Add the whole Python stack to each span (python.stack)", 0},
 	{"stack-depth", OPT_STACK_DEPTH, "FRAMES", 0,
-	 "Python frames read per statement (default 64, at most 128)", 0},
+	 "Python frames read per statement (default 64, at most 127)", 0},
 	{"app-path", OPT_APP_PATH, "PREFIX", 0,
 	 "Files under PREFIX are the application's: the call site is the innermost of them "
 	 "(repeatable; default: anything outside the standard library and site-/dist-packages)",
@@ -178,7 +178,7 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
 		c->no_python = true;
 		break;
 	case OPT_STACK_DEPTH:
-		v = parse_long(arg, 1, 128, "--stack-depth");
+		v = parse_long(arg, 1, 127, "--stack-depth");
 		if (v == LONG_MIN)
 			return EINVAL;
 		c->stack_depth = v;

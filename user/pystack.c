@@ -40,14 +40,20 @@ static void put_utf8(char *out, size_t *o, uint32_t cp)
 
 char *py_read_str(pid_t pid, uint64_t addr, const struct py_layout *l, size_t max)
 {
-	uint8_t hdr[96], *raw;
+	uint8_t hdr[64], *raw;
 	int64_t len;
 	uint32_t state;
 	int kind, compact, ascii;
-	size_t o = 0;
+	size_t o = 0, need;
 	char *out;
 
-	if (!addr || proc_read(pid, addr, hdr, sizeof(hdr)) != sizeof(hdr))
+	/*
+	 * Read no further than the header fields: a short str can end a page that nothing follows
+	 * (the end of an allocator arena), and a longer read would fail.
+	 */
+	need = l->unicode_state + 4 > l->unicode_length + 8 ? l->unicode_state + 4
+							    : l->unicode_length + 8;
+	if (!addr || need > sizeof(hdr) || proc_read(pid, addr, hdr, need) != (ssize_t)need)
 		return NULL;
 	memcpy(&len, hdr + l->unicode_length, 8);
 	memcpy(&state, hdr + l->unicode_state, 4);
@@ -197,8 +203,12 @@ static struct pycode *code_get(struct pyproc *pp, uint64_t code, bool check)
 		uint64_t lt;
 		int32_t first;
 
-		if (code_head(pp, code, &lt, &first) || lt != c->lt_ptr ||
-		    first != c->firstlineno) {
+		/*
+		 * Only a successful read that disagrees drops the entry: when the memory cannot be
+		 * read (the process has just exited), nothing can have reused the address either.
+		 */
+		if (!code_head(pp, code, &lt, &first) &&
+		    (lt != c->lt_ptr || first != c->firstlineno)) {
 			hmap_del(&pp->codes, hkey2(code, 0));
 			code_free(c);
 			c = NULL;
@@ -284,12 +294,15 @@ void pystacks_resolve(struct pystacks *ps, const struct ev_stack *st, size_t siz
 	struct pyproc *pp = proc_of(ps, st->h.pid);
 	struct jbuf js = {0};
 	bool found_site = false;
+	uint64_t tag_mask;
 
 	memset(out, 0, sizeof(*out));
 	if (!pp || size < sizeof(*st) + (size_t)st->nframes * sizeof(struct ev_frame))
 		return;
 	out->present = true;
 	out->line = -1;
+	/* 3.14: locals are tagged _PyStackRefs, the low bits are not part of the address */
+	tag_mask = pp->t.layout.code_tagged ? ~3ULL : ~0ULL;
 	out->cut = st->flags & (STACK_CUT | STACK_FAULT);
 	if (st->flags & STACK_NO_THREAD) {
 		out->problem = strdup("the thread's Python state was not found");
@@ -316,10 +329,10 @@ void pystacks_resolve(struct pystacks *ps, const struct ev_stack *st, size_t siz
 			out->line = frame_line(pp, c, f, f->code);
 		}
 		if (!out->sa_conn && py_is_sa_connection_frame(c->file, c->qualname))
-			out->sa_conn = f->local[0];
+			out->sa_conn = f->local[0] & tag_mask;
 		if (!out->sa_statement && py_is_sa_do_execute(c->file, c->qualname))
-			out->sa_statement =
-				py_read_str(pp->pid, f->local[2], &pp->t.layout, 1 << 20);
+			out->sa_statement = py_read_str(pp->pid, f->local[2] & tag_mask,
+							&pp->t.layout, 1 << 20);
 		if (py_is_sa_pool_reset(c->file, c->qualname))
 			out->pool_reset = true;
 		if (ps->want_stack) {

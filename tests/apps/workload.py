@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import threading
+import time
 
 
 class Record:
@@ -169,11 +170,22 @@ def sqlalchemy_thread(engine, counters, i):
 
 
 def run_threads(a, fn):
-    threads = [threading.Thread(target=fn, args=(i,)) for i in range(a.threads)]
+    errors = []
+
+    def run(i):
+        try:
+            fn(i)
+        except BaseException as e:  # a failed thread fails the app
+            errors.append(e)
+            raise
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(a.threads)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    if errors:
+        raise errors[0]
 
 
 # ---------------------------------------------------------------- psycopg (3) without SQLAlchemy
@@ -345,6 +357,114 @@ def scenario_sql(a):
     conn.close()
 
 
+# ---------------------------------------------------------------- call sites (sqlspan's Python view)
+
+def caller_site():
+    """The innermost frame of this file that is not one of its event hooks: the app's call site,
+    as `inspect` sees it."""
+    f = sys._getframe(1)
+    while f is not None:
+        if f.f_code.co_filename == __file__ and f.f_code.co_name not in HOOKS:
+            return [f.f_code.co_filename, f.f_lineno, f.f_code.co_qualname
+                    if hasattr(f.f_code, "co_qualname") else f.f_code.co_name]
+        f = f.f_back
+    return None
+
+
+HOOKS = {"before", "after", "on_error", "caller_site", "sent_text"}
+
+
+def sent_text(cursor, statement):
+    q = getattr(cursor, "query", None)  # psycopg2: the bytes it sent
+    if isinstance(q, bytes):
+        return q.decode()
+    # psycopg: the statement with its %(name)s / %s placeholders numbered $1, $2, ... as psycopg
+    # does (a repeated name keeps its number), %% as %
+    import re
+    names = {}
+
+    def number(m):
+        if m.group(0) == "%%":
+            return "%"
+        key = m.group(1) if m.group(1) is not None else len(names)
+        if key not in names:
+            names[key] = len(names) + 1
+        return "$%d" % names[key]
+    return re.sub(r"%\((\w+)\)s|%s|%%", number, statement)
+
+
+def backend_of(cursor):
+    c = cursor.connection
+    return c.get_backend_pid() if hasattr(c, "get_backend_pid") else c.info.backend_pid
+
+
+def callsite_engine(a):
+    from sqlalchemy import create_engine, event
+
+    driver = a.driver or "psycopg2"
+    url = "postgresql+%s://%s@/%s?host=%s&port=%s" % (driver, a.user, a.db, a.host, a.port)
+    engine = create_engine(url, pool_size=a.threads + 2, max_overflow=0)
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def before(conn, cursor, statement, parameters, context, executemany):
+        context._sqlspan_test = (id(conn), caller_site())
+
+    @event.listens_for(engine, "after_cursor_execute")
+    def after(conn, cursor, statement, parameters, context, executemany):
+        conn_id, site = context._sqlspan_test
+        with REC.lock:
+            REC.backends.add(backend_of(cursor))
+            REC.items.append({"backend": backend_of(cursor), "text": sent_text(cursor, statement),
+                              "rows": None, "sqlstate": None, "outcome": "ok",
+                              "many": int(bool(executemany)), "conn_id": conn_id, "site": site})
+    return engine
+
+
+def deep(engine, n):
+    """A stack deeper than sqlspan reads: recursion, then a statement."""
+    from sqlalchemy import text
+    if n == 0:
+        with engine.connect() as conn:
+            return conn.execute(text("SELECT 'deep' AS d")).scalar()
+    return deep(engine, n - 1)
+
+
+def scenario_callsite(a):
+    """Statements from known lines, through SQLAlchemy (1.4 or 2.0) ORM and Core, on 8 threads
+    with connections of their own; the app records id(conn) and its call site for each."""
+    from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select, text, update
+    from sqlalchemy.orm import Session
+
+    engine = callsite_engine(a)
+    meta = MetaData()
+    t = Table("cs_items", meta, Column("id", Integer, primary_key=True),
+              Column("name", String(50)), Column("n", Integer))
+    meta.drop_all(engine)
+    meta.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(insert(t), [{"id": i, "name": "item%d" % i, "n": 0} for i in range(16)])
+
+    def worker(i):
+        with engine.connect() as conn:
+            for k in range(20):
+                with conn.begin():
+                    conn.execute(update(t).where(t.c.id == i).values(n=t.c.n + 1))
+                    conn.execute(select(t.c.n).where(t.c.id == i)).fetchall()
+                with conn.begin():
+                    conn.execute(text("SELECT :k AS k"), {"k": k}).fetchall()
+        with Session(engine) as s:
+            s.execute(select(t).where(t.c.id < 4)).fetchall()
+            s.commit()
+
+    run_threads(a, worker)
+    assert deep(engine, 150) == "deep"
+    engine.dispose()
+    # like a server, stay a moment: sqlspan names code objects from the process's memory, and
+    # cannot once it is gone (statements of code first run in the last moments before an exit
+    # may lack their call site: see the README)
+    time.sleep(0.5)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--host", required=True)
@@ -353,7 +473,8 @@ def main():
     ap.add_argument("--user", default="postgres")
     ap.add_argument("--scenario", required=True,
                     choices=["sqlalchemy", "psycopg", "psycopg2", "connect-first", "late-import",
-                             "sql", "psycopg-async"])
+                             "sql", "psycopg-async", "callsite"])
+    ap.add_argument("--driver", default=None, help="psycopg2 or psycopg (SQLAlchemy dialect)")
     ap.add_argument("--sql", action="append", default=[],
                     help="a statement for --scenario sql (@N: a statement of N bytes)")
     ap.add_argument("--record", required=True)
@@ -366,6 +487,9 @@ def main():
         # connect now; sqlspan attaches afterwards
         import psycopg2
         early = psycopg2.connect(dsn(a))
+    elif a.scenario == "callsite":
+        import sqlalchemy  # noqa: F401
+        __import__(a.driver or "psycopg2")  # libpq is loaded when sqlspan attaches
     elif a.scenario != "late-import":
         import psycopg2  # noqa: F401  (libpq is loaded when sqlspan attaches)
         import psycopg  # noqa: F401
@@ -382,6 +506,8 @@ def main():
         scenario_sql(a)
     elif a.scenario == "psycopg-async":
         scenario_psycopg_async(a)
+    elif a.scenario == "callsite":
+        scenario_callsite(a)
     elif a.scenario in ("psycopg2", "late-import"):
         scenario_psycopg2(a)
     elif a.scenario == "connect-first":

@@ -1,0 +1,186 @@
+"""Python call sites and SQLAlchemy identity, read by the BPF side from the CPython stack.
+
+Ground truth is the app's own record: in a before_cursor_execute listener it notes id(conn) of
+the sync Connection and its call site (the innermost frame of its own file, via the frame
+objects `inspect` uses). The matrix covers CPython 3.11 (Debian's static binary, pyenv's shared
+libpython), 3.12, and trixie's 3.13 / sid's 3.14 in their own root filesystems, run like
+containers (own mount and PID namespaces)."""
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+
+from lib import (APP, PY, ROOT, Tracer, check_against_server, executed, short,
+                 spans_by_backend)
+
+PYENV = "/root/.pyenv/versions"
+
+
+def overlay_sa20():
+    return subprocess.run([os.path.join(ROOT, "scripts", "pyoverlay.sh"), "sa20", "trixie",
+                           "python3-sqlalchemy", "python3-typing-extensions", "python3-psycopg"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+
+
+def rootfs(suite):
+    return subprocess.run([os.path.join(ROOT, "scripts", "rootfs.sh"), suite], check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def pyenv(ver):
+    exe = os.path.join(PYENV, ver, "bin", "python" + ver.rsplit(".", 1)[0])
+    if not os.access(exe, os.X_OK):
+        pytest.fail("%s is missing: this kind of machine comes with pyenv %s" % (exe, ver))
+    return exe
+
+
+class Target:
+    """How to start the app under one interpreter."""
+
+    def __init__(self, name, driver, python=PY, pythonpath=None, suite=None):
+        self.name, self.driver, self.python = name, driver, python
+        self.pythonpath, self.suite = pythonpath, suite
+
+
+TARGETS = [
+    ("debian-3.11-sa1.4-psycopg2", lambda: Target("debian-3.11", "psycopg2")),
+    ("pyenv-3.11-sa2.0-psycopg2", lambda: Target(
+        "pyenv-3.11", "psycopg2", pyenv("3.11.7"),
+        overlay_sa20() + ":/usr/lib/python3/dist-packages")),
+    ("pyenv-3.11-sa2.0-psycopg", lambda: Target(
+        "pyenv-3.11", "psycopg", pyenv("3.11.7"),
+        overlay_sa20() + ":/usr/lib/python3/dist-packages")),
+    ("pyenv-3.12-sa2.0-psycopg", lambda: Target(
+        "pyenv-3.12", "psycopg", pyenv("3.12.1"), overlay_sa20())),
+    ("trixie-3.13-sa2.0-psycopg2", lambda: Target("trixie-3.13", "psycopg2", suite="trixie")),
+    ("trixie-3.13-sa2.0-psycopg", lambda: Target("trixie-3.13", "psycopg", suite="trixie")),
+    ("sid-3.14-sa2.0-psycopg2", lambda: Target("sid-3.14", "psycopg2", suite="sid")),
+    ("sid-3.14-sa2.0-psycopg", lambda: Target("sid-3.14", "psycopg", suite="sid")),
+]
+
+
+def children(pid):
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(d))
+        except OSError:
+            pass
+    return out
+
+
+def start_app(target, cluster, tmpdir, threads=8):
+    """Start the call-site app; returns (Popen, host pid, record path on the host, app file)."""
+    args = ["--host", "127.0.0.1", "--port", cluster.port, "--scenario", "callsite", "--driver",
+            target.driver, "--threads", str(threads), "--go"]
+    if not target.suite:
+        record = os.path.join(tmpdir, "record.json")
+        env = dict(os.environ)
+        if target.pythonpath:
+            env["PYTHONPATH"] = target.pythonpath
+        p = subprocess.Popen([target.python, APP, "--record", record] + args,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env)
+        line = p.stdout.readline()
+        assert line.startswith("PID "), (line, p.poll() is not None and p.stderr.read())
+        return p, int(line.split()[1]), record, APP
+    # a root filesystem of its own, own mount and PID namespaces; the app bound in at /app
+    fs = rootfs(target.suite)
+    appdir = tempfile.mkdtemp(prefix="sqlspan-app-")
+    shutil.copy(APP, appdir)
+    script = ("mount --make-rprivate / && mount --bind {fs} {fs} && mkdir -p {fs}/app && "
+              "mount --bind {app} {fs}/app && mount --rbind /dev {fs}/dev && cd {fs} && "
+              "mkdir -p .oldroot && pivot_root . .oldroot && mount -t proc proc /proc && "
+              "umount -l /.oldroot && exec /usr/bin/python3 /app/workload.py "
+              "--record /app/record.json {args}").format(fs=fs, app=appdir, args=" ".join(args))
+    p = subprocess.Popen(["unshare", "--mount", "--pid", "--fork", "sh", "-c", script],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    line = p.stdout.readline()
+    assert line == "PID 1\n", (line, p.poll() is not None and p.stderr.read())
+    kids = children(p.pid)
+    assert len(kids) == 1
+    return p, kids[0], os.path.join(appdir, "record.json"), "/app/workload.py"
+
+
+def compare_sites(record, spans):
+    """Join the app's records to sqlspan's spans (same backend, same text, in order) and count
+    exact call sites and connection ids."""
+    mine = spans_by_backend(spans, record["backends"])
+    pos = {b: 0 for b in record["backends"]}
+    n = site_ok = conn_ok = 0
+    misses = []
+    for r in record["records"]:
+        if r["text"] is None or r.get("site") is None:
+            continue
+        lst, b = mine[r["backend"]], r["backend"]
+        while pos[b] < len(lst) and (lst[pos[b]]["db.query.text"] != r["text"] or
+                                     lst[pos[b]]["sqlspan.request"] == "prepare"):
+            pos[b] += 1
+        assert pos[b] < len(lst), "no span for %s on backend %d" % (short(r["text"]), b)
+        s = lst[pos[b]]
+        pos[b] += 1
+        n += 1
+        if (s.get("code.file.path"), s.get("code.line.number")) == (r["site"][0], r["site"][1]):
+            site_ok += 1
+        else:
+            misses.append((r["site"], s.get("code.file.path"), s.get("code.line.number"),
+                           s.get("code.function.name"), s.get("sqlspan.python.problem"),
+                           s.get("python.stack"), s.get("python.stack.cut"), short(r["text"], 60)))
+        if s.get("sqlalchemy.connection.id") == r["conn_id"]:
+            conn_ok += 1
+    return n, site_ok, conn_ok, misses
+
+
+@pytest.mark.parametrize("name,make", TARGETS, ids=[t[0] for t in TARGETS])
+def test_call_sites(cluster, tmp_path, name, make):
+    target = make()
+    p, pid, record_path, app_file = start_app(target, cluster, str(tmp_path))
+    tr = Tracer([pid], ["--stack", "-v"])
+    try:
+        tr.wait_ready()
+        p.stdin.write("go\n")
+        p.stdin.flush()
+        out, err = p.communicate(timeout=240)
+        assert p.returncode == 0, err[-3000:]
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert tr.finish() == 0, tr.stderr
+    assert "CPython 3.1" in tr.stderr, tr.stderr
+    with open(record_path) as f:
+        record = json.load(f)
+    spans = tr.spans()
+    assert tr.summary()["lost"] == 0
+    assert check_against_server(cluster, spans, record["backends"]) == len(executed(spans))
+    n, site_ok, conn_ok, misses = compare_sites(record, spans)
+    assert n >= 8 * 20 * 3
+    assert conn_ok == n, "sqlalchemy.connection.id right for %d of %d" % (conn_ok, n)
+    assert site_ok * 1000 >= n * 999, "call site exact for %d of %d; first misses: %s" % (
+        site_ok, n, misses[:5])
+    # every statement span has a Python view; the app's own lines are named
+    for s in executed(spans):
+        assert s.get("code.file.path") == app_file, s
+        assert s.get("python.stack"), s
+    deep = [s for s in spans if s["db.query.text"] == "SELECT 'deep' AS d"]
+    assert len(deep) == 1 and deep[0].get("python.stack.cut") is True
+    assert deep[0]["python.stack"][-1] == "..."
+    assert deep[0]["code.function.name"] == "deep"
+
+
+def test_not_python_and_no_python(cluster):
+    """pgbench gets spans without Python keys; --no-python turns stacks off for Python too."""
+    import test_clients
+    out, tr = test_clients.run_paused(cluster, ["psql", "-X", "-h", cluster.sockdir, "-p",
+                                                cluster.port, "-U", "postgres", "-c",
+                                                "SELECT 1"])
+    spans = tr.spans()
+    assert spans and not any(k.startswith(("code.", "python.", "sqlalchemy.")) for s in spans
+                             for k in s)
