@@ -34,6 +34,8 @@ struct aconn {
 	uint64_t conn;
 	struct conn_ident ident;
 	bool have_ident;
+	struct txn_span txn; /* the open transaction */
+	bool txn_open;
 	struct span **q; /* pending requests, oldest first */
 	size_t qhead, qlen, qcap;
 	bool pipe_aborted; /* an error in pipeline mode: requests up to the next sync are skipped */
@@ -381,16 +383,94 @@ static void sql_deallocate(struct aconn *c, const struct span *s)
 
 /* ---- finishing spans ---- */
 
+static void txn_end(struct assembler *a, struct aconn *c, enum txn_outcome outcome)
+{
+	if (!c->txn_open)
+		return;
+	c->txn_open = false;
+	c->txn.outcome = outcome;
+	a->st.txns++;
+	if (a->h.txn)
+		a->h.txn(a->h.arg, &c->txn);
+}
+
+/*
+ * Transactions, as the server reports them: the transaction status after each statement
+ * (ReadyForQuery) says when one opens (idle -> in transaction) and ends (back to idle).
+ */
+/*
+ * The transaction status after a statement: from its ReadyForQuery, or, for statements of a
+ * pipeline (which end at CommandComplete, before the sync's ReadyForQuery), from their command
+ * tag and the connection's state.
+ */
+static uint8_t status_after(const struct aconn *c, const struct span *s)
+{
+	const char *tag = s->tag.tag;
+
+	if (s->txn_status)
+		return s->txn_status;
+	if (!strcmp(tag, "BEGIN") || !strcmp(tag, "START TRANSACTION"))
+		return 'T';
+	if (!strcmp(tag, "COMMIT") || !strcmp(tag, "ROLLBACK"))
+		return 'I';
+	if (c->txn_open)
+		return s->has_error ? 'E' : 'T';
+	return 0;
+}
+
+static void txn_track(struct assembler *a, struct aconn *c, struct span *s)
+{
+	uint8_t after = status_after(c, s);
+
+	if (!c->txn_open && (after == 'T' || after == 'E')) {
+		struct txn_span *t = &c->txn;
+
+		memset(t, 0, sizeof(*t));
+		rng_fill(a->rng, t->trace_id, sizeof(t->trace_id));
+		rng_fill(a->rng, t->span_id, sizeof(t->span_id));
+		t->start_ns = s->start_ns;
+		t->pid = s->pid;
+		t->tid = s->tid;
+		t->exe = s->exe;
+		t->ident = &c->ident;
+		t->backend_pid = s->backend_pid;
+		c->txn_open = true;
+	}
+	if (!c->txn_open)
+		return;
+	memcpy(s->trace_id, c->txn.trace_id, sizeof(s->trace_id));
+	memcpy(s->parent_span_id, c->txn.span_id, sizeof(s->parent_span_id));
+	s->in_txn = true;
+	c->txn.nstatements++;
+	c->txn.end_ns = s->end_ns;
+	if (!c->txn.sa_conn)
+		c->txn.sa_conn = s->py.sa_conn;
+}
+
+static enum txn_outcome txn_outcome_of(const struct span *s)
+{
+	if (s->py.pool_reset)
+		return TXN_POOL_RESET;
+	if (!strcmp(s->tag.tag, "COMMIT"))
+		return TXN_COMMIT;
+	return TXN_ROLLBACK; /* ROLLBACK, or COMMIT of a failed transaction (its tag says ROLLBACK)
+			      */
+}
+
 static void emit(struct assembler *a, struct aconn *c, struct span *s, enum span_result res,
 		 uint64_t end)
 {
-	(void)c;
+	bool ends_txn;
+
 	if (s->req == REQ_SYNC) {
 		span_free(s);
 		return;
 	}
 	s->result = res;
 	s->end_ns = end >= s->start_ns ? end : s->start_ns;
+	if (c)
+		txn_track(a, c, s);
+	ends_txn = c && c->txn_open && status_after(c, s) == 'I';
 	if (s->req == REQ_PREPARE && res != RES_OK && res != RES_DETACHED && c)
 		prep_forget(c, s->name);
 	if (s->req == REQ_CLOSE && res == RES_OK && c && s->has_name)
@@ -401,6 +481,8 @@ static void emit(struct assembler *a, struct aconn *c, struct span *s, enum span
 	a->st.by_result[res]++;
 	if (a->h.span)
 		a->h.span(a->h.arg, s);
+	if (ends_txn)
+		txn_end(a, c, txn_outcome_of(s));
 	span_free(s);
 }
 
@@ -417,6 +499,8 @@ static void drain(struct assembler *a, struct aconn *c, enum span_result res, ui
 	}
 	c->pipe_aborted = false;
 	c->msg.active = false;
+	if (res == RES_CLOSED || res == RES_EXITED || res == RES_DETACHED)
+		txn_end(a, c, TXN_OPEN);
 }
 
 static void complete_front(struct assembler *a, struct aconn *c, enum span_result res, uint64_t end)

@@ -27,6 +27,8 @@ struct asm_hooks {
 	void (*py_resolve)(void *arg, const struct ev_stack *st, size_t size, struct span_py *out);
 	/* A finished span. Pointers in it are valid only during the call. */
 	void (*span)(void *arg, const struct span *s);
+	/* A finished transaction, after its statements. May be NULL. */
+	void (*txn)(void *arg, const struct txn_span *t);
 	void *arg;
 };
 
@@ -40,6 +42,7 @@ struct asm_stats {
 	uint64_t desyncs;	/* times a socket's stream could not be followed */
 	uint64_t desync_why[5]; /* by enum desync_reason */
 	uint64_t bad_records;	/* records too short or of an unknown kind */
+	uint64_t txns;		/* transactions ended */
 };
 
 struct assembler;

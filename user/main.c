@@ -122,6 +122,17 @@ static void python_setup(struct tracer *t, struct proc_target *p)
 	     (unsigned long)pt.runtime, pt.from_debug_offsets ? "_Py_DebugOffsets" : "tables");
 }
 
+static void hook_txn(void *arg, const struct txn_span *txn)
+{
+	struct tracer *t = arg;
+
+	if (!t->cli.json)
+		return;
+	out_json_txn(stdout, txn, t->mono2real);
+	if (fflush(stdout) == EOF && errno == EPIPE)
+		exiting = 1;
+}
+
 static const char *hook_exe(void *arg, uint32_t pid)
 {
 	struct tracer *t = arg;
@@ -236,11 +247,34 @@ static uint64_t stat_sum(struct tracer *t, uint32_t k)
 	return total;
 }
 
+/*
+ * Probe hits the kernel did not run our programs for: it skips a program while another BPF
+ * program is active on the same CPU (on kernels where uprobe programs can be preempted, a
+ * preempted one counts). Each skipped request is a statement with no span: reported as lost.
+ */
+static uint64_t kernel_misses(struct tracer *t)
+{
+	struct bpf_program *prog;
+	uint64_t total = 0;
+
+	bpf_object__for_each_program(prog, t->skel->obj)
+	{
+		struct bpf_prog_info info;
+		__u32 len = sizeof(info);
+		int fd = bpf_program__fd(prog);
+
+		memset(&info, 0, sizeof(info));
+		if (fd >= 0 && !bpf_obj_get_info_by_fd(fd, &info, &len))
+			total += info.recursion_misses;
+	}
+	return total;
+}
+
 /* Events lost in the kernel: BPF counters plus the perf buffers' own. */
 static uint64_t lost_events(struct tracer *t, uint64_t *desync)
 {
 	int ncpu = libbpf_num_possible_cpus();
-	uint64_t total = t->perf_lost, *vals;
+	uint64_t total = t->perf_lost + kernel_misses(t), *vals;
 
 	*desync = 0;
 	if (ncpu <= 0)
@@ -464,6 +498,7 @@ int main(int argc, char **argv)
 				  .exe = hook_exe,
 				  .py_resolve = hook_py,
 				  .span = hook_span,
+				  .txn = hook_txn,
 				  .arg = t};
 	struct ring_buffer *rb = NULL;
 	struct perf_buffer *pb = NULL;

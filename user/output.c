@@ -273,10 +273,62 @@ void out_json(FILE *f, const struct span *s, int64_t mono_to_real)
 	if (s->pipeline)
 		fputs(",\"postgresql.pipeline\":true", f);
 	kv_str(f, "sqlspan.capture", "libpq");
+	kv_str(f, "sqlspan.span_type", "statement");
 	kv_str(f, "sqlspan.request", span_request_name(s->req));
 	kv_str(f, "sqlspan.result", span_result_name(s->result));
 	if (s->lost_events)
 		fputs(",\"sqlspan.events_lost\":true", f);
+	if (s->in_txn) {
+		fputs(",\"parent_span_id\":", f);
+		hex(f, s->parent_span_id, sizeof(s->parent_span_id));
+		fputs(",\"sqlspan.transaction.id\":", f);
+		hex(f, s->parent_span_id, sizeof(s->parent_span_id));
+	}
+	fputs("}\n", f);
+}
+
+const char *txn_outcome_name(enum txn_outcome o)
+{
+	static const char *const names[] = {"commit", "rollback", "pool_reset", "open"};
+
+	return (unsigned)o < sizeof(names) / sizeof(names[0]) ? names[o] : "open";
+}
+
+void out_json_txn(FILE *f, const struct txn_span *t, int64_t mono_to_real)
+{
+	const struct conn_ident *id = t->ident;
+
+	fputs("{\"trace_id\":", f);
+	hex(f, t->trace_id, sizeof(t->trace_id));
+	fputs(",\"span_id\":", f);
+	hex(f, t->span_id, sizeof(t->span_id));
+	kv_str(f, "name", "TRANSACTION");
+	kv_str(f, "kind", "client");
+	kv_int(f, "start_time_unix_nano", (long long)(t->start_ns + mono_to_real));
+	kv_int(f, "end_time_unix_nano", (long long)(t->end_ns + mono_to_real));
+	kv_int(f, "duration_ns", (long long)(t->end_ns - t->start_ns));
+	kv_int(f, "process.pid", t->pid);
+	kv_int(f, "thread.id", t->tid);
+	kv_str(f, "process.executable.name", t->exe);
+	kv_str(f, "db.system.name", "postgresql");
+	kv_str(f, "db.namespace", id && id->known ? id->db : NULL);
+	if (id && id->known && id->unix_path)
+		kv_str(f, "server.address", id->unix_path);
+	else
+		kv_str(f, "server.address", id && id->known ? id->host : NULL);
+	key(f, "postgresql.backend_pid");
+	if (t->backend_pid)
+		fprintf(f, "%d", t->backend_pid);
+	else
+		fputs("null", f);
+	if (t->sa_conn)
+		fprintf(f, ",\"sqlalchemy.connection.id\":%llu", (unsigned long long)t->sa_conn);
+	kv_str(f, "sqlspan.span_type", "transaction");
+	fputs(",\"sqlspan.transaction.id\":", f);
+	hex(f, t->span_id, sizeof(t->span_id));
+	kv_str(f, "sqlspan.transaction.outcome", txn_outcome_name(t->outcome));
+	kv_int(f, "sqlspan.transaction.statements", t->nstatements);
+	kv_str(f, "sqlspan.capture", "libpq");
 	fputs("}\n", f);
 }
 

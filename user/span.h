@@ -64,6 +64,28 @@ struct span_py {
 	char *problem;	    /* why the stack could not be read, if it could not */
 };
 
+/* How a transaction ended. */
+enum txn_outcome {
+	TXN_COMMIT = 0,
+	TXN_ROLLBACK,	/* rolled back by the application (or a failed transaction committed) */
+	TXN_POOL_RESET, /* rolled back by SQLAlchemy's pool when the connection was returned */
+	TXN_OPEN, /* still open when the connection closed, the process exited, sqlspan stopped */
+};
+
+/* A transaction: the statements between the one that opened it and the one that ended it. */
+struct txn_span {
+	uint8_t trace_id[16];
+	uint8_t span_id[8];
+	uint64_t start_ns, end_ns; /* CLOCK_MONOTONIC */
+	uint32_t pid, tid;
+	const char *exe;
+	const struct conn_ident *ident;
+	int backend_pid;
+	int nstatements;
+	enum txn_outcome outcome;
+	uint64_t sa_conn; /* the SQLAlchemy Connection, if its statements named one */
+};
+
 struct span {
 	uint8_t trace_id[16];
 	uint8_t span_id[8];
@@ -93,6 +115,8 @@ struct span {
 	int backend_pid;  /* from the PGconn at the call; 0 unknown */
 	bool lost_events; /* records were lost around this span */
 	struct span_py py;
+	bool in_txn;		   /* part of a transaction: trace_id is the transaction's */
+	uint8_t parent_span_id[8]; /* the transaction span */
 };
 
 #endif

@@ -54,6 +54,26 @@ def sqlalchemy_setup(a, pool_size=10):
     url = "postgresql+psycopg2://%s@/%s?host=%s&port=%s" % (a.user, a.db, a.host, a.port)
     engine = create_engine(url, pool_size=pool_size, max_overflow=0)
 
+    def note(kind, conn_id):
+        with REC.lock:
+            REC.items.append({"backend": None, "text": None, "event": kind, "conn_id": conn_id})
+
+    @event.listens_for(engine, "begin")
+    def on_begin(conn):
+        note("begin", id(conn))
+
+    @event.listens_for(engine, "commit")
+    def on_commit(conn):
+        note("commit", id(conn))
+
+    @event.listens_for(engine, "rollback")
+    def on_rollback(conn):
+        note("rollback", id(conn))
+
+    @event.listens_for(engine, "reset")
+    def on_reset(dbapi_conn, record, *args):
+        note("pool_reset", None)
+
     @event.listens_for(engine, "after_cursor_execute")
     def after(conn, cursor, statement, parameters, context, executemany):
         text = cursor.query.decode() if cursor.query is not None else None
@@ -371,7 +391,8 @@ def caller_site():
     return None
 
 
-HOOKS = {"before", "after", "on_error", "caller_site", "sent_text"}
+HOOKS = {"before", "after", "on_error", "caller_site", "sent_text", "note", "on_begin",
+         "on_commit", "on_rollback", "on_reset"}
 
 
 def sent_text(cursor, statement):
@@ -408,6 +429,26 @@ def callsite_engine(a):
     @event.listens_for(engine, "before_cursor_execute")
     def before(conn, cursor, statement, parameters, context, executemany):
         context._sqlspan_test = (id(conn), caller_site())
+
+    def note(kind, conn_id):
+        with REC.lock:
+            REC.items.append({"backend": None, "text": None, "event": kind, "conn_id": conn_id})
+
+    @event.listens_for(engine, "begin")
+    def on_begin(conn):
+        note("begin", id(conn))
+
+    @event.listens_for(engine, "commit")
+    def on_commit(conn):
+        note("commit", id(conn))
+
+    @event.listens_for(engine, "rollback")
+    def on_rollback(conn):
+        note("rollback", id(conn))
+
+    @event.listens_for(engine, "reset")
+    def on_reset(dbapi_conn, record, *args):
+        note("pool_reset", None)
 
     @event.listens_for(engine, "after_cursor_execute")
     def after(conn, cursor, statement, parameters, context, executemany):
@@ -446,6 +487,9 @@ def scenario_callsite(a):
 
     def worker(i):
         with engine.connect() as conn:
+            trans = conn.begin()  # a transaction the application rolls back
+            conn.execute(update(t).where(t.c.id == i).values(n=t.c.n + 100))
+            trans.rollback()
             for k in range(20):
                 with conn.begin():
                     conn.execute(update(t).where(t.c.id == i).values(n=t.c.n + 1))

@@ -168,8 +168,10 @@ class Tracer:
     def stderr(self):
         return "".join(self.err_lines)
 
-    def spans(self):
-        return [json.loads(line) for line in self.out_lines if line.strip()]
+    def spans(self, transactions=False):
+        """Statement spans (and, if asked, transaction spans) from the NDJSON output."""
+        out = [json.loads(line) for line in self.out_lines if line.strip()]
+        return [s for s in out if transactions or s.get("sqlspan.span_type") != "transaction"]
 
     def summary(self):
         """Numbers from the summary line: spans, events lost, spans open at exit."""
@@ -210,6 +212,8 @@ def span_rows(s):
 def spans_by_backend(spans, backends):
     res = {b: [] for b in backends}
     for s in sorted(spans, key=lambda s: s["start_time_unix_nano"]):
+        if s.get("sqlspan.span_type") == "transaction":
+            continue
         b = s.get("postgresql.backend_pid")
         if b in res:
             res[b].append(s)
@@ -218,8 +222,8 @@ def spans_by_backend(spans, backends):
 
 def executed(spans):
     """The spans of statements the server ran (what its statement log shows)."""
-    return [s for s in spans if s["sqlspan.request"] in STATEMENT_REQUESTS and
-            s["sqlspan.result"] in ("ok", "error")]
+    return [s for s in spans if s.get("sqlspan.request") in STATEMENT_REQUESTS and
+            s.get("sqlspan.result") in ("ok", "error")]
 
 
 def short(t, n=120):

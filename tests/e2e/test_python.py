@@ -139,6 +139,62 @@ def compare_sites(record, spans):
     return n, site_ok, conn_ok, misses
 
 
+def check_transactions(record, spans, sa14):
+    """Statements the app ran between its own begin and commit/rollback (SQLAlchemy's events, per
+    sync Connection) share one sqlspan transaction, whose span has the outcome the app saw."""
+    txns = {s["span_id"]: s for s in spans if s.get("sqlspan.span_type") == "transaction"}
+    stmt_span = {}
+    mine = spans_by_backend(spans, record["backends"])
+    pos = {b: 0 for b in record["backends"]}
+    for idx, r in enumerate(record["records"]):
+        if r.get("event") or r["text"] is None:
+            continue
+        lst, b = mine[r["backend"]], r["backend"]
+        while pos[b] < len(lst) and (lst[pos[b]]["db.query.text"] != r["text"] or
+                                     lst[pos[b]]["sqlspan.request"] == "prepare"):
+            pos[b] += 1
+        stmt_span[idx] = lst[pos[b]]
+        pos[b] += 1
+    open_groups, groups = {}, []
+    for idx, r in enumerate(record["records"]):
+        ev = r.get("event")
+        if ev == "begin":
+            open_groups[r["conn_id"]] = {"stmts": [], "outcome": None}
+        elif ev in ("commit", "rollback") and r["conn_id"] in open_groups:
+            g = open_groups.pop(r["conn_id"])
+            g["outcome"] = ev
+            groups.append(g)
+        elif not ev and idx in stmt_span and r["conn_id"] in open_groups:
+            open_groups[r["conn_id"]]["stmts"].append(stmt_span[idx])
+    checked = 0
+    for g in groups:
+        if not g["stmts"]:
+            continue
+        ids = {s.get("sqlspan.transaction.id") for s in g["stmts"]}
+        assert len(ids) == 1 and None not in ids, (ids, g["outcome"], [
+            (x["db.query.text"][:50], x.get("postgresql.transaction_status"),
+             x.get("sqlspan.transaction.id")) for x in g["stmts"]])
+        tx = txns[ids.pop()]
+        assert tx["sqlspan.transaction.outcome"] == g["outcome"], (tx, g["outcome"])
+        assert tx["sqlspan.transaction.statements"] >= len(g["stmts"])
+        assert all(s["parent_span_id"] == tx["span_id"] and s["trace_id"] == tx["trace_id"]
+                   for s in g["stmts"])
+        checked += 1
+    assert checked >= 8 * 21, checked
+    assert sum(1 for g in groups if g["outcome"] == "rollback") >= 8
+    # rollbacks SQLAlchemy's pool issues on checkin are pool resets, not the app's rollbacks
+    resets = [t for t in txns.values() if t["sqlspan.transaction.outcome"] == "pool_reset"]
+    app_resets = sum(1 for r in record["records"] if r.get("event") == "pool_reset")
+    assert len(resets) <= app_resets, (len(resets), app_resets)
+    if sa14:  # 1.4 leaves deep()'s transaction to the pool's reset; 2.0 rolls it back itself
+        assert len(resets) >= 1
+    app_rollbacks = sum(1 for r in record["records"] if r.get("event") == "rollback")
+    rollbacks = [t for t in txns.values() if t["sqlspan.transaction.outcome"] == "rollback"]
+    # the app's own, plus the ones SQLAlchemy issues itself when it first connects
+    assert app_rollbacks <= len(rollbacks) <= app_rollbacks + 4, (len(rollbacks), app_rollbacks)
+    return checked
+
+
 @pytest.mark.parametrize("name,make", TARGETS, ids=[t[0] for t in TARGETS])
 def test_call_sites(cluster, tmp_path, name, make):
     target = make()
@@ -157,7 +213,7 @@ def test_call_sites(cluster, tmp_path, name, make):
     assert "CPython 3.1" in tr.stderr, tr.stderr
     with open(record_path) as f:
         record = json.load(f)
-    spans = tr.spans()
+    spans = tr.spans(transactions=True)
     assert tr.summary()["lost"] == 0
     assert check_against_server(cluster, spans, record["backends"]) == len(executed(spans))
     n, site_ok, conn_ok, misses = compare_sites(record, spans)
@@ -169,7 +225,8 @@ def test_call_sites(cluster, tmp_path, name, make):
     for s in executed(spans):
         assert s.get("code.file.path") == app_file, s
         assert s.get("python.stack"), s
-    deep = [s for s in spans if s["db.query.text"] == "SELECT 'deep' AS d"]
+    check_transactions(record, spans, "sa1.4" in name)
+    deep = [s for s in spans if s.get("db.query.text") == "SELECT 'deep' AS d"]
     assert len(deep) == 1 and deep[0].get("python.stack.cut") is True
     assert deep[0]["python.stack"][-1] == "..."
     assert deep[0]["code.function.name"] == "deep"

@@ -5,7 +5,7 @@
 #   tier 1: every BPF program loads and attaches; records through the ring buffer and the perf
 #           buffer; the socket walker with bpf_loop and with tail calls; detach leaves no probe
 #   tier 2: real apps end to end (SQLAlchemy + psycopg2, psycopg 3 pipelines, pgbench) against the
-#           server's statement log
+#           server's statement log; Python call sites and transactions against the app's record
 set -u
 cd "$(dirname "$0")/../.."
 echo "guest: kernel $(uname -r)"
@@ -20,6 +20,7 @@ for tier in "$@"; do
 		tests/e2e/test_attach.py::test_sigint_detaches_and_leaves_no_probe
 		tests/e2e/test_attach.py::test_library_loaded_after_attach" ;;
 	2) sel="$sel tests/e2e/test_capture.py::test_sqlalchemy_psycopg2
+		tests/e2e/test_python.py::test_call_sites[debian-3.11-sa1.4-psycopg2]
 		tests/e2e/test_capture.py::test_psycopg3_pipeline_prepared
 		tests/e2e/test_clients.py::test_pgbench_select_only" ;;
 	*) echo "guest: unknown tier $tier" >&2; exit 2 ;;

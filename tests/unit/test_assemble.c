@@ -7,6 +7,8 @@
 #define MAXS 512
 
 struct got {
+	struct txn_span t[64];
+	int nt;
 	struct span s[MAXS];
 	char *text[MAXS];
 	char db[MAXS][32];
@@ -45,9 +47,17 @@ static void hook_span(void *arg, const struct span *s)
 	G.n++;
 }
 
+static void hook_txn(void *arg, const struct txn_span *t)
+{
+	(void)arg;
+	if (G.nt < 64)
+		G.t[G.nt++] = *t;
+}
+
 static struct assembler *fresh(size_t max_text)
 {
-	static const struct asm_hooks h = {.ident = hook_ident, .exe = hook_exe, .span = hook_span};
+	static const struct asm_hooks h = {
+		.ident = hook_ident, .exe = hook_exe, .span = hook_span, .txn = hook_txn};
 
 	for (int i = 0; i < G.n; i++)
 		free(G.text[i]);
@@ -598,6 +608,60 @@ TEST(identity_from_the_bpf_side)
 	asm_free(a);
 }
 
+TEST(transactions)
+{
+	struct assembler *a = fresh(65536);
+
+	/* autocommit: no transaction */
+	req(a, 5, API_SEND_QUERY, 0, "SELECT 1", NULL);
+	z(a, 5, 'I');
+	CHECK(!G.s[0].in_txn);
+	/* BEGIN, two statements, COMMIT: one transaction, its span after them */
+	req(a, 5, API_SEND_QUERY, 0, "BEGIN", NULL);
+	msg(a, 5, 'C', "BEGIN", 0);
+	z(a, 5, 'T');
+	req(a, 5, API_SEND_QUERY, 0, "INSERT INTO t VALUES (1)", NULL);
+	msg(a, 5, 'C', "INSERT 0 1", 0);
+	z(a, 5, 'T');
+	req(a, 5, API_SEND_QUERY, 0, "SELECT 2", NULL);
+	z(a, 5, 'T');
+	CHECK_EQ(G.nt, 0);
+	req(a, 5, API_SEND_QUERY, 0, "COMMIT", NULL);
+	msg(a, 5, 'C', "COMMIT", 0);
+	z(a, 5, 'I');
+	CHECK_EQ(G.nt, 1);
+	CHECK_EQ(G.t[0].outcome, TXN_COMMIT);
+	CHECK_EQ(G.t[0].nstatements, 4);
+	CHECK_EQ(G.t[0].start_ns, G.s[1].start_ns);
+	CHECK_EQ(G.t[0].end_ns, G.s[4].end_ns);
+	for (int i = 1; i <= 4; i++) {
+		CHECK(G.s[i].in_txn);
+		CHECK(!memcmp(G.s[i].parent_span_id, G.t[0].span_id, 8));
+		CHECK(!memcmp(G.s[i].trace_id, G.t[0].trace_id, 16));
+	}
+	/* an error: the transaction fails, COMMIT answers ROLLBACK */
+	req(a, 5, API_SEND_QUERY, 0, "BEGIN", NULL);
+	msg(a, 5, 'C', "BEGIN", 0);
+	z(a, 5, 'T');
+	req(a, 5, API_SEND_QUERY, 0, "SELECT 1/0", NULL);
+	err(a, 5, "22012", "division by zero");
+	z(a, 5, 'E');
+	req(a, 5, API_SEND_QUERY, 0, "COMMIT", NULL);
+	msg(a, 5, 'C', "ROLLBACK", 0);
+	z(a, 5, 'I');
+	CHECK_EQ(G.nt, 2);
+	CHECK_EQ(G.t[1].outcome, TXN_ROLLBACK);
+	CHECK_EQ(G.t[1].nstatements, 3);
+	/* left open when the connection closes */
+	req(a, 5, API_SEND_QUERY, 0, "BEGIN", NULL);
+	z(a, 5, 'T');
+	conn_ev(a, EV_CLOSE, 5, 0x1234, 0);
+	CHECK_EQ(G.nt, 3);
+	CHECK_EQ(G.t[2].outcome, TXN_OPEN);
+	CHECK_EQ(asm_stats(a)->txns, 3);
+	asm_free(a);
+}
+
 /* Random records must never crash the assembler (run under ASan/UBSan too). */
 TEST(random_records)
 {
@@ -640,6 +704,7 @@ int main(void)
 		CASE(ends_of_connections_and_processes),
 		CASE(connections_do_not_mix),
 		CASE(identity_from_the_bpf_side),
+		CASE(transactions),
 		CASE(random_records),
 	};
 	int r = RUN("assemble", cases);
