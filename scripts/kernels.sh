@@ -383,7 +383,7 @@ run() {
 	# SeaBIOS: faster, and no BIOS noise on the console.
 	(
 		rc=0
-		timeout -k 10 "$tmo" qemu-system-x86_64 -accel tcg -cpu Nehalem,+rdrand -smp 1 -m "${mem}M" \
+		timeout -k 10 "$tmo" qemu-system-x86_64 -accel tcg -cpu Nehalem,+rdrand -smp "${SQLSPAN_VM_CPUS:-1}" -m "${mem}M" \
 			-object "memory-backend-memfd,id=mem,size=${mem}M,share=on" -numa node,memdev=mem \
 			-bios /usr/share/qemu/qboot.rom -nodefaults -no-user-config -nographic -serial stdio \
 			-no-reboot -pidfile "$run_dir/qemu.pid" \

@@ -264,8 +264,12 @@ static uint64_t kernel_misses(struct tracer *t)
 		int fd = bpf_program__fd(prog);
 
 		memset(&info, 0, sizeof(info));
-		if (fd >= 0 && !bpf_obj_get_info_by_fd(fd, &info, &len))
+		if (fd >= 0 && !bpf_obj_get_info_by_fd(fd, &info, &len)) {
 			total += info.recursion_misses;
+			if (info.recursion_misses && t->cli.verbose > 1)
+				vlog(t, "the kernel skipped %s %llu times", bpf_program__name(prog),
+				     (unsigned long long)info.recursion_misses);
+		}
 	}
 	return total;
 }

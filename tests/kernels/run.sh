@@ -52,18 +52,19 @@ done
 
 passed=0
 failed=0
+skipped=0
 printf '\n%-8s %-6s %-48s %s\n' KERNEL TIER TEST RESULT
 for name in $all; do
 	rc=$(cat "$logs/$name.rc" 2>/dev/null || echo 125)
 	kver=$(sed -n 's/^guest: kernel //p' "$logs/$name.log" | head -n1)
-	n=$(grep -cE '^(PASSED|FAILED|ERROR) ' "$logs/$name.log")
+	n=$(grep -cE '^(PASSED|FAILED|ERROR|SKIPPED) ' "$logs/$name.log")
 	if [ "$n" = 0 ]; then
 		echo "kernels: $name produced no test results (exit $rc); its log:" >&2
 		tail -n 40 "$logs/$name.log" >&2
 		failed=$((failed + 1))
 		continue
 	fi
-	grep -E '^(PASSED|FAILED|ERROR) ' "$logs/$name.log" | while read -r res t _; do
+	grep -E '^(PASSED|FAILED|ERROR|SKIPPED) ' "$logs/$name.log" | while read -r res t _; do
 		case "$t" in
 		*test_capture* | *test_clients* | *test_python*) tier=2 ;;
 		*) tier=1 ;;
@@ -71,6 +72,7 @@ for name in $all; do
 		printf '%-8s %-6s %-48s %s\n' "$name" "$tier" "${t#tests/e2e/}" "$res"
 	done
 	p=$(grep -cE '^PASSED ' "$logs/$name.log")
+	skipped=$((skipped + $(grep -cE '^SKIPPED ' "$logs/$name.log")))
 	f=$(grep -cE '^(FAILED|ERROR) ' "$logs/$name.log")
 	passed=$((passed + p))
 	failed=$((failed + f))
@@ -80,5 +82,5 @@ for name in $all; do
 		[ "$f" = 0 ] && failed=$((failed + 1))
 	fi
 done
-echo "kernels: $passed passed, $failed failed"
+echo "kernels: $passed passed, $failed failed, $skipped skipped"
 [ "$failed" = 0 ]
