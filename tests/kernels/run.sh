@@ -7,10 +7,19 @@
 set -u
 cd "$(dirname "$0")/../.."
 root=$(pwd)
+stage=""
+cleanup() {
+	[ -n "$stage" ] && umount "$stage" 2>/dev/null && rmdir "$stage"
+	[ -n "${logs:-}" ] && rm -rf "$logs"
+}
+trap cleanup EXIT
 case "$root" in
 /tmp/* | /var/tmp/* | /run/* | /dev/shm/*)
-	echo "kernels: the repository must not live under $root's first folder: the VMs get fresh ones" >&2
-	exit 1
+	# the VMs get fresh folders there: show them the repository at another path
+	mkdir -p /var/lib/sqlspan
+	stage=$(mktemp -d /var/lib/sqlspan/kernels-repo.XXXXXX)
+	mount --bind "$root" "$stage"
+	cd "$stage"
 	;;
 esac
 scripts/kernels.sh fetch >/dev/null || { echo "kernels: fetching kernels failed" >&2; exit 1; }
@@ -19,7 +28,6 @@ all=$(scripts/kernels.sh list)
 oldest=$(echo "$all" | head -n1)
 newest=$(echo "$all" | tail -n1)
 logs=$(mktemp -d)
-trap 'rm -rf "$logs"' EXIT
 
 run_one() {
 	name=$1
