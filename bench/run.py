@@ -141,13 +141,16 @@ def latency(cluster, env):
         libpq = libpq_of(app.pid)
         modes = ["untraced", "in-process tracer"]
         if libpq:
-            modes += ["sqlspan", "PQgetResult uprobe+uretprobe (not taken)"]
+            modes += ["sqlspan --no-python (driver level)", "sqlspan (with Python call site)",
+                      "PQgetResult uprobe+uretprobe (not taken)"]
         res = {m: [] for m in modes}
         hits = ""
         for _ in range(ROUNDS):
             for m in modes:
                 tr = floor_p = None
-                if m == "sqlspan":
+                if m.startswith("sqlspan --no-python"):
+                    tr = Sqlspan(app.pid, ["--no-python"])
+                elif m.startswith("sqlspan"):
                     tr = Sqlspan(app.pid)
                 elif m == "in-process tracer":
                     app.cmd("otel on")
