@@ -60,31 +60,63 @@ static __always_inline __u64 rd64(__u64 addr)
 	return v;
 }
 
-/* The thread's PyThreadState: remembered, or found in the interpreter's list. */
-static __noinline __u64 py_tstate(struct py_cfg *cfg, struct stack_buf *sb)
-{
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	__u64 *cached;
+struct walk_ctx {
+	struct py_cfg *cfg;
+	struct stack_buf *sb;
+};
 
-	sb->fsbase = BPF_CORE_READ(task, thread.fsbase);
-	if (!sb->fsbase)
-		return 0;
-	cached = bpf_map_lookup_elem(&tstates, &sb->tid);
-	if (cached && *cached && rd64(*cached + cfg->tstate_thread_id) == sb->fsbase)
-		return *cached;
-	sb->frame = rd64(cfg->runtime + cfg->interp_head); /* the interpreter */
+/* One step through the interpreter's list of thread states (sb->frame); 1 when done. */
+static long thread_cb(__u32 i, void *data)
+{
+	struct walk_ctx *wc = data;
+	struct stack_buf *sb = wc->sb;
+
+	(void)i;
 	if (!sb->frame)
-		return 0;
-	sb->frame = rd64(sb->frame + cfg->threads_head); /* its first thread state */
-	for (int i = 0; i < PY_MAX_THREADS && sb->frame; i++) {
-		if (rd64(sb->frame + cfg->tstate_thread_id) == sb->fsbase) {
-			bpf_map_update_elem(&tstates, &sb->tid, &sb->frame, BPF_ANY);
-			return sb->frame;
-		}
-		sb->frame = rd64(sb->frame + cfg->tstate_next);
+		return 1;
+	if (rd64(sb->frame + wc->cfg->tstate_thread_id) == sb->fsbase) {
+		sb->tstate = sb->frame;
+		return 1;
 	}
+	sb->frame = rd64(sb->frame + wc->cfg->tstate_next);
 	return 0;
 }
+
+/*
+ * The thread's PyThreadState (into sb->tstate): remembered, or found in the interpreter's list.
+ * LOOPED: with bpf_loop (5.17+), else a bounded loop.
+ */
+#define DEFINE_PY_TSTATE(NAME, LOOPED)                                                             \
+	static __noinline void NAME(struct py_cfg *cfg, struct stack_buf *sb)                      \
+	{                                                                                          \
+		struct task_struct *task = (struct task_struct *)bpf_get_current_task();           \
+		struct walk_ctx wc = {.cfg = cfg, .sb = sb};                                       \
+		__u64 *cached;                                                                     \
+                                                                                                   \
+		sb->tstate = 0;                                                                    \
+		sb->fsbase = BPF_CORE_READ(task, thread.fsbase);                                   \
+		if (!sb->fsbase)                                                                   \
+			return;                                                                    \
+		cached = bpf_map_lookup_elem(&tstates, &sb->tid);                                  \
+		if (cached && *cached && rd64(*cached + cfg->tstate_thread_id) == sb->fsbase) {    \
+			sb->tstate = *cached;                                                      \
+			return;                                                                    \
+		}                                                                                  \
+		sb->frame = rd64(cfg->runtime + cfg->interp_head); /* the interpreter */           \
+		if (!sb->frame)                                                                    \
+			return;                                                                    \
+		sb->frame = rd64(sb->frame + cfg->threads_head); /* its first thread state */      \
+		if (LOOPED) {                                                                      \
+			bpf_loop(PY_MAX_THREADS, thread_cb, &wc, 0);                               \
+		} else {                                                                           \
+			for (int i = 0; i < PY_MAX_THREADS; i++) {                                 \
+				if (thread_cb(i, &wc))                                             \
+					break;                                                     \
+			}                                                                          \
+		}                                                                                  \
+		if (sb->tstate)                                                                    \
+			bpf_map_update_elem(&tstates, &sb->tid, &sb->tstate, BPF_ANY);             \
+	}
 
 static __always_inline __u64 fb64(struct stack_buf *sb, __s32 off)
 {
@@ -133,56 +165,90 @@ static __noinline int py_add_frame(struct py_cfg *cfg, struct stack_buf *sb)
 	return 0;
 }
 
-/*
- * Send the stack of the current thread, keyed like its request (pid_tgid, ts). A global function:
- * the verifier checks it once. Its variables live in the thread's stack_buf (see request.bpf.h on
- * why the stack stays small).
- */
-__noinline int send_stack(struct pt_regs *ctx, __u64 pid_tgid, __u64 ts_key)
+/* One frame of the walk (sb->frame); 1 when the walk is over. */
+static long frame_cb(__u32 i, void *data)
 {
-	__u32 tgid = pid_tgid >> 32;
-	struct py_cfg *cfg = bpf_map_lookup_elem(&pyprocs, &tgid);
-	struct stack_buf *sb;
-	int i;
+	struct walk_ctx *wc = data;
+	struct stack_buf *sb = wc->sb;
 
-	if (!cfg)
-		return 0;
-	sb = thread_entry(&stackbufs);
-	if (!sb)
-		return 0;
-	hdr_fill(&sb->h, EV_STACK, pid_tgid, ts_key, 0);
-	sb->tid = (__u32)pid_tgid;
-	sb->nframes = 0;
-	sb->flags = 0;
-	sb->tstate = py_tstate(cfg, sb);
-	sb->frame = 0;
-	if (!sb->tstate) {
-		sb->flags |= STACK_NO_THREAD;
-	} else {
-		sb->frame = rd64(sb->tstate + cfg->tstate_frame);
-		if (cfg->cframe_frame >= 0 && sb->frame)
-			sb->frame = rd64(sb->frame + cfg->cframe_frame);
+	(void)i;
+	if (!sb->frame)
+		return 1;
+	if (py_read_frame(sb)) {
+		sb->flags |= STACK_FAULT;
+		return 1;
 	}
-	for (i = 0; i < SQLSPAN_MAX_FRAMES && sb->frame; i++) {
-		if (py_read_frame(sb)) {
-			sb->flags |= STACK_FAULT;
-			break;
-		}
-		if (py_add_frame(cfg, sb))
-			break;
-		sb->frame = fb64(sb, cfg->frame_previous);
-	}
-	if (sb->frame && i >= SQLSPAN_MAX_FRAMES)
-		sb->flags |= STACK_CUT;
-	{
-		/* at most 127 frames (py_add_frame): the mask is exact and the verifier sure */
-		__u64 n = sb->nframes;
-
-		asm volatile("%[n] &= %[mask]" : [n] "+r"(n) : [mask] "i"(SQLSPAN_MAX_FRAMES - 1));
-		if (rec_output(ctx, sb, sizeof(struct ev_stack) + n * sizeof(struct ev_frame)))
-			stat_add(ST_DROP_OTHER, 1);
-	}
+	if (py_add_frame(wc->cfg, sb))
+		return 1;
+	sb->frame = fb64(sb, wc->cfg->frame_previous);
 	return 0;
 }
+
+/* Walk the frames from sb->frame into the record. LOOPED: with bpf_loop (5.17+). */
+#define DEFINE_PY_FRAMES(NAME, LOOPED)                                                             \
+	static __noinline void NAME(struct py_cfg *cfg, struct stack_buf *sb)                      \
+	{                                                                                          \
+		struct walk_ctx wc = {.cfg = cfg, .sb = sb};                                       \
+                                                                                                   \
+		if (LOOPED) {                                                                      \
+			bpf_loop(SQLSPAN_MAX_FRAMES, frame_cb, &wc, 0);                            \
+		} else {                                                                           \
+			for (int i = 0; i < SQLSPAN_MAX_FRAMES; i++) {                             \
+				if (frame_cb(i, &wc))                                              \
+					break;                                                     \
+			}                                                                          \
+		}                                                                                  \
+	}
+
+/*
+ * Send the stack of the current thread, keyed like its request (pid_tgid, ts). Global functions:
+ * the verifier checks each once. Their variables live in the thread's stack_buf (see
+ * request.bpf.h on why the stack stays small).
+ */
+#define DEFINE_SEND_STACK(NAME, TSTATE, FRAMES)                                                    \
+	__noinline int NAME(struct pt_regs *ctx, __u64 pid_tgid, __u64 ts_key)                     \
+	{                                                                                          \
+		__u32 tgid = pid_tgid >> 32;                                                       \
+		struct py_cfg *cfg = bpf_map_lookup_elem(&pyprocs, &tgid);                         \
+		struct stack_buf *sb;                                                              \
+		__u64 n;                                                                           \
+                                                                                                   \
+		if (!cfg)                                                                          \
+			return 0;                                                                  \
+		sb = thread_entry(&stackbufs);                                                     \
+		if (!sb)                                                                           \
+			return 0;                                                                  \
+		hdr_fill(&sb->h, EV_STACK, pid_tgid, ts_key, 0);                                   \
+		sb->tid = (__u32)pid_tgid;                                                         \
+		sb->nframes = 0;                                                                   \
+		sb->flags = 0;                                                                     \
+		TSTATE(cfg, sb);                                                                   \
+		sb->frame = 0;                                                                     \
+		if (!sb->tstate) {                                                                 \
+			sb->flags |= STACK_NO_THREAD;                                              \
+		} else {                                                                           \
+			sb->frame = rd64(sb->tstate + cfg->tstate_frame);                          \
+			if (cfg->cframe_frame >= 0 && sb->frame)                                   \
+				sb->frame = rd64(sb->frame + cfg->cframe_frame);                   \
+		}                                                                                  \
+		FRAMES(cfg, sb);                                                                   \
+		if (sb->frame && !(sb->flags & (STACK_FAULT | STACK_CUT)))                         \
+			sb->flags |= STACK_CUT;                                                    \
+		/* at most 127 frames (py_add_frame): the mask is exact and the verifier sure */   \
+		n = sb->nframes;                                                                   \
+		asm volatile("%[n] &= %[mask]"                                                     \
+			     : [n] "+r"(n)                                                         \
+			     : [mask] "i"(SQLSPAN_MAX_FRAMES - 1));                                \
+		if (rec_output(ctx, sb, sizeof(struct ev_stack) + n * sizeof(struct ev_frame)))    \
+			stat_add(ST_DROP_OTHER, 1);                                                \
+		return 0;                                                                          \
+	}
+
+DEFINE_PY_TSTATE(py_tstate, 0)
+DEFINE_PY_TSTATE(py_tstate_loop, 1)
+DEFINE_PY_FRAMES(py_frames, 0)
+DEFINE_PY_FRAMES(py_frames_loop, 1)
+DEFINE_SEND_STACK(send_stack, py_tstate, py_frames)
+DEFINE_SEND_STACK(send_stack_loop, py_tstate_loop, py_frames_loop)
 
 #endif

@@ -208,55 +208,74 @@ static __noinline void req_conn(void *ctx, struct req_work *rw)
 		req_ident(ctx, rw, lib);
 }
 
+struct text_ctx {
+	struct req_work *rw;
+	struct ev_text *t;
+	void *ctx;
+};
+
+/* One chunk of the statement text; 1 when the text is over. */
+static long text_cb(__u32 i, void *data)
+{
+	struct text_ctx *tc = data;
+	struct req_work *rw = tc->rw;
+	struct ev_text *t = tc->t;
+	long r;
+
+	if (i >= text_max_chunks) {
+		t->data[0] = 0;
+		bpf_probe_read_user(t->data, 1, (const void *)(rw->text + rw->off));
+		if (t->data[0])
+			rw->r.h.flags |= EVF_TEXT_CUT;
+		return 1;
+	}
+	r = bpf_probe_read_user_str(t->data, SQLSPAN_TEXT_CHUNK,
+				    (const void *)(rw->text + rw->off));
+	if (r <= 0) {
+		rw->r.h.flags |= EVF_TEXT_FAULT;
+		return 1;
+	}
+	hdr_fill(&t->h, EV_TEXT, rw->pid_tgid, rw->r.h.ts, 0);
+	t->seq = i;
+	t->len = r - 1;
+	rw->off += r - 1;
+	rw->r.nchunks = i + 1;
+	/* masked, not compared: a bound the verifier knows without tracking r */
+	if (rec_output(tc->ctx, t, offsetof(struct ev_text, data) + ((__u64)r & 4095))) {
+		stat_add(ST_DROP_TEXT, 1);
+		rw->r.h.flags |= EVF_GAP;
+		return 1;
+	}
+	return r < SQLSPAN_TEXT_CHUNK;
+}
+
 /*
  * The statement text in chunks, each record as long as its text (built in the thread's scratch
- * area, then copied out). A global function: verified once.
+ * area, then copied out). Global functions, verified once; LOOPED: with bpf_loop (5.17+).
  */
-__noinline int req_text(struct pt_regs *ctx)
-{
-	struct req_work *rw = thread_entry(&works);
-	struct ev_text *t = scratch_get();
-	__u32 i;
-
-	if (!rw || !t)
-		return 0;
-	rw->off = 0;
-	for (i = 0; i < SQLSPAN_MAX_CHUNKS; i++) {
-		long r;
-
-		if (i >= text_max_chunks) {
-			t->data[0] = 0;
-			bpf_probe_read_user(t->data, 1, (const void *)(rw->text + rw->off));
-			if (t->data[0])
-				rw->r.h.flags |= EVF_TEXT_CUT;
-			break;
-		}
-		r = bpf_probe_read_user_str(t->data, SQLSPAN_TEXT_CHUNK,
-					    (const void *)(rw->text + rw->off));
-		if (r <= 0) {
-			rw->r.h.flags |= EVF_TEXT_FAULT;
-			break;
-		}
-		hdr_fill(&t->h, EV_TEXT, rw->pid_tgid, rw->r.h.ts, 0);
-		t->seq = i;
-		t->len = r - 1;
-		rw->off += r - 1;
-		/* masked, not compared: a bound the verifier knows without tracking r */
-		if (rec_output(ctx, t, offsetof(struct ev_text, data) + ((__u64)r & 4095))) {
-			stat_add(ST_DROP_TEXT, 1);
-			rw->r.h.flags |= EVF_GAP;
-			i++;
-			break;
-		}
-		if (r < SQLSPAN_TEXT_CHUNK) {
-			i++;
-			break;
-		}
+#define DEFINE_REQ_TEXT(NAME, LOOPED)                                                              \
+	__noinline int NAME(struct pt_regs *ctx)                                                   \
+	{                                                                                          \
+		struct text_ctx tc = {.rw = thread_entry(&works), .t = scratch_get(), .ctx = ctx}; \
+                                                                                                   \
+		if (!tc.rw || !tc.t)                                                               \
+			return 0;                                                                  \
+		tc.rw->off = 0;                                                                    \
+		tc.rw->r.nchunks = 0;                                                              \
+		if (LOOPED) {                                                                      \
+			bpf_loop(SQLSPAN_MAX_CHUNKS, text_cb, &tc, 0);                             \
+		} else {                                                                           \
+			for (__u32 i = 0; i < SQLSPAN_MAX_CHUNKS; i++) {                           \
+				if (text_cb(i, &tc))                                               \
+					break;                                                     \
+			}                                                                          \
+		}                                                                                  \
+		tc.rw->r.text_len = tc.rw->off;                                                    \
+		return 0;                                                                          \
 	}
-	rw->r.text_len = rw->off;
-	rw->r.nchunks = i;
-	return 0;
-}
+
+DEFINE_REQ_TEXT(req_text, 0)
+DEFINE_REQ_TEXT(req_text_loop, 1)
 
 /* The request record itself, after its text and stack. */
 static __noinline void req_emit(void *ctx, struct req_work *rw)
@@ -290,12 +309,23 @@ static __noinline void req_emit(void *ctx, struct req_work *rw)
 	}
 }
 
+/* The request program, entered by tail call from every request probe (see req_enter). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} req_progs SEC(".maps");
+
 /*
  * A request: `name` is a statement or portal name (0: none), `text` the SQL (0: none). Outer
  * calls (PQexec & co., probed only where the inner call could not be proven) arm `nest` so that
- * their inner PQsend* call is not reported twice. A global function: five arguments, no stack.
+ * their inner PQsend* call is not reported twice. Each probe's own program only notes its
+ * arguments and tail-calls one shared program: the verifier checks the request path once, not
+ * once per libpq function (that made starting sqlspan several times slower).
  */
-__noinline int req_run(struct pt_regs *ctx, __u32 api_outer, __u64 conn, __u64 name, __u64 text)
+static __always_inline int req_enter(struct pt_regs *ctx, __u32 api_outer, __u64 conn, __u64 name,
+				     __u64 text)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	struct req_work *rw;
@@ -305,16 +335,43 @@ __noinline int req_run(struct pt_regs *ctx, __u32 api_outer, __u64 conn, __u64 n
 	rw = thread_entry(&works);
 	if (!rw)
 		return 0;
-	rw->pid_tgid = bpf_get_current_pid_tgid();
-	rw->r.h.kind = EV_REQ;
-	rw->r.h.pid = rw->pid_tgid >> 32;
-	rw->r.h.tid = (__u32)rw->pid_tgid;
-	rw->r.h.flags = 0;
 	rw->r.conn = conn;
 	rw->r.api = api_outer & 0xffff;
 	rw->outer = api_outer >> 16;
 	rw->name = name;
 	rw->text = text;
+	bpf_tail_call(ctx, &req_progs, 0);
+	stat_add(ST_DROP_REQ, 1); /* the tail call failed */
+	return 0;
+}
+
+/* The request program; LOOPED: the variant for kernels with bpf_loop (the loader loads one). */
+#define DEFINE_UP_REQUEST(NAME, TEXT, STACK)                                                       \
+	SEC("uprobe")                                                                              \
+	int NAME(struct pt_regs *ctx)                                                              \
+	{                                                                                          \
+		struct req_work *rw = thread_entry(&works);                                        \
+                                                                                                   \
+		if (!rw)                                                                           \
+			return 0;                                                                  \
+		if (req_start(ctx, rw))                                                            \
+			return 0;                                                                  \
+		if (rw->text)                                                                      \
+			TEXT(ctx);                                                                 \
+		if (rw->r.api != API_PIPELINE_SYNC)                                                \
+			STACK(ctx, rw->pid_tgid, rw->r.h.ts);                                      \
+		req_emit(ctx, rw);                                                                 \
+		return 0;                                                                          \
+	}
+
+/* Everything before the text: the header, the nesting check, the connection. 1: skip it. */
+static __noinline int req_start(struct pt_regs *ctx, struct req_work *rw)
+{
+	rw->pid_tgid = bpf_get_current_pid_tgid();
+	rw->r.h.kind = EV_REQ;
+	rw->r.h.pid = rw->pid_tgid >> 32;
+	rw->r.h.tid = (__u32)rw->pid_tgid;
+	rw->r.h.flags = 0;
 	rw->ip = PT_REGS_IP(ctx);
 	rw->r._pad0 = 0;
 	rw->r._pad1 = 0;
@@ -322,15 +379,13 @@ __noinline int req_run(struct pt_regs *ctx, __u32 api_outer, __u64 conn, __u64 n
 	rw->r.text_len = 0;
 	rw->r.nchunks = 0;
 	if (req_nested(rw))
-		return 0;
+		return 1;
 	req_conn(ctx, rw);
 	rw->r.h.ts = bpf_ktime_get_ns();
-	if (rw->text)
-		req_text(ctx);
-	if (rw->r.api != API_PIPELINE_SYNC)
-		send_stack(ctx, rw->pid_tgid, rw->r.h.ts);
-	req_emit(ctx, rw);
 	return 0;
 }
+
+DEFINE_UP_REQUEST(up_request, req_text, send_stack)
+DEFINE_UP_REQUEST(up_request_loop, req_text_loop, send_stack_loop)
 
 #endif

@@ -26,88 +26,88 @@ char LICENSE[] SEC("license") = "Dual MIT/GPL";
 SEC("uprobe")
 int BPF_KPROBE(up_send_query, void *conn, const char *query)
 {
-	return req_run(ctx, API_SEND_QUERY, (__u64)conn, 0, (__u64)query);
+	return req_enter(ctx, API_SEND_QUERY, (__u64)conn, 0, (__u64)query);
 }
 
 /* int PQsendQueryParams(PGconn *conn, const char *command, int nParams, ...) */
 SEC("uprobe")
 int BPF_KPROBE(up_send_query_params, void *conn, const char *command)
 {
-	return req_run(ctx, API_SEND_QUERY_PARAMS, (__u64)conn, 0, (__u64)command);
+	return req_enter(ctx, API_SEND_QUERY_PARAMS, (__u64)conn, 0, (__u64)command);
 }
 
 /* int PQsendPrepare(PGconn *conn, const char *stmtName, const char *query, ...) */
 SEC("uprobe")
 int BPF_KPROBE(up_send_prepare, void *conn, const char *stmt, const char *query)
 {
-	return req_run(ctx, API_SEND_PREPARE, (__u64)conn, (__u64)stmt, (__u64)query);
+	return req_enter(ctx, API_SEND_PREPARE, (__u64)conn, (__u64)stmt, (__u64)query);
 }
 
 /* int PQsendQueryPrepared(PGconn *conn, const char *stmtName, int nParams, ...) */
 SEC("uprobe")
 int BPF_KPROBE(up_send_query_prepared, void *conn, const char *stmt)
 {
-	return req_run(ctx, API_SEND_QUERY_PREPARED, (__u64)conn, (__u64)stmt, 0);
+	return req_enter(ctx, API_SEND_QUERY_PREPARED, (__u64)conn, (__u64)stmt, 0);
 }
 
 /* PQdescribePrepared / PQsendDescribePrepared(PGconn *conn, const char *stmt) */
 SEC("uprobe")
 int BPF_KPROBE(up_describe_prepared, void *conn, const char *stmt)
 {
-	return req_run(ctx, API_DESCRIBE_PREPARED, (__u64)conn, (__u64)stmt, 0);
+	return req_enter(ctx, API_DESCRIBE_PREPARED, (__u64)conn, (__u64)stmt, 0);
 }
 
 /* PQdescribePortal / PQsendDescribePortal(PGconn *conn, const char *portal) */
 SEC("uprobe")
 int BPF_KPROBE(up_describe_portal, void *conn, const char *portal)
 {
-	return req_run(ctx, API_DESCRIBE_PORTAL, (__u64)conn, (__u64)portal, 0);
+	return req_enter(ctx, API_DESCRIBE_PORTAL, (__u64)conn, (__u64)portal, 0);
 }
 
 /* PQclosePrepared / PQsendClosePrepared(PGconn *conn, const char *stmt), libpq 17+ */
 SEC("uprobe")
 int BPF_KPROBE(up_close_prepared, void *conn, const char *stmt)
 {
-	return req_run(ctx, API_CLOSE_PREPARED, (__u64)conn, (__u64)stmt, 0);
+	return req_enter(ctx, API_CLOSE_PREPARED, (__u64)conn, (__u64)stmt, 0);
 }
 
 /* PQclosePortal / PQsendClosePortal(PGconn *conn, const char *portal), libpq 17+ */
 SEC("uprobe")
 int BPF_KPROBE(up_close_portal, void *conn, const char *portal)
 {
-	return req_run(ctx, API_CLOSE_PORTAL, (__u64)conn, (__u64)portal, 0);
+	return req_enter(ctx, API_CLOSE_PORTAL, (__u64)conn, (__u64)portal, 0);
 }
 
 /* PQpipelineSync / PQsendPipelineSync(PGconn *conn) */
 SEC("uprobe")
 int BPF_KPROBE(up_pipeline_sync, void *conn)
 {
-	return req_run(ctx, API_PIPELINE_SYNC, (__u64)conn, 0, 0);
+	return req_enter(ctx, API_PIPELINE_SYNC, (__u64)conn, 0, 0);
 }
 
 /* Outer synchronous calls, attached only where their inner call could not be proven. */
 SEC("uprobe")
 int BPF_KPROBE(up_exec, void *conn, const char *query)
 {
-	return req_run(ctx, API_SEND_QUERY | 1 << 16, (__u64)conn, 0, (__u64)query);
+	return req_enter(ctx, API_SEND_QUERY | 1 << 16, (__u64)conn, 0, (__u64)query);
 }
 
 SEC("uprobe")
 int BPF_KPROBE(up_exec_params, void *conn, const char *command)
 {
-	return req_run(ctx, API_SEND_QUERY_PARAMS | 1 << 16, (__u64)conn, 0, (__u64)command);
+	return req_enter(ctx, API_SEND_QUERY_PARAMS | 1 << 16, (__u64)conn, 0, (__u64)command);
 }
 
 SEC("uprobe")
 int BPF_KPROBE(up_prepare, void *conn, const char *stmt, const char *query)
 {
-	return req_run(ctx, API_SEND_PREPARE | 1 << 16, (__u64)conn, (__u64)stmt, (__u64)query);
+	return req_enter(ctx, API_SEND_PREPARE | 1 << 16, (__u64)conn, (__u64)stmt, (__u64)query);
 }
 
 SEC("uprobe")
 int BPF_KPROBE(up_exec_prepared, void *conn, const char *stmt)
 {
-	return req_run(ctx, API_SEND_QUERY_PREPARED | 1 << 16, (__u64)conn, (__u64)stmt, 0);
+	return req_enter(ctx, API_SEND_QUERY_PREPARED | 1 << 16, (__u64)conn, (__u64)stmt, 0);
 }
 
 static __always_inline void send_conn_event(void *ctx, __u32 kind, __u64 conn, __s32 fd, __u32 arg)

@@ -252,7 +252,7 @@ static uint64_t stat_sum(struct tracer *t, uint32_t k)
  * program is active on the same CPU (on kernels where uprobe programs can be preempted, a
  * preempted one counts). Each skipped request is a statement with no span: reported as lost.
  */
-static uint64_t kernel_misses(struct tracer *t)
+static uint64_t kernel_misses(struct tracer *t, bool report_stats)
 {
 	struct bpf_program *prog;
 	uint64_t total = 0;
@@ -266,6 +266,12 @@ static uint64_t kernel_misses(struct tracer *t)
 		memset(&info, 0, sizeof(info));
 		if (fd >= 0 && !bpf_obj_get_info_by_fd(fd, &info, &len)) {
 			total += info.recursion_misses;
+			/* with sysctl kernel.bpf_stats_enabled=1: where the BPF time goes (make
+			 * bench) */
+			if (info.run_cnt && t->cli.verbose && report_stats)
+				vlog(t, "bpf time: %s: %llu runs, %llu ns each",
+				     bpf_program__name(prog), (unsigned long long)info.run_cnt,
+				     (unsigned long long)(info.run_time_ns / info.run_cnt));
 			if (info.recursion_misses && t->cli.verbose > 1)
 				vlog(t, "the kernel skipped %s %llu times", bpf_program__name(prog),
 				     (unsigned long long)info.recursion_misses);
@@ -278,7 +284,7 @@ static uint64_t kernel_misses(struct tracer *t)
 static uint64_t lost_events(struct tracer *t, uint64_t *desync)
 {
 	int ncpu = libbpf_num_possible_cpus();
-	uint64_t total = t->perf_lost + kernel_misses(t), *vals;
+	uint64_t total = t->perf_lost + kernel_misses(t, false), *vals;
 
 	*desync = 0;
 	if (ncpu <= 0)
@@ -375,6 +381,8 @@ static int open_and_load(struct tracer *t)
 	bpf_program__set_autoload(skel->progs.tp_exit_recvfrom_loop, t->use_loop);
 	bpf_program__set_autoload(skel->progs.tp_exit_recvfrom, !t->use_loop);
 	bpf_program__set_autoload(skel->progs.tp_walk_more, !t->use_loop);
+	bpf_program__set_autoload(skel->progs.up_request_loop, t->use_loop);
+	bpf_program__set_autoload(skel->progs.up_request, !t->use_loop);
 	vlog(t, "reads walked with %s", t->use_loop ? "bpf_loop" : "bounded loops and tail calls");
 	chunks = (t->cli.max_sql_bytes + SQLSPAN_TEXT_CHUNK - 2) / (SQLSPAN_TEXT_CHUNK - 1);
 	if (chunks > SQLSPAN_MAX_CHUNKS - 1)
@@ -396,6 +404,18 @@ static int open_and_load(struct tracer *t)
 			"verifier's log\n",
 			strerror(-err));
 		return -1;
+	}
+	{
+		uint32_t zero = 0;
+		int fd = bpf_program__fd(t->use_loop ? skel->progs.up_request_loop
+						     : skel->progs.up_request);
+
+		if (bpf_map__update_elem(skel->maps.req_progs, &zero, sizeof(zero), &fd, sizeof(fd),
+					 BPF_ANY)) {
+			fprintf(stderr, "sqlspan: cannot set up the request program: %s\n",
+				strerror(errno));
+			return -1;
+		}
 	}
 	if (!t->use_loop) {
 		uint32_t zero = 0;
@@ -482,6 +502,7 @@ static void summary(struct tracer *t, uint64_t open_at_end)
 			(unsigned long long)desync, (unsigned long long)st->texts_lost,
 			(unsigned long long)st->orphan_msgs, (unsigned long long)st->orphan_texts,
 			(unsigned long long)st->bad_records);
+	kernel_misses(t, true);
 	vlog(t, "probe hits: %llu requests, %llu socket reads walked, %llu messages sent",
 	     (unsigned long long)stat_sum(t, ST_REQS), (unsigned long long)stat_sum(t, ST_RECVS),
 	     (unsigned long long)stat_sum(t, ST_MSGS));
@@ -695,6 +716,16 @@ cleanup:
 	perf_buffer__free(pb);
 	if (t->skel && rc == 0)
 		summary(t, open_at_end);
+	if (t->skel) {
+		/*
+		 * The program arrays hold the programs that hold the arrays: the kernel breaks that
+		 * cycle only later, from a work queue. Emptied here, everything goes on exit.
+		 */
+		uint32_t zero = 0;
+
+		bpf_map__delete_elem(t->skel->maps.req_progs, &zero, sizeof(zero), 0);
+		bpf_map__delete_elem(t->skel->maps.walk_progs, &zero, sizeof(zero), 0);
+	}
 	sqlspan_bpf__destroy(t->skel);
 	reorder_free(ro);
 	asm_free(t->as);
