@@ -26,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SQLSPAN = os.path.join(ROOT, "sqlspan")
 FLOOR = os.path.join(ROOT, ".output", "floor")
 PY = "/usr/bin/python3"
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "7"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "15"))
 N = int(os.environ.get("BENCH_N", "3000"))
 OUT = []
 
@@ -107,14 +107,20 @@ class Cluster:
 
 
 def floor():
+    """Prints the floor; returns {"emulated": ns, "single-stepped": ns} for one uprobe hit."""
     say("## 1. The floor: one empty uprobe hit on this machine")
     say("")
     say("```")
     out = subprocess.run([FLOOR], check=True, capture_output=True, text=True).stdout
+    costs = {}
     for line in out.splitlines():
         say(line)
+        m = re.search(r"\((emulated|single-stepped)\)\s+[\d.]+\s+([\d.]+)", line)
+        if m:
+            costs.setdefault(m.group(1), float(m.group(2)))
     say("```")
     say("")
+    return costs
 
 
 def libpq_of(pid):
@@ -125,17 +131,61 @@ def libpq_of(pid):
     return None
 
 
-def latency(cluster, env):
+class BpfStats:
+    """kernel.bpf_stats_enabled on for the run (BPF run time per program), restored after."""
+
+    PATH = "/proc/sys/kernel/bpf_stats_enabled"
+
+    def __enter__(self):
+        with open(self.PATH) as f:
+            self.old = f.read().strip()
+        with open(self.PATH, "w") as f:
+            f.write("1")
+        return self
+
+    def __exit__(self, *exc):
+        with open(self.PATH, "w") as f:
+            f.write(self.old)
+
+
+def bpf_time(text):
+    """{program: (runs, ns in all)} from sqlspan -v's summary."""
+    out = {}
+    for m in re.finditer(r"bpf time: (\S+): (\d+) runs, \d+ ns each, (\d+) ns in all", text):
+        out[m.group(1)] = (int(m.group(2)), int(m.group(3)))
+    return out
+
+
+def probe_kinds(text):
+    """{libpq function: 'emulated' | 'single-stepped'} from sqlspan -v's placement lines."""
+    return {m.group(1): m.group(2)
+            for m in re.finditer(r": (\w+) probed at \+\d+, file offset \S+ \(([\w-]+)\)",
+                                 text)}
+
+
+def spread(xs):
+    """median and half the interquartile range"""
+    xs = sorted(xs)
+    if len(xs) < 4:
+        return statistics.median(xs), 0.0
+    q = statistics.quantiles(xs, n=4)
+    return statistics.median(xs), (q[2] - q[0]) / 2
+
+
+def latency(cluster, env, floor_ns):
     say("## 2. Added latency and CPU per statement (SELECT 1, SQLAlchemy 2.0, Unix socket)")
     say("")
-    say("%d rounds of %d statements per mode, modes interleaved in one process; medians. "
-        "CPU is the application process's own CPU time (user + system: probe hits are "
-        "charged to it)." % (ROUNDS, N))
+    say("%d rounds of %d statements per mode; in each round every mode runs once in the same "
+        "application process (order rotated), and what a mode adds is its difference from that "
+        "round's untraced phase: the table shows the median difference ± half the interquartile "
+        "range. CPU is the application process's own CPU time (user + system: probe hits are "
+        "charged to it). Wall time also carries the server and scheduling noise." % (ROUNDS, N))
     say("")
     say("| driver | mode | wall µs/stmt | CPU µs/stmt | added CPU µs | added wall µs | "
-        "vs in-process |")
+        "in-process / sqlspan |")
     say("|---|---|---|---|---|---|---|")
     summary = {}
+    accounts = []
     for driver in ("psycopg2", "psycopg", "asyncpg"):
         app = App(driver, cluster, env)
         libpq = libpq_of(app.pid)
@@ -144,9 +194,11 @@ def latency(cluster, env):
             modes += ["sqlspan --no-python (driver level)", "sqlspan (with Python call site)",
                       "PQgetResult uprobe+uretprobe (not taken)"]
         res = {m: [] for m in modes}
-        hits = ""
-        for _ in range(ROUNDS):
-            for m in modes:
+        stats = {m: {} for m in modes}
+        kinds = {}
+        for r in range(ROUNDS):
+            order = modes[r % len(modes):] + modes[:r % len(modes)]
+            for m in order:
                 tr = floor_p = None
                 if m.startswith("sqlspan --no-python"):
                     tr = Sqlspan(app.pid, ["--no-python"])
@@ -162,36 +214,80 @@ def latency(cluster, env):
                 res[m].append(app.run(N))
                 if tr:
                     text = tr.stop()
-                    m2 = re.search(r"probe hits: (\d+) requests, (\d+) socket reads", text)
-                    if m2:
-                        hits = "%.2f uprobe hits and %.2f socket reads walked per statement" % (
-                            int(m2.group(1)) / N, int(m2.group(2)) / N)
+                    kinds.update(probe_kinds(text))
+                    for prog, (runs, ns) in bpf_time(text).items():
+                        a = stats[m].setdefault(prog, [0, 0])
+                        a[0] += runs
+                        a[1] += ns
                 elif m == "in-process tracer":
                     app.cmd("otel off")
                 elif floor_p:
                     floor_p.stdin.close()
                     floor_p.wait()
         app.close()
-        base_w = statistics.median(r[0] for r in res["untraced"])
-        base_c = statistics.median(r[1] for r in res["untraced"])
-        inproc = statistics.median(r[1] for r in res["in-process tracer"]) - base_c
-        for m in modes:
-            w = statistics.median(r[0] for r in res[m])
-            c = statistics.median(r[1] for r in res[m])
-            added = c - base_c
-            ratio = ("%.1fx cheaper" % (inproc / added) if m != "in-process tracer" and
-                     m != "untraced" and added > 0.05 else "")
-            say("| %s | %s | %.1f | %.1f | %s | %s | %s |" % (
-                driver, m, w, c, "%.2f" % added if m != "untraced" else "",
-                "%.2f" % (w - base_w) if m != "untraced" else "", ratio))
-            summary[(driver, m)] = added
+        base = res["untraced"]
+        say("| %s | untraced | %.1f | %.1f | | | |" % (
+            driver, statistics.median(x[0] for x in base), statistics.median(x[1] for x in base)))
+        inproc = spread([x[1] - b[1] for x, b in zip(res["in-process tracer"], base)])[0]
+        for m in modes[1:]:
+            w = statistics.median(x[0] for x in res[m])
+            c = statistics.median(x[1] for x in res[m])
+            dc, sc = spread([x[1] - b[1] for x, b in zip(res[m], base)])
+            dw, sw = spread([x[0] - b[0] for x, b in zip(res[m], base)])
+            ratio = ("%.0fx" % (inproc / dc) if m != "in-process tracer" and dc > 0.05 else
+                     ("cost below the noise" if m != "in-process tracer" else ""))
+            say("| %s | %s | %.1f | %.1f | %.2f ± %.2f | %.2f ± %.2f | %s |" % (
+                driver, m, w, c, dc, sc, dw, sw, ratio))
+            summary[(driver, m)] = dc
         if not libpq:
             say("| %s | sqlspan | n/a: asyncpg speaks the protocol itself, no libpq "
                 "(wire capture: issue 4) | | | | |" % driver)
-        if hits:
-            say("| %s | | %s | | | | |" % (driver, hits))
+        for m in modes:
+            if m.startswith("sqlspan") and stats[m]:
+                accounts.append((driver, m, stats[m], kinds))
     say("")
+    account(accounts, floor_ns)
     return summary
+
+
+def libpq_name(prog):
+    """up_send_query_params -> PQsendQueryParams"""
+    words = prog[3:].split("_")
+    return "PQ" + words[0] + "".join(w.capitalize() for w in words[1:])
+
+
+def account(accounts, floor_ns):
+    """Where the time goes: probe hits per statement times their measured cost, plus BPF time."""
+    if not accounts:
+        return
+    say("### Where sqlspan's time goes, per statement")
+    say("")
+    say("Each uprobe hit priced at the floor above for its kind of probed instruction, plus the "
+        "BPF programs' run time (kernel.bpf_stats_enabled, on during the run; the request "
+        "program is tail-called, so its time counts under the probe that called it). The "
+        "recvfrom tracepoints run for every process on the host: their time here includes the "
+        "PostgreSQL server's own reads, which they filter out.")
+    say("")
+    say("| driver | mode | uprobe hits: function (kind) | trap µs | BPF µs by program | "
+        "accounted µs |")
+    say("|---|---|---|---|---|---|")
+    for driver, m, stats, kinds in accounts:
+        n = N * ROUNDS
+        trap = 0.0
+        hits = []
+        for prog, (runs, _) in sorted(stats.items()):
+            if prog.startswith("up_") and runs:
+                fn = libpq_name(prog)
+                kind = kinds.get(fn, "?")
+                trap += runs / n * floor_ns.get(kind, 0) / 1000
+                hits.append("%.2f %s (%s)" % (runs / n, fn, kind))
+        per = {p: ns / n / 1000 for p, (_, ns) in stats.items()}
+        bpf_us = sum(per.values())
+        progs = ", ".join("%s %.2f" % (p, v) for p, v in
+                          sorted(per.items(), key=lambda kv: -kv[1]) if v >= 0.005)
+        say("| %s | %s | %s | %.2f | %.2f: %s | %.2f |" % (
+            driver, m, ", ".join(hits), trap, bpf_us, progs, trap + bpf_us))
+    say("")
 
 
 def pgbench(cluster, args, seconds):
@@ -223,10 +319,11 @@ def proc_hwm_kib(pid):
     return 0
 
 
-def traced_pgbench(cluster, args, seconds):
-    """pgbench under sqlspan: (tps, lost, sqlspan CPU seconds, sqlspan peak RSS KiB, spans)."""
+def traced_pgbench(cluster, args, seconds, sqlspan_args=()):
+    """pgbench under sqlspan: (tps, lost, sqlspan CPU seconds, sqlspan peak RSS KiB, spans,
+    transactions pgbench made)."""
     p = paused_pgbench(cluster, args, seconds)
-    tr = subprocess.Popen([SQLSPAN, "-p", str(p.pid), "--wait", "--json"],
+    tr = subprocess.Popen([SQLSPAN, "-p", str(p.pid), "--wait", "--json", *sqlspan_args],
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     for line in tr.stderr:
         if "waiting for PID" in line:
@@ -241,8 +338,39 @@ def traced_pgbench(cluster, args, seconds):
     m = re.search(r"tps = ([\d.]+)", out)
     lost = re.search(r"; (\d+) events lost", err)
     spans = re.search(r"sqlspan: (\d+) spans", err)
+    xacts = re.search(r"number of transactions actually processed: (\d+)", out)
     return (float(m.group(1)) if m else 0.0, int(lost.group(1)) if lost else -1, cpu, hwm,
-            int(spans.group(1)) if spans else 0)
+            int(spans.group(1)) if spans else 0, int(xacts.group(1)) if xacts else 0)
+
+
+FLOOD_DEPTH = 50
+
+
+def flood(cluster):
+    """The most events per second pgbench can make: pipelines of SELECT 1."""
+    script = os.path.join(tempfile.mkdtemp(prefix="sqlspan-bench-"), "flood.sql")
+    with open(script, "w") as f:
+        f.write("\\startpipeline\n" + "SELECT 1;\n" * FLOOD_DEPTH + "\\endpipeline\n")
+    args = ["-c", "8", "-j", "2", "-M", "prepared", "-f", script]
+    say("### A flood: pipelines of %d statements, 8 clients, unthrottled" % FLOOD_DEPTH)
+    say("")
+    say("Every statement is an event stream of its own (request, reply messages); a ring too "
+        "small for the burst loses events, and sqlspan counts them. Statements are pgbench's "
+        "own count.")
+    say("")
+    say("| run | statements/s | statements | spans | events lost |")
+    say("|---|---|---|---|---|")
+    p = subprocess.run(["pgbench", "-n", "-h", cluster.sock, "-p", cluster.port, "-U", "postgres",
+                        "-T", "5", *args, "bench"], capture_output=True, text=True)
+    m = re.search(r"tps = ([\d.]+)", p.stdout)
+    x = re.search(r"number of transactions actually processed: (\d+)", p.stdout)
+    say("| untraced | %.0f | %d | | |" % (float(m.group(1)) * FLOOD_DEPTH if m else 0,
+                                          int(x.group(1)) * FLOOD_DEPTH if x else 0))
+    for label, extra in (("traced, default ring", []), ("traced, --ring-mb 1", ["--ring-mb", "1"])):
+        tps, lost, _, _, spans, xacts = traced_pgbench(cluster, [*args], 5, extra)
+        say("| %s | %.0f | %d | %d | %d |" % (label, tps * FLOOD_DEPTH, xacts * FLOOD_DEPTH, spans,
+                                             lost))
+    say("")
 
 
 def throughput(cluster):
@@ -256,22 +384,28 @@ def throughput(cluster):
     say("|---|---|---|---|")
     base = pgbench(cluster, ["-c", "8", "-j", "2"], 5)
     say("| untraced, unthrottled | %.0f | | |" % base)
-    tps, lost, _, _, spans = traced_pgbench(cluster, ["-c", "8", "-j", "2"], 5)
+    tps, lost, _, _, spans, _ = traced_pgbench(cluster, ["-c", "8", "-j", "2"], 5)
     say("| traced, unthrottled | %.0f | %d | %d |" % (tps, lost, spans))
     for rate in (5000, 10000, 20000):
-        tps, lost, _, _, spans = traced_pgbench(cluster, ["-c", "8", "-j", "2", "-R", str(rate)],
-                                                5)
+        tps, lost, _, _, spans, _ = traced_pgbench(
+            cluster, ["-c", "8", "-j", "2", "-R", str(rate)], 5)
         say("| traced, -R %d | %.0f | %d | %d |" % (rate, tps, lost, spans))
     say("")
+    flood(cluster)
     say("## 4. sqlspan's own CPU and memory")
     say("")
-    say("| load | statements/s | sqlspan CPU (% of one core) | sqlspan peak RSS | events lost |")
-    say("|---|---|---|---|---|")
+    say("| load | statements/s | sqlspan CPU (% of one core) | µs per statement | "
+        "sqlspan peak RSS | events lost |")
+    say("|---|---|---|---|---|---|")
     for rate in (1000, 10000):
-        tps, lost, cpu, hwm, _ = traced_pgbench(cluster, ["-c", "4", "-j", "2", "-R", str(rate)],
-                                                10)
-        say("| -R %d, 10 s | %.0f | %.1f%% | %.1f MiB | %d |" % (rate, tps, cpu / 10 * 100,
-                                                               hwm / 1024, lost))
+        tps, lost, cpu, hwm, _, _ = traced_pgbench(
+            cluster, ["-c", "4", "-j", "2", "-R", str(rate)], 10)
+        say("| -R %d, 10 s | %.0f | %.1f%% | %.1f | %.1f MiB | %d |" % (
+            rate, tps, cpu / 10 * 100, cpu * 1e6 / max(tps * 10, 1), hwm / 1024, lost))
+    say("")
+    say("Peak RSS includes the ring buffer, which the kernel maps twice into sqlspan (so that a "
+        "record can wrap around its end): the default 8 MiB ring is 16 MiB of it once written "
+        "all over.")
     say("")
 
 
@@ -279,16 +413,20 @@ def attach_time(cluster, env):
     say("## 5. Time to attach")
     say("")
     app = App("psycopg2", cluster, env)
-    times = []
-    for _ in range(5):
-        t0 = time.monotonic()
-        tr = Sqlspan(app.pid)
-        times.append((time.monotonic() - t0) * 1000)
-        tr.stop()
+    say("From starting `sqlspan -p PID` to its \"tracing PID\" line (BPF programs loaded and "
+        "verified, CPython found, probes placed in libpq, tracepoints attached), 5 runs each:")
+    say("")
+    for label, args in (("bpf_loop programs (kernels 5.17+)", []),
+                        ("bounded-loop programs (older kernels, --no-bpf-loop)",
+                         ["--no-bpf-loop"])):
+        times = []
+        for _ in range(5):
+            t0 = time.monotonic()
+            tr = Sqlspan(app.pid, args)
+            times.append((time.monotonic() - t0) * 1000)
+            tr.stop()
+        say("- %s: median %.0f ms, max %.0f ms" % (label, statistics.median(times), max(times)))
     app.close()
-    say("From starting `sqlspan -p PID` to its \"tracing PID\" line (BPF load, probes placed in "
-        "libpq, tracepoints attached), 5 runs: median %.0f ms, max %.0f ms." % (
-            statistics.median(times), max(times)))
     say("")
 
 
@@ -313,8 +451,9 @@ def main():
     say("")
     cluster = Cluster()
     try:
-        floor()
-        latency(cluster, env)
+        floor_ns = floor()
+        with BpfStats():  # costs sqlspan's programs ~0.03 µs a run: counted in its figures
+            latency(cluster, env, floor_ns)
         throughput(cluster)
         attach_time(cluster, env)
     finally:

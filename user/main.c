@@ -269,9 +269,10 @@ static uint64_t kernel_misses(struct tracer *t, bool report_stats)
 			/* with sysctl kernel.bpf_stats_enabled=1: where the BPF time goes (make
 			 * bench) */
 			if (info.run_cnt && t->cli.verbose && report_stats)
-				vlog(t, "bpf time: %s: %llu runs, %llu ns each",
+				vlog(t, "bpf time: %s: %llu runs, %llu ns each, %llu ns in all",
 				     bpf_program__name(prog), (unsigned long long)info.run_cnt,
-				     (unsigned long long)(info.run_time_ns / info.run_cnt));
+				     (unsigned long long)(info.run_time_ns / info.run_cnt),
+				     (unsigned long long)info.run_time_ns);
 			if (info.recursion_misses && t->cli.verbose > 1)
 				vlog(t, "the kernel skipped %s %llu times", bpf_program__name(prog),
 				     (unsigned long long)info.recursion_misses);
