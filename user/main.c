@@ -382,6 +382,7 @@ static int open_and_load(struct tracer *t)
 	bpf_program__set_autoload(skel->progs.tp_exit_recvfrom_loop, t->use_loop);
 	bpf_program__set_autoload(skel->progs.tp_exit_recvfrom, !t->use_loop);
 	bpf_program__set_autoload(skel->progs.tp_walk_more, !t->use_loop);
+	bpf_program__set_autoload(skel->progs.tp_enter_recvfrom, !t->use_loop);
 	bpf_program__set_autoload(skel->progs.up_request_loop, t->use_loop);
 	bpf_program__set_autoload(skel->progs.up_request, !t->use_loop);
 	vlog(t, "reads walked with %s", t->use_loop ? "bpf_loop" : "bounded loops and tail calls");
@@ -438,7 +439,9 @@ static int attach_tracepoints(struct tracer *t)
 		struct bpf_program *prog;
 		const char *cat, *name;
 	} tps[] = {
-		{t->skel->progs.tp_enter_recvfrom, "syscalls", "sys_enter_recvfrom"},
+		/* the bpf_loop variant reads the arguments at exit (see sqlspan.bpf.c) */
+		{t->use_loop ? NULL : t->skel->progs.tp_enter_recvfrom, "syscalls",
+		 "sys_enter_recvfrom"},
 		{t->use_loop ? t->skel->progs.tp_exit_recvfrom_loop
 			     : t->skel->progs.tp_exit_recvfrom,
 		 "syscalls", "sys_exit_recvfrom"},
@@ -453,9 +456,11 @@ static int attach_tracepoints(struct tracer *t)
 		return -1;
 	}
 	for (size_t i = 0; i < sizeof(tps) / sizeof(tps[0]); i++) {
-		struct bpf_link *l =
-			bpf_program__attach_tracepoint(tps[i].prog, tps[i].cat, tps[i].name);
+		struct bpf_link *l;
 
+		if (!tps[i].prog)
+			continue;
+		l = bpf_program__attach_tracepoint(tps[i].prog, tps[i].cat, tps[i].name);
 		if (!l) {
 			fprintf(stderr, "sqlspan: cannot attach to tracepoint %s:%s: %s\n",
 				tps[i].cat, tps[i].name, strerror(errno));
