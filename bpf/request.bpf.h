@@ -17,9 +17,10 @@
 const volatile __u32 text_max_chunks = 17;
 
 struct req_work {
-	struct ev_req r;      /* the record, built here and copied out */
-	struct fd_key key;    /* (tgid, fd) of the connection's socket */
-	struct fd_state init; /* a newly seen socket's state */
+	struct ev_req r;		       /* the record, built here and copied out */
+	char text_inline[SQLSPAN_TEXT_INLINE]; /* r.text: a short statement's text */
+	struct fd_key key;		       /* (tgid, fd) of the connection's socket */
+	struct fd_state init;		       /* a newly seen socket's state */
 	struct nest_val nv;
 	__u64 text; /* address of the statement text in the process, 0 if none */
 	__u64 name; /* address of the statement name, 0 if none */
@@ -56,12 +57,17 @@ static __noinline struct lib_range *req_lib(struct req_work *rw)
 	return NULL;
 }
 
+/* Set by the loader once it has placed a probe on an outer call (PQexec & co.). */
+volatile __u32 outer_probes;
+
 /* 1 if this is the inner call of an outer call already reported (PQexec -> PQsendQuery). */
 static __noinline int req_nested(struct req_work *rw)
 {
 	__u32 tid = rw->r.h.tid;
 	struct nest_val *nv;
 
+	if (!outer_probes)
+		return 0;
 	rw->nv.conn = rw->r.conn;
 	rw->nv.text = rw->text ? rw->text : rw->name;
 	if (rw->outer) {
@@ -249,6 +255,23 @@ static long text_cb(__u32 i, void *data)
 	return r < SQLSPAN_TEXT_CHUNK;
 }
 
+/* A short text, read into the request record itself; 1 if it fits there. */
+static __noinline int req_text_inline(struct req_work *rw)
+{
+	long r = bpf_probe_read_user_str(rw->text_inline, SQLSPAN_TEXT_INLINE,
+					 (const void *)rw->text);
+
+	if (r <= 0) {
+		rw->r.h.flags |= EVF_TEXT_FAULT;
+		rw->r.text_len = 0;
+		return 1;
+	}
+	if (r >= SQLSPAN_TEXT_INLINE)
+		return 0;
+	rw->r.text_len = r - 1;
+	return 1;
+}
+
 /*
  * The statement text in chunks, each record as long as its text (built in the thread's scratch
  * area, then copied out). Global functions, verified once; LOOPED: with bpf_loop (5.17+).
@@ -256,12 +279,17 @@ static long text_cb(__u32 i, void *data)
 #define DEFINE_REQ_TEXT(NAME, LOOPED)                                                              \
 	__noinline int NAME(struct pt_regs *ctx)                                                   \
 	{                                                                                          \
-		struct text_ctx tc = {.rw = thread_entry(&works), .t = scratch_get(), .ctx = ctx}; \
+		struct text_ctx tc = {.rw = thread_entry(&works), .ctx = ctx};                     \
                                                                                                    \
-		if (!tc.rw || !tc.t)                                                               \
+		if (!tc.rw)                                                                        \
 			return 0;                                                                  \
 		tc.rw->off = 0;                                                                    \
 		tc.rw->r.nchunks = 0;                                                              \
+		if (req_text_inline(tc.rw))                                                        \
+			return 0;                                                                  \
+		tc.t = scratch_get();                                                              \
+		if (!tc.t)                                                                         \
+			return 0;                                                                  \
 		if (LOOPED) {                                                                      \
 			bpf_loop(SQLSPAN_MAX_CHUNKS, text_cb, &tc, 0);                             \
 		} else {                                                                           \
@@ -292,7 +320,9 @@ static __noinline void req_emit(void *ctx, struct req_work *rw)
 		else if (n < 0)
 			rw->r.name[0] = 0;
 	}
-	if (rec_output(ctx, &rw->r, sizeof(rw->r))) {
+	if (rec_output(ctx, &rw->r,
+		       sizeof(rw->r) +
+			       (rw->r.nchunks ? 0 : rw->r.text_len & (SQLSPAN_TEXT_INLINE - 1)))) {
 		stat_add(ST_DROP_REQ, 1);
 		if (rw->r.fd >= 0) {
 			st = bpf_map_lookup_elem(&fds, &rw->key);
@@ -327,10 +357,10 @@ struct {
 static __always_inline int req_enter(struct pt_regs *ctx, __u32 api_outer, __u64 conn, __u64 name,
 				     __u64 text)
 {
-	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	struct req_work *rw;
 
-	if (!conn || !bpf_map_lookup_elem(&pids, &tgid))
+	/* no check of the process: the kernel runs the probes of a PID for that PID only */
+	if (!conn)
 		return 0;
 	rw = thread_entry(&works);
 	if (!rw)

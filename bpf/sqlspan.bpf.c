@@ -187,6 +187,7 @@ static __always_inline struct walk *walk_begin(struct trace_event_raw_sys_exit *
 	w->n = ret;
 	w->pos = 0;
 	w->tails = 0;
+	w->ts = bpf_ktime_get_ns();
 	bpf_map_delete_elem(&recvs, &tid);
 	stat_add(ST_RECVS, 1);
 	return w;
@@ -236,6 +237,7 @@ int tp_exit_recvfrom_loop(struct trace_event_raw_sys_exit *ctx)
 	w->n = ret;
 	w->pos = 0;
 	w->tails = 0;
+	w->ts = bpf_ktime_get_ns();
 	stat_add(ST_RECVS, 1);
 	walk_run_loop(ctx, w);
 	return 0;

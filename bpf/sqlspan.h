@@ -14,6 +14,11 @@
 
 /* Bytes of statement text carried by one EV_TEXT record. */
 #define SQLSPAN_TEXT_CHUNK 4064
+/*
+ * A statement text shorter than this travels inside its EV_REQ (nchunks 0, text_len bytes after
+ * the record): one record per statement instead of two. Longer ones go in EV_TEXT chunks.
+ */
+#define SQLSPAN_TEXT_INLINE 2048
 /* Upper bound of text chunks per statement (SQLSPAN_TEXT_CHUNK * 256 = ~1 MiB). */
 #define SQLSPAN_MAX_CHUNKS 256
 /* Statement and portal names: PostgreSQL's NAMEDATALEN. */
@@ -93,6 +98,7 @@ struct ev_req {
 	__s32 be_pid; /* backend PID in the PGconn at the call, 0 if unknown */
 	__u32 _pad2;
 	char name[SQLSPAN_NAME_LEN]; /* statement or portal name ("" = unnamed) */
+	/* nchunks 0: text_len bytes of statement text follow the record */
 };
 
 #define SQLSPAN_IDENT_STR  64

@@ -25,6 +25,7 @@ struct walk {
 	__u64 esrc;  /* what walk_emit sends: from here */
 	__u32 ewant; /* this many bytes */
 	__u32 eoff;  /* at this offset in the message body */
+	__u64 ts;    /* when the read returned: the time of every message in it */
 };
 
 /* per thread: a program can be preempted mid-walk on recent kernels (see buffer.bpf.h) */
@@ -146,8 +147,7 @@ static __always_inline void walk_emit_sz(void *ctx, struct walk *w, struct fd_st
 		stat_add(ST_DROP_MSG, 1);
 		return;
 	}
-	hdr_fill(&m->h, EV_MSG, w->pid_tgid, bpf_ktime_get_ns(),
-		 (st->flags & FS_GAP) ? EVF_GAP : 0);
+	hdr_fill(&m->h, EV_MSG, w->pid_tgid, w->ts, (st->flags & FS_GAP) ? EVF_GAP : 0);
 	m->fd = w->fd;
 	m->len = st->body_len;
 	m->off = off;

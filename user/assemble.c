@@ -709,7 +709,9 @@ static void span_text(struct assembler *a, struct aconn *c, struct span *s, cons
 	if (s->req == REQ_QUERY || s->req == REQ_PREPARE) {
 		s->text_state = TEXT_FULL;
 		if (!t && r->nchunks == 0 && !(r->h.flags & EVF_TEXT_FAULT)) {
-			s->text = strdup("");
+			/* a short text inside the record (on_req checked its size) */
+			s->text = strndup((const char *)(r + 1), r->text_len);
+			s->text_len = s->text ? r->text_len : 0;
 		} else if (t) {
 			s->text = t->buf ? t->buf : strdup("");
 			s->text_len = t->len;
@@ -763,7 +765,7 @@ static void on_req(struct assembler *a, const struct ev_req *r, size_t size)
 	struct aconn *c = NULL;
 	struct span *s;
 
-	if (size < sizeof(*r)) {
+	if (size < sizeof(*r) || (r->nchunks == 0 && size < sizeof(*r) + r->text_len)) {
 		a->st.bad_records++;
 		return;
 	}

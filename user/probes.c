@@ -153,6 +153,8 @@ static int attach_lib(struct tracer *t, struct proc_target *p, struct lib_target
 		prog = bpf_object__find_program_by_name(t->skel->obj, sp->prog);
 		if (!prog || foff == (uint64_t)-1 || lt->nlinks >= MAX_LINKS)
 			continue;
+		if (sp->inner) /* from now on requests are checked for nesting (see req_nested) */
+			t->skel->bss->outer_probes = 1;
 		link = bpf_program__attach_uprobe(prog, false, p->pid, lt->path, foff);
 		if (!link) {
 			fprintf(stderr,

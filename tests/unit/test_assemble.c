@@ -74,16 +74,27 @@ static void hdr(struct ev_hdr *h, uint32_t kind, uint32_t pid, uint32_t tid, uin
 	h->ts = T;
 }
 
-/* A request as the BPF side sends it: text chunks first, then the request. */
+/*
+ * A request as the BPF side sends it: a short text inside the request record, a long one in
+ * chunks first (drop_chunk >= 0: in chunks, that one lost).
+ */
 static void req_full(struct assembler *a, int fd, uint64_t conn, uint16_t api, uint8_t pipeline,
 		     const char *text, const char *name, uint32_t flags, int drop_chunk)
 {
-	struct ev_req r;
+	struct {
+		struct ev_req r;
+		char text[SQLSPAN_TEXT_INLINE];
+	} rec;
 	uint16_t chunks = 0;
 	uint32_t total = 0;
+	size_t inline_len = 0;
 
 	T += 1000;
-	if (text) {
+	if (text && strlen(text) < SQLSPAN_TEXT_INLINE - 1 && drop_chunk < 0) {
+		inline_len = strlen(text);
+		memcpy(rec.text, text, inline_len);
+		total = inline_len;
+	} else if (text) {
 		size_t len = strlen(text), off = 0;
 
 		do {
@@ -102,18 +113,18 @@ static void req_full(struct assembler *a, int fd, uint64_t conn, uint16_t api, u
 			total += k;
 		} while (off < len);
 	}
-	memset(&r, 0, sizeof(r));
-	hdr(&r.h, EV_REQ, 7, 8, flags);
-	r.conn = conn;
-	r.fd = fd;
-	r.api = api;
-	r.pipeline = pipeline;
-	r.text_len = total;
-	r.nchunks = chunks;
-	r.be_pid = 0;
+	memset(&rec.r, 0, sizeof(rec.r));
+	hdr(&rec.r.h, EV_REQ, 7, 8, flags);
+	rec.r.conn = conn;
+	rec.r.fd = fd;
+	rec.r.api = api;
+	rec.r.pipeline = pipeline;
+	rec.r.text_len = total;
+	rec.r.nchunks = chunks;
+	rec.r.be_pid = 0;
 	if (name)
-		snprintf(r.name, sizeof(r.name), "%s", name);
-	asm_record(a, &r, sizeof(r));
+		snprintf(rec.r.name, sizeof(rec.r.name), "%s", name);
+	asm_record(a, &rec, sizeof(rec.r) + inline_len);
 }
 
 static void req(struct assembler *a, int fd, uint16_t api, uint8_t pipeline, const char *text,
@@ -457,6 +468,42 @@ TEST(long_text_in_chunks)
 	z(a, 5, 'I');
 	CHECK_EQ(G.s[0].text_state, TEXT_INCOMPLETE);
 	CHECK_EQ(asm_stats(a)->texts_lost, 1);
+	asm_free(a);
+
+	a = fresh(65536); /* a text of one chunk, and one just too long to travel inline */
+	big[SQLSPAN_TEXT_INLINE - 1] = 0;
+	big[SQLSPAN_TEXT_INLINE - 2] = '\'';
+	req(a, 5, API_SEND_QUERY, 0, big, NULL);
+	z(a, 5, 'I');
+	CHECK_EQ(G.s[0].text_len, SQLSPAN_TEXT_INLINE - 1);
+	CHECK(!strcmp(G.s[0].text, big));
+	big[SQLSPAN_TEXT_INLINE - 2] = 0;
+	big[SQLSPAN_TEXT_INLINE - 3] = '\'';
+	req(a, 5, API_SEND_QUERY, 0, big, NULL);
+	z(a, 5, 'I');
+	CHECK_EQ(G.s[1].text_len, SQLSPAN_TEXT_INLINE - 2);
+	CHECK(!strcmp(G.s[1].text, big));
+	CHECK_EQ(G.s[1].text_state, TEXT_FULL);
+	asm_free(a);
+
+	a = fresh(65536); /* an inline text longer than its record: a bad record, no span */
+	{
+		struct {
+			struct ev_req r;
+			char text[8];
+		} rec;
+
+		memset(&rec, 0, sizeof(rec));
+		hdr(&rec.r.h, EV_REQ, 7, 8, 0);
+		rec.r.fd = 5;
+		rec.r.api = API_SEND_QUERY;
+		rec.r.text_len = 9;
+		memcpy(rec.text, "SELECT 1", 8);
+		asm_record(a, &rec, sizeof(rec));
+		CHECK_EQ(asm_stats(a)->bad_records, 1);
+		z(a, 5, 'I');
+		CHECK_EQ(G.n, 0);
+	}
 	asm_free(a);
 
 	a = fresh(65536); /* chunks whose request never comes */
