@@ -2,8 +2,8 @@
 """The benchmark's application: SELECT 1 in a loop through SQLAlchemy, on one connection.
 
 Driven over stdin/stdout by bench/run.py, one line per command:
-  run N        -> "wall_ns cpu_ns" for N statements (this process's own CPU time: it pays for
-                  every probe hit, whether sqlspan is attached or not)
+  run N [B]    -> "wall_ns cpu_ns" for N statements, per batch of B (this process's own CPU time:
+                  it pays for every probe hit, whether sqlspan is attached or not)
   otel on|off  -> an in-process tracer on SQLAlchemy's cursor events, as OpenTelemetry's SQLAlchemy
                   instrumentation does it: an SDK span per statement, with its attributes
   quit
@@ -104,8 +104,13 @@ def main():
         if not cmd:
             continue
         if cmd[0] == "run":
-            wall, cpu = measure(run, int(cmd[1]))
-            print("%d %d" % (wall, cpu), flush=True)
+            # run N [BATCH]: N statements in batches, "wall_ns cpu_ns" per batch on one line
+            n = int(cmd[1])
+            b = int(cmd[2]) if len(cmd) > 2 else n
+            out = []
+            for _ in range(max(1, n // b)):
+                out += measure(run, b)
+            print(" ".join(str(x) for x in out), flush=True)
         elif cmd[0] == "otel":
             if tracer is None:
                 tracer = InProcessTracer()

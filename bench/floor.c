@@ -5,7 +5,7 @@
  * (push, nop) and one it must single-step (mov). Prints one line per case: ns per call and the
  * added ns per probe hit. Usage: floor [CALLS]
  *
- * floor attach PID LIBRARY SYMBOL [ret]: put an empty uprobe (and uretprobe) on SYMBOL in another
+ * floor attach PID LIBRARY SYMBOL[+OFF] [ret]: put an empty uprobe (and uretprobe) on SYMBOL in another
  * process until stdin closes: the cost of a design that probes there.
  */
 #include <stdio.h>
@@ -64,14 +64,20 @@ static int attach_other(int argc, char **argv)
 	struct floor_bpf *skel = floor_bpf__open_and_load();
 	struct elf_file *ef = argc > 4 ? elff_open(argv[3]) : NULL;
 	struct bpf_link *l1, *l2 = NULL;
-	uint64_t va, foff;
-	char buf[64];
+	uint64_t va, foff, off = 0;
+	char buf[64], sym[128], *plus;
 
-	if (!skel || !ef || elff_sym(ef, argv[4], &va, NULL)) {
-		fprintf(stderr, "floor: usage: floor attach PID LIBRARY SYMBOL [ret]\n");
+	snprintf(sym, sizeof(sym), "%s", argc > 4 ? argv[4] : "");
+	plus = strchr(sym, '+');
+	if (plus) {
+		*plus = 0;
+		off = strtoull(plus + 1, NULL, 0);
+	}
+	if (!skel || !ef || elff_sym(ef, sym, &va, NULL)) {
+		fprintf(stderr, "floor: usage: floor attach PID LIBRARY SYMBOL[+OFFSET] [ret]\n");
 		return 2;
 	}
-	foff = elff_file_offset(ef, va);
+	foff = elff_file_offset(ef, va + off);
 	l1 = bpf_program__attach_uprobe(skel->progs.empty, false, atoi(argv[2]), argv[3], foff);
 	if (argc > 5 && !strcmp(argv[5], "ret"))
 		l2 = bpf_program__attach_uprobe(skel->progs.empty, true, atoi(argv[2]), argv[3], foff);
