@@ -14,13 +14,13 @@ BPFTOOL ?= bpftool
 ARCH := x86
 
 # the pure logic: no libbpf, unit-tested without root
-PURE_SRCS := user/hmap.c user/x86dec.c user/pqlayout.c user/pgproto.c user/sqllex.c \
+PURE_SRCS := user/hmap.c user/x86dec.c user/pqlayout.c user/pgproto.c user/sqllex.c user/pgfront.c user/asm_wire.c \
 	user/sqlinfo.c user/redact.c user/assemble.c user/output.c user/reorder.c \
 	user/procmaps.c user/cli.c user/elffile.c user/sysinfo.c user/pyline.c user/pylayout_table.c user/pyruntime.c user/pyframes.c
-LOADER_SRCS := user/main.c user/probes.c user/pgident.c user/pystack.c
+LOADER_SRCS := user/main.c user/probes.c user/pgident.c user/pystack.c user/sockpeer.c
 BPF_SRCS := bpf/sqlspan.bpf.c
 BPF_HDRS := bpf/sqlspan.h bpf/buffer.bpf.h bpf/maps.bpf.h bpf/wire.bpf.h bpf/pystack.bpf.h \
-	bpf/request.bpf.h
+	bpf/request.bpf.h bpf/front.bpf.h
 
 CFLAGS ?= -g -O2
 WARN := -Wall -Wextra -Werror -Wno-missing-field-initializers

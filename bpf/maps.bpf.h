@@ -3,6 +3,12 @@
 #ifndef SQLSPAN_MAPS_BPF_H
 #define SQLSPAN_MAPS_BPF_H
 
+/* Text chunks sent per statement at most (the loader sets it from --max-sql-bytes). */
+const volatile __u32 text_max_chunks = 17;
+
+/* pids values: PID_TRACED_LIBPQ, PID_TRACED_WIRE (sqlspan.h) */
+#define PID_WIRE 2 /* also follow the protocol on its sockets (a driver without libpq) */
+
 /* Processes being traced (tgid as the host sees it). Filled by the loader. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -28,6 +34,8 @@ struct fd_key {
 /* fd_state.flags */
 #define FS_SYNCED (1 << 0) /* the stream is at a known message boundary */
 #define FS_GAP	  (1 << 1) /* a record of this socket was lost: tell userspace with the next one */
+#define FS_WIRE	  (1 << 2) /* a socket of a driver that speaks the protocol itself (front.bpf.h) */
+#define FS_TLS	  (1 << 3) /* a wire socket that switched to TLS: its bytes are not walked */
 
 /* Where the walk of a socket's backend message stream stands between reads. */
 struct fd_state {

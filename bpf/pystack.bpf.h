@@ -205,8 +205,8 @@ static long frame_cb(__u32 i, void *data)
  * the verifier checks each once. Their variables live in the thread's stack_buf (see
  * request.bpf.h on why the stack stays small).
  */
-#define DEFINE_SEND_STACK(NAME, TSTATE, FRAMES)                                                    \
-	__noinline int NAME(struct pt_regs *ctx, __u64 pid_tgid, __u64 ts_key)                     \
+#define DEFINE_SEND_STACK(NAME, TSTATE, FRAMES, PRE, CTX)                                          \
+	PRE __noinline int NAME(CTX *ctx, __u64 pid_tgid, __u64 ts_key)                            \
 	{                                                                                          \
 		__u32 tgid = pid_tgid >> 32;                                                       \
 		struct py_cfg *cfg = bpf_map_lookup_elem(&pyprocs, &tgid);                         \
@@ -248,7 +248,9 @@ DEFINE_PY_TSTATE(py_tstate, 0)
 DEFINE_PY_TSTATE(py_tstate_loop, 1)
 DEFINE_PY_FRAMES(py_frames, 0)
 DEFINE_PY_FRAMES(py_frames_loop, 1)
-DEFINE_SEND_STACK(send_stack, py_tstate, py_frames)
-DEFINE_SEND_STACK(send_stack_loop, py_tstate_loop, py_frames_loop)
+DEFINE_SEND_STACK(send_stack, py_tstate, py_frames, , struct pt_regs)
+DEFINE_SEND_STACK(send_stack_loop, py_tstate_loop, py_frames_loop, , struct pt_regs)
+/* for syscall tracepoints (wire sockets): static, so verified with its caller's context */
+DEFINE_SEND_STACK(send_stack_tp, py_tstate_loop, py_frames_loop, static, void)
 
 #endif

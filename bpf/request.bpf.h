@@ -13,9 +13,6 @@
 #ifndef SQLSPAN_REQUEST_BPF_H
 #define SQLSPAN_REQUEST_BPF_H
 
-/* Text chunks sent per statement at most (the loader sets it from --max-sql-bytes). */
-const volatile __u32 text_max_chunks = 17;
-
 struct req_work {
 	struct ev_req r;		       /* the record, built here and copied out */
 	char text_inline[SQLSPAN_TEXT_INLINE]; /* r.text: a short statement's text */
@@ -193,9 +190,11 @@ static __noinline void req_conn(void *ctx, struct req_work *rw)
 	if (!st)
 		return;
 	if (st->conn != conn) {
-		/* the socket now belongs to another PGconn: start over */
+		/* the socket now belongs to another PGconn (or was taken for a wire socket when
+		 * libpq connected): start over */
 		st->conn = conn;
-		st->flags &= ~FS_SYNCED;
+		st->flags &= ~(FS_SYNCED | FS_WIRE | FS_TLS);
+		bpf_map_delete_elem(&fronts, &rw->key);
 		rw->r.h.flags |= EVF_NEW_FD;
 	}
 	/*

@@ -5,6 +5,8 @@
  * - uprobes on libpq's request functions (PQsendQuery, PQsendQueryParams, ...): the statement text,
  *   the statement name, the PGconn and its socket, at the moment the application hands it over;
  * - recvfrom tracepoints on those sockets: the backend messages that end each statement;
+ * - sendto tracepoints on the sockets of drivers that speak the protocol themselves (asyncpg):
+ *   the frontend messages, walked by front.bpf.h;
  * - close, exit and mmap tracepoints: sockets and processes that go away, libraries that arrive.
  *
  * Everything is filtered by process in BPF; the loader attaches uprobes per process.
@@ -18,6 +20,7 @@
 #include "maps.bpf.h"
 #include "wire.bpf.h"
 #include "pystack.bpf.h"
+#include "front.bpf.h"
 #include "request.bpf.h"
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
@@ -243,6 +246,92 @@ int tp_exit_recvfrom_loop(struct trace_event_raw_sys_exit *ctx)
 	return 0;
 }
 
+/*
+ * What a process that follows the protocol on its sockets sends (bpf_loop kernels only): the
+ * frontend messages of its database sockets. Sockets of libpq connections are left to the libpq
+ * probes; other sockets are looked at until they are known not to carry the protocol.
+ */
+SEC("tracepoint/syscalls/sys_exit_sendto")
+int tp_exit_sendto_loop(struct trace_event_raw_sys_exit *ctx)
+{
+	__u64 pid_tgid;
+	struct pt_regs *regs;
+	struct fd_state *st;
+	struct fwalk *w;
+	__u8 *pv;
+	__u32 tgid;
+	long ret = ctx->ret;
+	int how = 0;
+
+	if (ret <= 0)
+		return 0;
+	pid_tgid = bpf_get_current_pid_tgid();
+	tgid = pid_tgid >> 32;
+	pv = bpf_map_lookup_elem(&pids, &tgid);
+	if (!pv || !(*pv & PID_WIRE))
+		return 0;
+	w = thread_entry(&fwalks);
+	if (!w)
+		return 0;
+	regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	w->key.tgid = tgid;
+	w->key.fd = (__s32)PT_REGS_PARM1_CORE(regs);
+	st = bpf_map_lookup_elem(&fds, &w->key);
+	if (st && (!(st->flags & FS_WIRE) || (st->flags & FS_TLS)))
+		return 0; /* a libpq socket (its probes tell), or encrypted */
+	w->buf = PT_REGS_PARM2_CORE(regs);
+	w->fd = w->key.fd;
+	w->pid_tgid = pid_tgid;
+	w->n = ret;
+	w->pos = 0;
+	w->ts = bpf_ktime_get_ns();
+	if (!st) {
+		how = front_probe(w);
+		if (!how)
+			return 0;
+	} else if (!(st->flags & FS_SYNCED)) {
+		/* the replies were lost track of: take them up again at this request */
+		st->flags |= FS_SYNCED;
+		st->body_left = 0;
+		st->hdr_have = 0;
+		st->rows = 0;
+	}
+	front_stack(ctx, w);
+	front_run(ctx, w, how);
+	return 0;
+}
+
+/*
+ * Where the sockets of processes that may speak the protocol themselves connect: a wire
+ * connection's server address, known even when the connection is gone before its records are
+ * read.
+ */
+SEC("tracepoint/syscalls/sys_enter_connect")
+int tp_enter_connect(struct trace_event_raw_sys_enter *ctx)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	__u8 *pv = bpf_map_lookup_elem(&pids, &tgid);
+	struct ev_connect *e;
+	__u64 len = ctx->args[2];
+
+	if (!pv || !(*pv & PID_WIRE))
+		return 0;
+	e = rec_reserve(sizeof(*e));
+	if (!e) {
+		stat_add(ST_DROP_OTHER, 1);
+		return 0;
+	}
+	hdr_fill(&e->h, EV_CONNECT, bpf_get_current_pid_tgid(), bpf_ktime_get_ns(), 0);
+	e->fd = (__s32)ctx->args[0];
+	e->len = len < sizeof(e->addr) ? len : sizeof(e->addr);
+	if (bpf_probe_read_user(e->addr, sizeof(e->addr), (const void *)ctx->args[1]) &&
+	    bpf_probe_read_user(e->addr, 16, (const void *)ctx->args[1]))
+		e->len = 0;
+	if (rec_submit(ctx, e, sizeof(*e)))
+		stat_add(ST_DROP_OTHER, 1);
+	return 0;
+}
+
 /* Continues a walk that did not fit in one program run (tail call target). */
 SEC("tracepoint/syscalls/sys_exit_recvfrom")
 int tp_walk_more(void *ctx)
@@ -270,6 +359,7 @@ int tp_enter_close(struct trace_event_raw_sys_enter *ctx)
 		return 0;
 	conn = st->conn;
 	bpf_map_delete_elem(&fds, &k);
+	bpf_map_delete_elem(&fronts, &k);
 	send_conn_event(ctx, EV_CLOSE, conn, k.fd, 0);
 	return 0;
 }

@@ -26,6 +26,10 @@
 /* Body bytes copied from a backend message: short and long records. */
 #define SQLSPAN_MSG_SHORT 64
 #define SQLSPAN_MSG_LONG  512
+/* Values of the BPF `pids` map: traced; traced and its sockets followed for the protocol. */
+#define PID_TRACED_LIBPQ 1
+#define PID_TRACED_WIRE	 3
+
 /* Address ranges of libpq text segments a process may have mapped. */
 #define SQLSPAN_MAX_LIBS 4
 
@@ -41,6 +45,8 @@ enum ev_kind {
 	EV_IDENT = 9,  /* who a connection is: read from its PGconn when its socket is first seen */
 	EV_STACK =
 		10, /* the Python stack of the thread that made a request, sent before its EV_REQ */
+	EV_FMSG = 11,	 /* a frontend message a process sent on a wire socket (no libpq) */
+	EV_CONNECT = 12, /* a process that may speak the protocol itself connects a socket */
 };
 
 /* Header flags. */
@@ -50,6 +56,7 @@ enum ev_kind {
 #define EVF_NAME_CUT   (1u << 3) /* the statement name was longer than SQLSPAN_NAME_LEN - 1 */
 #define EVF_NEW_FD     (1u << 4) /* first request seen on this socket */
 #define EVF_NESTED     (1u << 5) /* the inner call of an already reported outer call */
+#define EVF_FRONT      (1u << 6) /* EV_DESYNC: of the frontend stream of a wire socket */
 
 struct ev_hdr {
 	__u32 kind;
@@ -136,6 +143,31 @@ struct ev_msg {
 	__u8 type;  /* message type byte */
 	__u8 _pad[3];
 	__u8 data[]; /* SQLSPAN_MSG_SHORT or SQLSPAN_MSG_LONG bytes reserved */
+};
+
+/*
+ * One frontend message (or the part of it in this send) of a wire socket. The BPF side sends at
+ * most `cap` body bytes of it in total, in parts of up to SQLSPAN_TEXT_CHUNK bytes; type 0 is the
+ * StartupMessage (its body: protocol version, then name/value pairs).
+ */
+struct ev_fmsg {
+	struct ev_hdr h;
+	__s32 fd;
+	__u32 len; /* body length */
+	__u32 off; /* offset in the body of data[0] */
+	__u32 cap; /* body bytes sent of this message in total */
+	__u32 n;   /* bytes in data */
+	__u8 type;
+	__u8 _pad[3];
+	__u8 data[];
+};
+
+/* EV_CONNECT: the address a socket is being connected to (struct sockaddr, as given). */
+struct ev_connect {
+	struct ev_hdr h;
+	__s32 fd;
+	__u32 len;	/* address bytes in addr */
+	__u8 addr[112]; /* sockaddr_un is the largest: 110 bytes */
 };
 
 /* Python frames sent per request at most, and the frame bytes read to find what is in one. */
@@ -240,6 +272,8 @@ SQLSPAN_ASSERT(sizeof(struct ev_ident) == 24 + 48 + 2 * SQLSPAN_IDENT_STR + 16 +
 	       "ev_ident size");
 SQLSPAN_ASSERT(sizeof(struct ev_msg) == 48, "ev_msg size");
 SQLSPAN_ASSERT(sizeof(struct ev_conn) == 40, "ev_conn size");
+SQLSPAN_ASSERT(sizeof(struct ev_fmsg) == 48, "ev_fmsg size");
+SQLSPAN_ASSERT(sizeof(struct ev_connect) == 144, "ev_connect size");
 SQLSPAN_ASSERT(sizeof(struct lib_range) == 48, "lib_range size");
 SQLSPAN_ASSERT(sizeof(struct ev_frame) == 56, "ev_frame size");
 SQLSPAN_ASSERT(sizeof(struct ev_stack) == 40, "ev_stack size");

@@ -3,76 +3,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include "assemble.h"
+#include "assemble_int.h"
 #include "hmap.h"
 #include "redact.h"
 #include "sqllex.h"
 #include "../bpf/sqlspan.h"
-
-/* requests in flight on one connection before the oldest are given up */
-#define MAX_PENDING 100000
-/* prepared statements remembered per connection */
-#define MAX_PREPARED 4096
-
-struct prepared {
-	char name[SQLSPAN_NAME_LEN];
-	char *text;
-	size_t len;
-	enum text_state state;
-};
-
-/* A message being reassembled from parts. */
-struct partial {
-	bool active;
-	uint8_t type;
-	uint32_t len, cap, have;
-	uint8_t data[SQLSPAN_MSG_LONG];
-};
-
-struct aconn {
-	uint32_t pid;
-	int fd;
-	uint64_t conn;
-	struct conn_ident ident;
-	bool have_ident;
-	struct txn_span txn; /* the open transaction */
-	bool txn_open;
-	struct span **q; /* pending requests, oldest first */
-	size_t qhead, qlen, qcap;
-	bool pipe_aborted; /* an error in pipeline mode: requests up to the next sync are skipped */
-	struct prepared *prep;
-	size_t nprep;
-	struct partial msg;
-};
-
-struct ptext {
-	uint32_t pid, tid;
-	uint64_t ts;
-	char *buf;
-	size_t len;
-	uint32_t got; /* chunks received */
-	bool broken;  /* a chunk is missing or out of order */
-};
-
-/* A stack record waiting for its request. */
-struct pstack {
-	uint32_t pid, tid;
-	uint64_t ts;
-	void *rec;
-	size_t size;
-};
-
-struct assembler {
-	struct asm_hooks h;
-	size_t max_text;
-	uint64_t rng[4];
-	struct hmap conns; /* (pid, fd) -> aconn */
-	struct ptext *texts;
-	size_t ntexts, captexts;
-	struct pstack *stacks;
-	size_t nstacks, capstacks;
-	struct asm_stats st;
-	uint64_t open;
-};
 
 /* xoshiro256** */
 static uint64_t rotl(uint64_t x, int k)
@@ -123,6 +58,7 @@ struct assembler *asm_new(const struct asm_hooks *hooks, size_t max_text, uint64
 		a->rng[i] = x ^ (x >> 31);
 	}
 	hmap_init(&a->conns);
+	hmap_init(&a->peers);
 	return a;
 }
 
@@ -136,7 +72,7 @@ static void span_py_free(struct span_py *p)
 	memset(p, 0, sizeof(*p));
 }
 
-static void span_free(struct span *s)
+void span_free(struct span *s)
 {
 	if (!s)
 		return;
@@ -153,8 +89,6 @@ static void prep_clear(struct aconn *c)
 	c->prep = NULL;
 	c->nprep = 0;
 }
-
-static struct aconn *conn_get(struct assembler *a, uint32_t pid, int fd, bool create);
 
 void conn_ident_free(struct conn_ident *id)
 {
@@ -222,6 +156,7 @@ static void conn_identify(struct assembler *a, struct aconn *c)
 static void conn_free(struct aconn *c)
 {
 	conn_ident_free(&c->ident);
+	wire_conn_free(c);
 	for (size_t i = 0; i < c->qlen; i++)
 		span_free(c->q[(c->qhead + i) % c->qcap]);
 	free(c->q);
@@ -239,6 +174,8 @@ void asm_free(struct assembler *a)
 	while ((c = hmap_next(&a->conns, &pos, NULL)))
 		conn_free(c);
 	hmap_free(&a->conns);
+	peers_forget(a, 0);
+	hmap_free(&a->peers);
 	for (size_t i = 0; i < a->ntexts; i++)
 		free(a->texts[i].buf);
 	free(a->texts);
@@ -263,6 +200,11 @@ uint64_t asm_open_spans(const struct assembler *a)
 static struct span *q_front(struct aconn *c)
 {
 	return c->qlen ? c->q[c->qhead] : NULL;
+}
+
+struct span *q_back(struct aconn *c)
+{
+	return c->qlen ? c->q[(c->qhead + c->qlen - 1) % c->qcap] : NULL;
 }
 
 static struct span *q_pop(struct aconn *c)
@@ -299,7 +241,7 @@ static int q_push(struct aconn *c, struct span *s)
 
 /* ---- prepared statements ---- */
 
-static struct prepared *prep_find(struct aconn *c, const char *name)
+struct prepared *prep_find(struct aconn *c, const char *name)
 {
 	for (size_t i = 0; i < c->nprep; i++) {
 		if (!strcmp(c->prep[i].name, name))
@@ -318,8 +260,8 @@ static void prep_forget(struct aconn *c, const char *name)
 	*p = c->prep[--c->nprep];
 }
 
-static void prep_remember(struct aconn *c, const char *name, const char *text, size_t len,
-			  enum text_state state)
+void prep_remember(struct aconn *c, const char *name, const char *text, size_t len,
+		   enum text_state state)
 {
 	struct prepared *p = prep_find(c, name);
 
@@ -434,6 +376,7 @@ static void txn_track(struct assembler *a, struct aconn *c, struct span *s)
 		t->exe = s->exe;
 		t->ident = &c->ident;
 		t->backend_pid = s->backend_pid;
+		t->wire = s->wire;
 		c->txn_open = true;
 	}
 	if (!c->txn_open)
@@ -487,8 +430,7 @@ static void emit(struct assembler *a, struct aconn *c, struct span *s, enum span
 }
 
 /* Finish everything pending on a connection with one result. */
-static void drain(struct assembler *a, struct aconn *c, enum span_result res, uint64_t end,
-		  bool lost)
+void drain(struct assembler *a, struct aconn *c, enum span_result res, uint64_t end, bool lost)
 {
 	struct span *s;
 
@@ -614,20 +556,32 @@ static void on_stack(struct assembler *a, const struct ev_stack *e, size_t size)
 	a->nstacks++;
 }
 
-/* The stack sent with a request: resolved into the span, then dropped. */
-static void take_stack(struct assembler *a, const struct ev_req *r, struct span *s)
+void *stack_take(struct assembler *a, uint32_t pid, uint32_t tid, uint64_t ts, size_t *size)
 {
 	for (size_t i = 0; i < a->nstacks; i++) {
 		struct pstack *p = &a->stacks[i];
+		void *rec = p->rec;
 
-		if (p->pid != r->h.pid || p->tid != r->h.tid || p->ts != r->h.ts)
+		if (p->pid != pid || p->tid != tid || p->ts != ts)
 			continue;
-		if (a->h.py_resolve)
-			a->h.py_resolve(a->h.arg, p->rec, p->size, &s->py);
-		free(p->rec);
+		*size = p->size;
 		*p = a->stacks[--a->nstacks];
-		return;
+		return rec;
 	}
+	return NULL;
+}
+
+/* The stack sent with a request: resolved into the span, then dropped. */
+static void take_stack(struct assembler *a, const struct ev_req *r, struct span *s)
+{
+	size_t size;
+	void *rec = stack_take(a, r->h.pid, r->h.tid, r->h.ts, &size);
+
+	if (!rec)
+		return;
+	if (a->h.py_resolve)
+		a->h.py_resolve(a->h.arg, rec, size, &s->py);
+	free(rec);
 }
 
 void asm_expire(struct assembler *a, uint64_t now, uint64_t max_age_ns)
@@ -652,7 +606,7 @@ void asm_expire(struct assembler *a, uint64_t now, uint64_t max_age_ns)
 
 /* ---- requests ---- */
 
-static struct aconn *conn_get(struct assembler *a, uint32_t pid, int fd, bool create)
+struct aconn *conn_get(struct assembler *a, uint32_t pid, int fd, bool create)
 {
 	struct hkey k = hkey2(pid, (uint32_t)fd);
 	struct aconn *c = hmap_get(&a->conns, k);
@@ -769,21 +723,13 @@ static void on_req(struct assembler *a, const struct ev_req *r, size_t size)
 		a->st.bad_records++;
 		return;
 	}
-	s = calloc(1, sizeof(*s));
+	s = span_new(a, &r->h);
 	if (!s)
 		return;
-	rng_fill(a->rng, s->trace_id, sizeof(s->trace_id));
-	rng_fill(a->rng, s->span_id, sizeof(s->span_id));
-	s->start_ns = r->h.ts;
-	s->pid = r->h.pid;
-	s->tid = r->h.tid;
-	s->exe = a->h.exe ? a->h.exe(a->h.arg, r->h.pid) : NULL;
 	s->conn = r->conn;
 	s->fd = r->fd;
 	s->req = req_of(r->api);
 	s->pipeline = r->pipeline == 1 || r->pipeline == 2;
-	s->returned_rows = -1;
-	s->tag.rows = -1;
 	s->backend_pid = r->be_pid > 0 ? r->be_pid : 0;
 	memcpy(s->name, r->name, sizeof(s->name));
 	s->name[sizeof(s->name) - 1] = 0;
@@ -794,11 +740,14 @@ static void on_req(struct assembler *a, const struct ev_req *r, size_t size)
 	if (r->fd >= 0)
 		c = conn_get(a, r->h.pid, r->fd, true);
 	if (c) {
-		if ((r->h.flags & EVF_NEW_FD) || (c->conn && c->conn != r->conn)) {
+		if ((r->h.flags & EVF_NEW_FD) || (c->conn && c->conn != r->conn) || c->wire) {
 			if (c->qlen)
 				drain(a, c, RES_UNKNOWN, r->h.ts, false);
-			if (c->conn && c->conn != r->conn) {
+			if ((c->conn && c->conn != r->conn) || c->wire) {
+				/* another PGconn, or libpq's own connection at first taken for a
+				 * wire socket */
 				prep_clear(c);
+				wire_conn_free(c);
 				c->have_ident = false;
 			}
 		}
@@ -838,8 +787,31 @@ static void on_req(struct assembler *a, const struct ev_req *r, size_t size)
 		conn_ident_free(&id);
 		return;
 	}
+	conn_enqueue(a, c, s);
+}
+
+struct span *span_new(struct assembler *a, const struct ev_hdr *h)
+{
+	struct span *s = calloc(1, sizeof(*s));
+
+	if (!s)
+		return NULL;
+	rng_fill(a->rng, s->trace_id, sizeof(s->trace_id));
+	rng_fill(a->rng, s->span_id, sizeof(s->span_id));
+	s->start_ns = h->ts;
+	s->pid = h->pid;
+	s->tid = h->tid;
+	s->exe = a->h.exe ? a->h.exe(a->h.arg, h->pid) : NULL;
+	s->fd = -1;
+	s->returned_rows = -1;
+	s->tag.rows = -1;
+	return s;
+}
+
+void conn_enqueue(struct assembler *a, struct aconn *c, struct span *s)
+{
 	if (c->qlen >= MAX_PENDING)
-		complete_front(a, c, RES_UNKNOWN, r->h.ts);
+		complete_front(a, c, RES_UNKNOWN, s->start_ns);
 	if (q_push(c, s)) {
 		span_free(s);
 		return;
@@ -854,8 +826,12 @@ static void on_message(struct assembler *a, struct aconn *c, uint8_t type, const
 {
 	struct span *s = q_front(c);
 
+	if (type == 'K' && c->wire)
+		wire_backend_key(c, body, n);
 	if (!s) {
-		if (type != 'S' && type != 'N' && type != 'A' && type != 'K' && type != 'Z')
+		/* what a server says unasked: at the start of a session, notices, notifications */
+		if (type != 'S' && type != 'N' && type != 'A' && type != 'K' && type != 'Z' &&
+		    type != 'R' && type != 'v')
 			a->st.orphan_msgs++;
 		return;
 	}
@@ -885,7 +861,7 @@ static void on_message(struct assembler *a, struct aconn *c, uint8_t type, const
 		}
 		break;
 	case '1':
-		if (s->pipeline && s->req == REQ_PREPARE)
+		if (s->pipeline && s->req == REQ_PREPARE && !s->described)
 			complete_front(a, c, RES_OK, ts);
 		break;
 	case '3':
@@ -894,7 +870,8 @@ static void on_message(struct assembler *a, struct aconn *c, uint8_t type, const
 		break;
 	case 'T':
 	case 'n':
-		if (s->pipeline && s->req == REQ_DESCRIBE)
+		if (s->pipeline &&
+		    (s->req == REQ_DESCRIBE || (s->req == REQ_PREPARE && s->described)))
 			complete_front(a, c, RES_OK, ts);
 		break;
 	case 'Z': {
@@ -950,7 +927,8 @@ static void on_msg(struct assembler *a, const struct ev_msg *m, size_t size)
 		p->cap = m->cap;
 		p->have = 0;
 		s = q_front(c);
-		if (s && (m->rows || m->type == 'T'))
+		if (s && (m->rows || m->type == 'T') && s->req != REQ_PREPARE &&
+		    s->req != REQ_DESCRIBE)
 			s->returned_rows = (s->returned_rows < 0 ? 0 : s->returned_rows) + m->rows;
 	} else if (!p->active || p->type != m->type || p->have != m->off) {
 		p->active = false;
@@ -1016,6 +994,7 @@ static void on_conn(struct assembler *a, const struct ev_conn *e, size_t size)
 		}
 		break;
 	case EV_EXIT:
+		peers_forget(a, e->h.pid);
 		while ((c = hmap_next(&a->conns, &pos, &k))) {
 			if (c->pid != e->h.pid)
 				continue;
@@ -1057,6 +1036,12 @@ void asm_record(struct assembler *a, const void *data, size_t size)
 		break;
 	case EV_STACK:
 		on_stack(a, data, size);
+		break;
+	case EV_FMSG:
+		on_fmsg(a, data, size);
+		break;
+	case EV_CONNECT:
+		on_connect(a, data, size);
 		break;
 	case EV_MMAP:
 		break;

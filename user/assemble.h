@@ -65,6 +65,13 @@ uint64_t asm_open_spans(const struct assembler *a);
 
 const struct asm_stats *asm_stats(const struct assembler *a);
 
+/*
+ * Where socket `fd` of process `pid` leads (host or socket directory, Unix socket path, port),
+ * for the wire connections found on it: told by the loader for sockets open before it attached.
+ */
+void asm_peer(struct assembler *a, uint32_t pid, int fd, const char *host, const char *unix_path,
+	      int port);
+
 /* Free the strings of an identity. */
 void conn_ident_free(struct conn_ident *id);
 

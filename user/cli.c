@@ -36,6 +36,7 @@ enum {
 	OPT_STACK_DEPTH,
 	OPT_APP_PATH,
 	OPT_NO_PYTHON,
+	OPT_WIRE,
 };
 
 static const struct argp_option opts[] = {
@@ -44,7 +45,11 @@ static const struct argp_option opts[] = {
 	{"min-duration", 'm', "DURATION", 0,
 	 "Show only spans at least this long (e.g. 5ms, 250us, 1s; plain numbers are ms)", 0},
 	{"json", OPT_JSON, NULL, 0, "Print one JSON object per span (NDJSON)", 0},
-	{"wait", 'w', NULL, 0, "Wait for processes that have not loaded libpq yet", 0},
+	{"wait", 'w', NULL, 0, "Wait for processes that have not loaded libpq (or asyncpg) yet", 0},
+	{"wire", OPT_WIRE, NULL, 0,
+	 "Follow the PostgreSQL protocol on the sockets of every traced process, not only of "
+	 "those that load asyncpg (other drivers without libpq)",
+	 0},
 	{"max-sql-bytes", OPT_MAX_SQL, "BYTES", 0,
 	 "Statement text kept per span (default 65536; longer text is cut and marked)", 0},
 	{"perf-buffer", OPT_PERF, NULL, 0, "Use perf buffers instead of the BPF ring buffer", 0},
@@ -176,6 +181,9 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
 		break;
 	case OPT_NO_PYTHON:
 		c->no_python = true;
+		break;
+	case OPT_WIRE:
+		c->wire = true;
 		break;
 	case OPT_STACK_DEPTH:
 		v = parse_long(arg, 1, 127, "--stack-depth");

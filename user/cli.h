@@ -20,6 +20,7 @@ struct cli {
 	int verbose;
 	bool perf_buffer;
 	bool wait; /* wait for processes to load libpq */
+	bool wire; /* --wire: follow the protocol on every traced process's sockets */
 	uint32_t max_sql_bytes;
 	uint32_t ring_mb;
 	bool no_bpf_loop;

@@ -7,6 +7,7 @@
  * span assembler -> print spans -> on exit detach everything and print a summary.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -23,6 +24,7 @@
 #include "sqlspan.skel.h"
 #include "output.h"
 #include "pgident.h"
+#include "sockpeer.h"
 #include "reorder.h"
 #include "sysinfo.h"
 #include "tracer.h"
@@ -59,11 +61,70 @@ static void die_line(const char *msg)
 
 /* ---- hooks for the assembler ---- */
 
+/* A socket's peer as an identity: .../.s.PGSQL.5432 -> directory as host, port from the name. */
+static void peer_ident(const char *addr, int port, bool is_unix, struct conn_ident *out)
+{
+	if (is_unix) {
+		const char *dot = strrchr(addr, '.'), *slash = strrchr(addr, '/');
+
+		out->unix_path = strdup(addr);
+		out->port = dot ? atoi(dot + 1) : 0;
+		if (slash)
+			out->host = strndup(addr, (size_t)(slash - addr));
+	} else {
+		out->host = strdup(addr);
+		out->port = port;
+	}
+}
+
+/*
+ * The sockets a wire-traced process has open when sqlspan attaches: where each leads, noted now
+ * (a connection may be gone by the time its records are read).
+ */
+static void wire_peers(struct tracer *t, pid_t pid)
+{
+	char path[64];
+	struct dirent *d;
+	DIR *dir;
+
+	snprintf(path, sizeof(path), "/proc/%d/fd", pid);
+	dir = opendir(path);
+	if (!dir)
+		return;
+	while ((d = readdir(dir))) {
+		struct conn_ident id = {0};
+		char addr[256];
+		int port, fd;
+		bool is_unix;
+
+		if (d->d_name[0] < '0' || d->d_name[0] > '9')
+			continue;
+		fd = atoi(d->d_name);
+		if (sock_peer(pid, fd, addr, sizeof(addr), &port, &is_unix))
+			continue;
+		peer_ident(addr, port, is_unix, &id);
+		asm_peer(t->as, pid, fd, id.host, id.unix_path, id.port);
+		conn_ident_free(&id);
+	}
+	closedir(dir);
+}
+
 static void hook_ident(void *arg, uint32_t pid, uint64_t conn, int fd, struct conn_ident *out)
 {
 	struct tracer *t = arg;
 
-	(void)fd;
+	if (!conn) { /* a wire socket: where it leads */
+		char addr[256];
+		int port;
+		bool is_unix;
+
+		memset(out, 0, sizeof(*out));
+		if (sock_peer(pid, fd, addr, sizeof(addr), &port, &is_unix) == 0) {
+			peer_ident(addr, port, is_unix, out);
+			out->known = true;
+		}
+		return;
+	}
 	pgident_read(pid, conn, probes_layout(t, pid), out);
 	if (!out->known)
 		vlog(t, "PID %u: could not read PGconn %#lx", pid, (unsigned long)conn);
@@ -318,7 +379,14 @@ static void announce(struct proc_target *p)
 		fprintf(stderr, "sqlspan: tracing PID %d (%s): %s\n", p->pid, p->exe,
 			p->libs[i].shown);
 		p->announced = true;
-		return;
+		break;
+	}
+	if (p->wire) {
+		fprintf(stderr,
+			"sqlspan: tracing PID %d (%s): the PostgreSQL protocol on its "
+			"sockets%s%s\n",
+			p->pid, p->exe, p->wire_shown[0] ? ": " : " (--wire)", p->wire_shown);
+		p->announced = true;
 	}
 }
 
@@ -338,10 +406,9 @@ static void check_procs(struct tracer *t)
 		if (t->rescan || p->waiting) {
 			proc_exe_name(p->pid, p->exe, sizeof(p->exe)); /* it may have exec'd */
 			probes_scan(t, p);
-			if (p->nmapped && p->waiting) {
+			if ((p->nmapped || p->wire) && p->waiting)
 				p->waiting = false;
-			}
-			if (p->nmapped && !p->announced)
+			if ((p->nmapped || p->wire) && !p->announced)
 				announce(p);
 		}
 	}
@@ -385,6 +452,8 @@ static int open_and_load(struct tracer *t)
 	bpf_program__set_autoload(skel->progs.tp_enter_recvfrom, !t->use_loop);
 	bpf_program__set_autoload(skel->progs.up_request_loop, t->use_loop);
 	bpf_program__set_autoload(skel->progs.up_request, !t->use_loop);
+	bpf_program__set_autoload(skel->progs.tp_exit_sendto_loop, t->use_loop);
+	bpf_program__set_autoload(skel->progs.tp_enter_connect, t->use_loop);
 	vlog(t, "reads walked with %s", t->use_loop ? "bpf_loop" : "bounded loops and tail calls");
 	chunks = (t->cli.max_sql_bytes + SQLSPAN_TEXT_CHUNK - 2) / (SQLSPAN_TEXT_CHUNK - 1);
 	if (chunks > SQLSPAN_MAX_CHUNKS - 1)
@@ -445,6 +514,11 @@ static int attach_tracepoints(struct tracer *t)
 		{t->use_loop ? t->skel->progs.tp_exit_recvfrom_loop
 			     : t->skel->progs.tp_exit_recvfrom,
 		 "syscalls", "sys_exit_recvfrom"},
+		/* the frontend of wire sockets (asyncpg): bpf_loop kernels only */
+		{t->use_loop ? t->skel->progs.tp_exit_sendto_loop : NULL, "syscalls",
+		 "sys_exit_sendto"},
+		{t->use_loop ? t->skel->progs.tp_enter_connect : NULL, "syscalls",
+		 "sys_enter_connect"},
 		{t->skel->progs.tp_enter_close, "syscalls", "sys_enter_close"},
 		{t->skel->progs.tp_process_exit, "sched", "sched_process_exit"},
 		{t->skel->progs.tp_enter_mmap, "syscalls", "sys_enter_mmap"},
@@ -599,23 +673,37 @@ int main(int argc, char **argv)
 				p->pid, strerror(errno));
 			goto cleanup;
 		}
+		if (p->wire && !t->use_loop) {
+			fprintf(stderr,
+				"sqlspan: PID %d (%s) loaded asyncpg: following the protocol on "
+				"its "
+				"sockets needs bpf_loop (kernel 5.17+)%s\n",
+				p->pid, p->exe, t->cli.no_bpf_loop ? "; drop --no-bpf-loop" : "");
+			if (p->nmapped == 0)
+				goto cleanup;
+		}
 		if (r == 0) {
 			if (!t->cli.wait) {
 				fprintf(stderr,
-					"sqlspan: PID %d (%s) has not loaded libpq; use --wait to "
-					"wait "
-					"for it\n",
+					"sqlspan: PID %d (%s) has loaded neither libpq nor "
+					"asyncpg; "
+					"use --wait to wait for it, --wire for other drivers\n",
 					p->pid, p->exe);
 				goto cleanup;
 			}
 			p->waiting = true;
 			probes_predict(t, p);
-			fprintf(stderr, "sqlspan: waiting for PID %d (%s) to load libpq...\n",
+			fprintf(stderr,
+				"sqlspan: waiting for PID %d (%s) to load libpq or asyncpg...\n",
 				p->pid, p->exe);
 		}
 	}
 	if (attach_tracepoints(t))
 		goto cleanup;
+	for (int i = 0; i < t->nprocs; i++) {
+		if (t->procs[i].wire && t->use_loop)
+			wire_peers(t, t->procs[i].pid);
+	}
 
 	if (t->use_ringbuf) {
 		rb = ring_buffer__new(bpf_map__fd(t->skel->maps.events), on_record, t, NULL);
@@ -648,7 +736,7 @@ int main(int argc, char **argv)
 	t->mono2real = mono_to_real_ns();
 	t->width = terminal_width();
 	for (int i = 0; i < t->nprocs; i++) {
-		if (t->procs[i].nmapped)
+		if (t->procs[i].nmapped || t->procs[i].wire)
 			announce(&t->procs[i]);
 	}
 	if (!t->cli.json) {

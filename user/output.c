@@ -272,7 +272,7 @@ void out_json(FILE *f, const struct span *s, int64_t mono_to_real)
 		kv_str(f, "postgresql.statement_name", s->name);
 	if (s->pipeline)
 		fputs(",\"postgresql.pipeline\":true", f);
-	kv_str(f, "sqlspan.capture", "libpq");
+	kv_str(f, "sqlspan.capture", s->wire ? "wire" : "libpq");
 	kv_str(f, "sqlspan.span_type", "statement");
 	kv_str(f, "sqlspan.request", span_request_name(s->req));
 	kv_str(f, "sqlspan.result", span_result_name(s->result));
@@ -328,7 +328,7 @@ void out_json_txn(FILE *f, const struct txn_span *t, int64_t mono_to_real)
 	hex(f, t->span_id, sizeof(t->span_id));
 	kv_str(f, "sqlspan.transaction.outcome", txn_outcome_name(t->outcome));
 	kv_int(f, "sqlspan.transaction.statements", t->nstatements);
-	kv_str(f, "sqlspan.capture", "libpq");
+	kv_str(f, "sqlspan.capture", t->wire ? "wire" : "libpq");
 	fputs("}\n", f);
 }
 

@@ -249,7 +249,7 @@ int probes_scan(struct tracer *t, struct proc_target *p)
 {
 	char path[64], line[1024];
 	struct map_entry e;
-	bool changed = false;
+	bool changed = false, wire = false;
 	int mapped = 0;
 	FILE *f;
 
@@ -263,8 +263,17 @@ int probes_scan(struct tracer *t, struct proc_target *p)
 		char open_path[PATH_MAX + 64];
 		struct stat st;
 
-		if (maps_parse_line(line, &e) || !e.exec || !e.path[0] || !is_libpq_name(e.path))
+		if (maps_parse_line(line, &e) || !e.exec || !e.path[0])
 			continue;
+		if (!is_libpq_name(e.path)) {
+			if (!wire && is_wire_driver_name(e.path)) {
+				wire = true;
+				if (!p->wire_shown[0])
+					snprintf(p->wire_shown, sizeof(p->wire_shown), "%s",
+						 e.path);
+			}
+			continue;
+		}
 		if (e.deleted)
 			snprintf(open_path, sizeof(open_path), "/proc/%d/map_files/%lx-%lx", p->pid,
 				 e.lo, e.hi);
@@ -296,7 +305,18 @@ int probes_scan(struct tracer *t, struct proc_target *p)
 	p->nmapped = mapped;
 	if (changed)
 		push_libs(t, p);
-	return mapped;
+	wire |= t->cli.wire;
+	if (wire && !p->wire) {
+		uint32_t key = p->pid;
+		uint8_t v = PID_TRACED_WIRE;
+
+		/* only where the frontend walk exists (bpf_loop kernels) */
+		if (t->use_loop)
+			bpf_map__update_elem(t->skel->maps.pids, &key, sizeof(key), &v, sizeof(v),
+					     BPF_ANY);
+		p->wire = true;
+	}
+	return mapped + (p->wire ? 1 : 0);
 }
 
 int probes_predict(struct tracer *t, struct proc_target *p)

@@ -46,3 +46,13 @@ bool is_libpq_name(const char *path)
 	}
 	return !strncmp(b, ".so", 3) && (b[3] == 0 || b[3] == '.');
 }
+
+bool is_wire_driver_name(const char *path)
+{
+	/* asyncpg's protocol extension:
+	 * .../asyncpg/protocol/protocol.cpython-311-x86_64-linux-gnu.so
+	 */
+	const char *m = strstr(path, "/asyncpg/protocol/protocol");
+
+	return m && strstr(m, ".so");
+}

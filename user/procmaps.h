@@ -21,5 +21,7 @@ int maps_parse_line(const char *line, struct map_entry *e);
 
 /* Is this the file name of a libpq (libpq.so.5, libpq.so.5.15, libpq-8a1b2c3d.so.5.16)? */
 bool is_libpq_name(const char *path);
+/* Whether a mapped file is a PostgreSQL driver that speaks the protocol itself (asyncpg). */
+bool is_wire_driver_name(const char *path);
 
 #endif

@@ -84,6 +84,7 @@ struct txn_span {
 	int nstatements;
 	enum txn_outcome outcome;
 	uint64_t sa_conn; /* the SQLAlchemy Connection, if its statements named one */
+	bool wire;	  /* its statements were captured on the socket */
 };
 
 struct span {
@@ -92,8 +93,9 @@ struct span {
 	uint64_t start_ns, end_ns; /* CLOCK_MONOTONIC */
 	uint32_t pid, tid;
 	const char *exe; /* process.executable.name */
-	uint64_t conn;	 /* PGconn address in the process */
+	uint64_t conn;	 /* PGconn address in the process (0 for wire sockets) */
 	int fd;
+	bool wire; /* captured on the socket (a driver without libpq), not from libpq */
 
 	enum span_request req;
 	enum span_result result;
@@ -104,6 +106,8 @@ struct span {
 	char name[64]; /* statement or portal name */
 	bool has_name;
 	bool pipeline;
+	bool described; /* wire: a prepare sent with its Describe: it ends at RowDescription/NoData
+			 */
 
 	struct pg_tag tag;     /* tag.tag[0] == 0: none */
 	int64_t returned_rows; /* DataRows seen, -1 if not counted */

@@ -39,6 +39,8 @@ struct proc_target {
 	struct lib_target libs[SQLSPAN_MAX_LIBS];
 	int nlibs;
 	int nmapped; /* libs actually mapped by the process */
+	bool wire;   /* its sockets are followed for the protocol (asyncpg, or --wire) */
+	char wire_shown[PATH_MAX]; /* the driver that made it so ("" for --wire) */
 };
 
 struct tracer {
@@ -48,7 +50,7 @@ struct tracer {
 	int nprocs;
 	struct assembler *as;
 	struct pystacks py;
-	struct bpf_link *tp_links[8];
+	struct bpf_link *tp_links[12];
 	int ntp_links;
 	long long mono2real;
 	int width;
@@ -59,7 +61,11 @@ struct tracer {
 	bool rescan;
 };
 
-/* Find and attach the libpq files of a process; update the BPF side. Returns libs mapped. */
+/*
+ * Find and attach the libpq files of a process, and see whether it loaded a driver that speaks
+ * the protocol itself; update the BPF side. Returns libs mapped plus 1 if its sockets are
+ * followed (asyncpg, --wire).
+ */
 int probes_scan(struct tracer *t, struct proc_target *p);
 /* --wait: also attach to the libpq the process would load from its root filesystem. */
 int probes_predict(struct tracer *t, struct proc_target *p);

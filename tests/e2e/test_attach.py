@@ -43,7 +43,8 @@ def test_no_libpq_without_wait(cluster, tmp_path):
     rc = tr.finish(timeout=30)
     assert rc == 1
     assert tr.err_lines == [
-        "sqlspan: PID %d (python3.11) has not loaded libpq; use --wait to wait for it\n" % app.pid]
+        "sqlspan: PID %d (python3.11) has loaded neither libpq nor asyncpg; use --wait to wait "
+        "for it, --wire for other drivers\n" % app.pid]
     app.go()
     app.wait()
 

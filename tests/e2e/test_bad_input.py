@@ -62,8 +62,8 @@ def test_process_without_libpq():
     try:
         rc, out, err = run(["-p", str(p.pid)])
         assert rc == 1
-        assert err == "sqlspan: PID %d (sleep) has not loaded libpq; use --wait to wait for it\n" \
-            % p.pid
+        assert err == "sqlspan: PID %d (sleep) has loaded neither libpq nor asyncpg; use --wait " \
+            "to wait for it, --wire for other drivers\n" % p.pid
     finally:
         p.kill()
         p.wait()
@@ -74,7 +74,8 @@ def test_wait_then_process_exits():
     p = subprocess.Popen(["sleep", "60"])
     tr = Tracer([p.pid], ["--wait"])
     tr.wait_ready()
-    assert "sqlspan: waiting for PID %d (sleep) to load libpq...\n" % p.pid in tr.err_lines
+    assert "sqlspan: waiting for PID %d (sleep) to load libpq or asyncpg...\n" % p.pid \
+        in tr.err_lines
     time.sleep(0.5)
     assert tr.p.poll() is None
     p.kill()

@@ -709,6 +709,162 @@ TEST(transactions)
 	asm_free(a);
 }
 
+/* ---- wire sockets: frontend messages as front.bpf.h sends them ---- */
+
+/*
+ * A frontend message whose first `cap` body bytes are sent, in parts of `part` (0: one). The
+ * messages of one send share its time: the clock moves with the replies (msg_parts).
+ */
+static void fmsg_parts(struct assembler *a, int fd, uint8_t type, const void *body, uint32_t len,
+		       uint32_t cap, uint32_t part, uint32_t flags)
+{
+	uint32_t off = 0;
+
+	do {
+		struct {
+			struct ev_fmsg m;
+			uint8_t data[SQLSPAN_TEXT_CHUNK];
+		} rec;
+		uint32_t n = cap - off;
+
+		if (part && n > part)
+			n = part;
+		memset(&rec, 0, sizeof(rec));
+		hdr(&rec.m.h, EV_FMSG, 7, 8, off == 0 ? flags : 0);
+		rec.m.fd = fd;
+		rec.m.len = len;
+		rec.m.off = off;
+		rec.m.cap = cap;
+		rec.m.n = n;
+		rec.m.type = type;
+		if (n)
+			memcpy(rec.data, (const uint8_t *)body + off, n);
+		asm_record(a, &rec, sizeof(rec.m) + n);
+		off += n;
+	} while (off < cap);
+}
+
+/* A whole message given as its body (with the NULs in it: `len` bytes). */
+static void fmsg(struct assembler *a, int fd, uint8_t type, const void *body, uint32_t len)
+{
+	fmsg_parts(a, fd, type, body, len, len, 0, 0);
+}
+
+/* A message whose body is a string literal (its own NULs in it, not the literal's last one). */
+#define FMSG(a, fd, type, lit) fmsg(a, fd, type, lit, sizeof(lit) - 1)
+
+/* asyncpg's traffic: startup, prepare with describe, bind/execute/sync, a simple query. */
+TEST(wire_asyncpg_flow)
+{
+	struct assembler *a = fresh(4096);
+	static const uint8_t key[8] = {0, 0, 0x30, 0x39, 1, 2, 3, 4};
+
+	FMSG(a, 5, 0, "\0\3\0\0user\0bob\0database\0shop\0\0");
+	msg_parts(a, 5, 'K', key, 8, 0, 0, 0);
+	z(a, 5, 'I');
+	/* prepare: Parse + Describe + Flush, no Sync */
+	FMSG(a, 5, 'P', "__asyncpg_stmt_1__\0SELECT id FROM t WHERE x = $1\0\0\0");
+	FMSG(a, 5, 'D', "S__asyncpg_stmt_1__\0");
+	fmsg(a, 5, 'H', NULL, 0);
+	msg(a, 5, '1', NULL, 0);
+	msg(a, 5, 't', NULL, 0);
+	CHECK_EQ(G.n, 0); /* the prepare ends with its RowDescription */
+	msg(a, 5, 'T', NULL, 0);
+	CHECK_EQ(G.n, 1);
+	CHECK_EQ(G.s[0].req, REQ_PREPARE);
+	CHECK_EQ(G.s[0].result, RES_OK);
+	CHECK(G.s[0].wire);
+	CHECK_STR(G.s[0].name, "__asyncpg_stmt_1__");
+	CHECK_STR(G.text[0], "SELECT id FROM t WHERE x = $1");
+	CHECK_STR(G.db[0], "shop");
+	/* two executions in one send (executemany), one Sync */
+	FMSG(a, 5, 'B', "\0__asyncpg_stmt_1__\0\0\0\0\0\0\0");
+	FMSG(a, 5, 'E', "\0\0\0\0");
+	FMSG(a, 5, 'B', "\0__asyncpg_stmt_1__\0\0\0\0\0\0\0");
+	FMSG(a, 5, 'E', "\0\0\0\0");
+	fmsg(a, 5, 'S', NULL, 0);
+	msg(a, 5, '2', NULL, 0);
+	msg(a, 5, 'C', "SELECT 2", 2);
+	msg(a, 5, '2', NULL, 0);
+	msg(a, 5, 'C', "SELECT 0", 0);
+	z(a, 5, 'I');
+	CHECK_EQ(G.n, 3);
+	CHECK_EQ(G.s[1].req, REQ_EXECUTE);
+	CHECK_EQ(G.s[1].returned_rows, 2);
+	CHECK_STR(G.text[1], "SELECT id FROM t WHERE x = $1");
+	CHECK_STR(G.s[1].name, "__asyncpg_stmt_1__");
+	CHECK_EQ(G.s[2].result, RES_OK);
+	/* a simple query, and the unnamed statement */
+	FMSG(a, 5, 'Q', "BEGIN;");
+	msg(a, 5, 'C', "BEGIN", 0);
+	z(a, 5, 'T');
+	FMSG(a, 5, 'P', "\0SELECT 1\0\0\0");
+	FMSG(a, 5, 'B', "\0\0\0\0\0\0\0\0");
+	FMSG(a, 5, 'E', "\0\0\0\0");
+	fmsg(a, 5, 'S', NULL, 0);
+	msg(a, 5, '1', NULL, 0);
+	msg(a, 5, '2', NULL, 0);
+	msg(a, 5, 'C', "SELECT 1", 1);
+	z(a, 5, 'T');
+	CHECK_EQ(G.n, 5);
+	CHECK_EQ(G.s[3].req, REQ_QUERY);
+	CHECK(!G.s[3].pipeline);
+	CHECK_STR(G.text[4], "SELECT 1");
+	CHECK_EQ(G.s[4].req, REQ_QUERY);
+	CHECK(!G.s[4].has_name);
+	CHECK(G.s[4].in_txn);
+	CHECK_EQ(asm_stats(a)->orphan_msgs, 0);
+	asm_free(a);
+}
+
+/* Errors skip to the Sync; texts split in parts; a lost record; TLS; bad bodies. */
+TEST(wire_errors_parts_and_losses)
+{
+	struct assembler *a = fresh(4096);
+	static char big[10000];
+	char q[10001];
+
+	/* an error at Bind: the Execute fails, the one after it is skipped */
+	FMSG(a, 6, 'P', "s1\0SELECT 1/$1\0\0\0");
+	fmsg(a, 6, 'S', NULL, 0);
+	msg(a, 6, '1', NULL, 0);
+	z(a, 6, 'I');
+	FMSG(a, 6, 'B', "\0s1\0\0\0\0\0\0\0");
+	FMSG(a, 6, 'E', "\0\0\0\0");
+	FMSG(a, 6, 'B', "\0s1\0\0\0\0\0\0\0");
+	FMSG(a, 6, 'E', "\0\0\0\0");
+	fmsg(a, 6, 'S', NULL, 0);
+	err(a, 6, "22012", "division by zero");
+	z(a, 6, 'I');
+	CHECK_EQ(G.n, 3);
+	CHECK_EQ(G.s[1].result, RES_ERROR);
+	CHECK_STR(G.s[1].error.sqlstate, "22012");
+	CHECK_EQ(G.s[2].result, RES_ABORTED);
+	/* a long Query in parts */
+	memset(big, 'x', sizeof(big));
+	memcpy(q, "SELECT '", 8);
+	memcpy(q + 8, big, 9990);
+	memcpy(q + 9998, "'", 2);
+	fmsg_parts(a, 6, 'Q', q, 10000, 10000, 4064, 0);
+	msg(a, 6, 'C', "SELECT 1", 1);
+	z(a, 6, 'I');
+	CHECK_EQ(G.n, 4);
+	CHECK_EQ(G.s[3].text_len, 4096); /* cut to --max-sql-bytes */
+	CHECK_EQ(G.s[3].text_state, TEXT_CUT);
+	/* a part lost: the next record says so, what was pending ends as unknown */
+	FMSG(a, 6, 'Q', "SELECT 2");
+	fmsg_parts(a, 6, 'Q', "SELECT 3", 9, 9, 0, EVF_GAP);
+	CHECK_EQ(G.n, 5);
+	CHECK_EQ(G.s[4].result, RES_UNKNOWN);
+	CHECK(G.s[4].lost_events);
+	CHECK_EQ(asm_stats(a)->gaps, 1);
+	/* malformed bodies are counted, not parsed */
+	FMSG(a, 6, 'B', "no-end");
+	FMSG(a, 6, 'D', "Xname");
+	CHECK_EQ(asm_stats(a)->bad_records, 2);
+	asm_free(a);
+}
+
 /* Random records must never crash the assembler (run under ASan/UBSan too). */
 TEST(random_records)
 {
@@ -723,11 +879,20 @@ TEST(random_records)
 			x ^= x << 13, x ^= x >> 7, x ^= x << 17;
 			memcpy(buf + k, &x, sizeof(buf) - k < 8 ? sizeof(buf) - k : 8);
 		}
-		((struct ev_hdr *)buf)->kind = 1 + x % 10;
+		((struct ev_hdr *)buf)->kind = 1 + x % 12;
 		((struct ev_hdr *)buf)->pid = 7;
 		if (((struct ev_hdr *)buf)->kind == EV_MSG ||
-		    ((struct ev_hdr *)buf)->kind == EV_REQ)
+		    ((struct ev_hdr *)buf)->kind == EV_REQ ||
+		    ((struct ev_hdr *)buf)->kind == EV_FMSG)
 			((struct ev_msg *)buf)->fd = x % 4;
+		if (((struct ev_hdr *)buf)->kind == EV_FMSG) {
+			/* mostly plausible sizes, so that the parts get reassembled and parsed */
+			((struct ev_fmsg *)buf)->cap = (x >> 8) % 96;
+			((struct ev_fmsg *)buf)->off = (x >> 16) % 2 ? 0 : (x >> 24) % 96;
+			((struct ev_fmsg *)buf)->n = (x >> 32) % 96;
+			((struct ev_fmsg *)buf)->len = (x >> 40) % 128;
+			((struct ev_fmsg *)buf)->type = "QPBEDCSHX\0dp"[(x >> 48) % 12];
+		}
 		n = (x >> 20) % sizeof(buf);
 		asm_record(a, buf, n);
 	}
@@ -752,6 +917,8 @@ int main(void)
 		CASE(connections_do_not_mix),
 		CASE(identity_from_the_bpf_side),
 		CASE(transactions),
+		CASE(wire_asyncpg_flow),
+		CASE(wire_errors_parts_and_losses),
 		CASE(random_records),
 	};
 	int r = RUN("assemble", cases);

@@ -1,0 +1,458 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The frontend half of the wire capture, for drivers that speak PostgreSQL's protocol themselves
+ * (asyncpg): walks what a traced process sends on its database sockets, one send at a time, and
+ * hands userspace each message's type and the parts of its body that say what is asked: the SQL
+ * of Query and Parse (up to the text limit, in chunks), the names in Bind (never its parameter
+ * values), Execute, Describe and Close. CopyData and password messages are skipped by length,
+ * never copied. The replies are walked by wire.bpf.h like those of libpq's sockets.
+ *
+ * A socket becomes a database socket when the process sends a StartupMessage (or SSLRequest) on
+ * it, or, for connections opened before sqlspan attached, a send that is an exact sequence of
+ * frontend messages. Only for kernels with bpf_loop (5.17+).
+ */
+#ifndef SQLSPAN_FRONT_BPF_H
+#define SQLSPAN_FRONT_BPF_H
+
+/* Frontend messages looked at to decide whether a send is the PostgreSQL protocol. */
+#define FRONT_PROBE_MSGS 64
+/* Body bytes of a StartupMessage sent (protocol version and parameters: user, database, ...). */
+#define FRONT_STARTUP_CAP 1024
+
+#define PG_PROTO_3     0x00030000u
+#define PG_SSL_REQUEST 80877103u
+#define PG_GSS_REQUEST 80877104u
+#define PG_CANCEL_REQ  80877102u
+
+/* front_state.flags */
+#define FR_STARTUP (1 << 0) /* a StartupMessage (or TLS) comes next: after an SSLRequest */
+#define FR_GAP	   (1 << 1) /* a record was lost: mark the next one */
+
+/* Where the walk of a socket's frontend stream stands between sends. */
+struct front_state {
+	__u32 body_left; /* bytes of the current message body not yet walked */
+	__u32 body_len;
+	__u32 cap;    /* body bytes to send of the current message */
+	__u32 copied; /* body bytes sent so far */
+	__u8 type;    /* current message type (0: StartupMessage) */
+	__u8 hdr_have;
+	__u8 flags;
+	__u8 _pad;
+	__u8 hdr[8];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct fd_key);
+	__type(value, struct front_state);
+} fronts SEC(".maps");
+
+/* The walk of one send, per thread. */
+struct fwalk {
+	__u64 buf;
+	__u64 pid_tgid;
+	__u64 ts;
+	__u32 n;
+	__u32 pos;
+	__s32 fd;
+	__u32 _pad0;
+	struct fd_key key;
+	__u8 hdr[8];
+	__u32 probe_pos; /* front_probe: bytes tiled so far */
+	__u32 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct fwalk);
+} fwalks SEC(".maps");
+
+static __always_inline bool frontend_type(__u8 t)
+{
+	switch (t) {
+	case 'B':
+	case 'C':
+	case 'c':
+	case 'd':
+	case 'D':
+	case 'E':
+	case 'f':
+	case 'F':
+	case 'H':
+	case 'p':
+	case 'P':
+	case 'Q':
+	case 'S':
+	case 'X':
+		return true;
+	}
+	return false;
+}
+
+static __always_inline __u32 be32(const __u8 *b)
+{
+	return ((__u32)b[0] << 24) | ((__u32)b[1] << 16) | ((__u32)b[2] << 8) | b[3];
+}
+
+/* ---- is this send the PostgreSQL protocol? ---- */
+
+static long probe_cb(__u32 i, void *data)
+{
+	struct fwalk *w = *(struct fwalk **)data;
+	__u32 len;
+
+	(void)i;
+	if (w->probe_pos >= w->n)
+		return 1;
+	if (w->n - w->probe_pos < 5 ||
+	    bpf_probe_read_user(w->hdr, 5, (const void *)(w->buf + w->probe_pos)))
+		goto bad;
+	len = be32(&w->hdr[1]);
+	if (!frontend_type(w->hdr[0]) || len < 4 || len > w->n - w->probe_pos - 1)
+		goto bad;
+	w->probe_pos += 1 + len;
+	return 0;
+bad:
+	w->probe_pos = (__u32)-1;
+	return 1;
+}
+
+/*
+ * What the first bytes of a send on an unknown socket say: 0 not PostgreSQL, 1 a StartupMessage
+ * or SSLRequest (a new connection), 2 whole frontend messages (a connection already open).
+ */
+static __noinline int front_probe(struct fwalk *w)
+{
+	__u32 len, code;
+
+	if (w->n >= 8 && !bpf_probe_read_user(w->hdr, 8, (const void *)w->buf)) {
+		len = be32(w->hdr);
+		code = be32(&w->hdr[4]);
+		if (code == PG_PROTO_3 && len >= 8 && len <= 10000)
+			return 1;
+		if (len == 8 && (code == PG_SSL_REQUEST || code == PG_GSS_REQUEST))
+			return 1;
+		if (len == 16 && code == PG_CANCEL_REQ)
+			return 0;
+	}
+	w->probe_pos = 0;
+	bpf_loop(FRONT_PROBE_MSGS, probe_cb, &w, 0);
+	return w->probe_pos == w->n ? 2 : 0;
+}
+
+/* Make the socket a wire socket: both walk states, at a message boundary. */
+static __noinline struct front_state *front_track(struct fwalk *w, int how)
+{
+	struct fd_state st = {};
+	struct front_state fs = {};
+
+	/* a new connection: the replies are followed from the StartupMessage on */
+	st.flags = how == 1 ? FS_WIRE : FS_WIRE | FS_SYNCED;
+	fs.flags = how == 1 ? FR_STARTUP : 0;
+	if (bpf_map_update_elem(&fds, &w->key, &st, BPF_ANY) ||
+	    bpf_map_update_elem(&fronts, &w->key, &fs, BPF_ANY)) {
+		stat_add(ST_FD_FULL, 1);
+		return NULL;
+	}
+	return bpf_map_lookup_elem(&fronts, &w->key);
+}
+
+/* ---- the walk ---- */
+
+/* Send `want` bytes of the current message's body, from the walk's position. */
+static __noinline void front_emit(void *ctx, struct fwalk *w, struct front_state *fs, __u32 want)
+{
+	struct ev_fmsg *m = scratch_get();
+	__u64 n = want;
+
+	if (!m)
+		return;
+	hdr_fill(&m->h, EV_FMSG, w->pid_tgid, w->ts, (fs->flags & FR_GAP) ? EVF_GAP : 0);
+	m->fd = w->fd;
+	m->len = fs->body_len;
+	m->off = fs->copied;
+	m->cap = fs->cap;
+	m->type = fs->type;
+	m->_pad[0] = m->_pad[1] = m->_pad[2] = 0;
+	/* want <= SQLSPAN_TEXT_CHUNK < 4096: the mask keeps the verifier sure */
+	n &= 4095;
+	if (n && bpf_probe_read_user(m->data, n, (const void *)(w->buf + w->pos)))
+		n = 0;
+	m->n = n;
+	if (rec_output(ctx, m, sizeof(*m) + n)) {
+		fs->flags |= FR_GAP;
+		stat_add(ST_DROP_MSG, 1);
+		return;
+	}
+	fs->flags &= ~FR_GAP;
+	stat_add(ST_MSGS, 1);
+}
+
+/* Text bytes sent per statement at most: the loader's text limit. */
+static __always_inline __u32 front_text_max(void)
+{
+	return text_max_chunks * SQLSPAN_TEXT_CHUNK;
+}
+
+/* Bind: the portal and statement names that start the body, nothing after them. */
+static __noinline __u32 bind_names(struct fwalk *w, __u32 body)
+{
+	struct scratch *s = thread_entry(&scratches);
+	long a, b;
+
+	if (!s)
+		return 0;
+	a = bpf_probe_read_user_str(s->bytes, SQLSPAN_NAME_LEN, (const void *)(w->buf + w->pos));
+	if (a <= 0)
+		return 0;
+	b = bpf_probe_read_user_str(s->bytes, SQLSPAN_NAME_LEN,
+				    (const void *)(w->buf + w->pos + a));
+	if (b <= 0)
+		return 0;
+	return (__u32)(a + b) < body ? (__u32)(a + b) : body;
+}
+
+/* Body bytes to send of a message; -1: skip it without a record. */
+static __noinline int front_cap(struct fwalk *w, __u8 t, __u32 body)
+{
+	__u32 cap;
+
+	switch (t) {
+	case 'Q':
+		cap = front_text_max() + 1;
+		break;
+	case 'P':
+		cap = SQLSPAN_NAME_LEN + front_text_max() + 1;
+		break;
+	case 'B':
+		return bind_names(w, body);
+	case 'E':
+		cap = SQLSPAN_NAME_LEN + 4;
+		break;
+	case 'D':
+	case 'C':
+		cap = 1 + SQLSPAN_NAME_LEN;
+		break;
+	case 'S':
+	case 'H':
+	case 'X':
+	case 'c':
+	case 'f':
+	case 'F':
+		cap = 0;
+		break;
+	default: /* CopyData, password and SASL messages */
+		return -1;
+	}
+	return body < cap ? body : cap;
+}
+
+/*
+ * The stream cannot be followed: forget the socket (a later send that is whole messages takes it
+ * up again), or, for TLS, keep it known as a socket whose bytes are encrypted.
+ */
+static __always_inline int front_bad(void *ctx, struct fwalk *w, struct front_state *fs, __u32 why)
+{
+	struct ev_conn *e = rec_reserve(sizeof(*e));
+
+	fs->body_left = 0;
+	fs->hdr_have = 0;
+	bpf_map_delete_elem(&fronts, &w->key);
+	if (why != DESYNC_TLS)
+		bpf_map_delete_elem(&fds, &w->key);
+	if (why != DESYNC_TLS)
+		stat_add(ST_DESYNC, 1);
+	if (!e) {
+		stat_add(ST_DROP_OTHER, 1);
+		return 1;
+	}
+	hdr_fill(&e->h, EV_DESYNC, w->pid_tgid, bpf_ktime_get_ns(), EVF_FRONT);
+	e->conn = 0;
+	e->fd = w->fd;
+	e->arg = why;
+	if (rec_submit(ctx, e, sizeof(*e)))
+		stat_add(ST_DROP_OTHER, 1);
+	return 1;
+}
+
+/* A message header is in w->hdr, the walk at its body: set the message up. 1: stream lost. */
+static __noinline int front_header(void *ctx, struct fwalk *w, struct front_state *fs)
+{
+	__u32 len = be32(&w->hdr[1]), body;
+	int cap;
+
+	if (!frontend_type(w->hdr[0]) || len < 4 || len > (1u << 30))
+		return front_bad(ctx, w, fs, DESYNC_BAD_HEADER);
+	body = len - 4;
+	fs->type = w->hdr[0];
+	fs->body_len = body;
+	fs->body_left = body;
+	fs->copied = 0;
+	cap = front_cap(w, fs->type, body);
+	fs->cap = cap > 0 ? cap : 0;
+	if (cap == 0)
+		front_emit(ctx, w, fs, 0);
+	return 0;
+}
+
+/* After an SSLRequest: the StartupMessage (plaintext), or a TLS handshake. */
+static __noinline int front_startup(void *ctx, struct fwalk *w, struct front_state *fs)
+{
+	__u32 len;
+	struct fd_state *st;
+
+	if (w->n - w->pos < 8 || bpf_probe_read_user(w->hdr, 8, (const void *)(w->buf + w->pos)))
+		return front_bad(ctx, w, fs, DESYNC_BAD_HEADER);
+	fs->flags &= ~FR_STARTUP;
+	if (w->hdr[0] == 22 && w->hdr[1] == 3) { /* a TLS ClientHello */
+		st = bpf_map_lookup_elem(&fds, &w->key);
+		if (st) /* the replies are TLS records: not walked */
+			st->flags = (st->flags & ~FS_SYNCED) | FS_TLS;
+		return front_bad(ctx, w, fs, DESYNC_TLS);
+	}
+	len = be32(w->hdr);
+	if (be32(&w->hdr[4]) == PG_SSL_REQUEST || be32(&w->hdr[4]) == PG_GSS_REQUEST) {
+		fs->flags |= FR_STARTUP; /* the server said no; the StartupMessage comes next */
+		w->pos += 8;
+		return 0;
+	}
+	if (len < 8 || be32(&w->hdr[4]) != PG_PROTO_3)
+		return front_bad(ctx, w, fs, DESYNC_BAD_HEADER);
+	st = bpf_map_lookup_elem(&fds, &w->key);
+	if (st) { /* the server's replies start now: at a message boundary */
+		st->flags |= FS_SYNCED;
+		st->body_left = 0;
+		st->hdr_have = 0;
+		st->rows = 0;
+	}
+	w->pos += 4;
+	fs->type = 0;
+	fs->body_len = len - 4;
+	fs->body_left = len - 4;
+	fs->copied = 0;
+	fs->cap = len - 4 < FRONT_STARTUP_CAP ? len - 4 : FRONT_STARTUP_CAP;
+	return 0;
+}
+
+/* One step: a chunk of the current body, or the next header. 1 when the send is done. */
+static __noinline int front_step(void *ctx, struct fwalk *w, struct front_state *fs)
+{
+	__u32 avail, take, have;
+
+	if (w->pos >= w->n)
+		return 1;
+	avail = w->n - w->pos;
+	if (fs->body_left) {
+		take = fs->body_left < avail ? fs->body_left : avail;
+		if (fs->copied < fs->cap) {
+			__u32 want = fs->cap - fs->copied;
+
+			if (want > take)
+				want = take;
+			if (want > SQLSPAN_TEXT_CHUNK)
+				want = SQLSPAN_TEXT_CHUNK;
+			front_emit(ctx, w, fs, want);
+			fs->copied += want;
+			take = want;
+		}
+		fs->body_left -= take;
+		w->pos += take;
+		return 0;
+	}
+	if (fs->flags & FR_STARTUP)
+		return front_startup(ctx, w, fs);
+	have = fs->hdr_have;
+	if (have) {
+		/* the rest of a header split across sends */
+		__u32 need = 5 - (have & 7);
+
+		if (have >= 5)
+			return front_bad(ctx, w, fs, DESYNC_BAD_HEADER);
+		if (need > avail) {
+			for (int i = 0; i < 4; i++) {
+				if (i >= avail || have >= 5)
+					break;
+				bpf_probe_read_user(&fs->hdr[have & 7], 1,
+						    (const void *)(w->buf + w->pos));
+				have++;
+				w->pos++;
+			}
+			fs->hdr_have = have;
+			return 1;
+		}
+		__builtin_memcpy(w->hdr, fs->hdr, 8);
+		for (int i = 0; i < 4; i++) {
+			if (have >= 5)
+				break;
+			bpf_probe_read_user(&w->hdr[have & 7], 1, (const void *)(w->buf + w->pos));
+			have++;
+			w->pos++;
+		}
+		fs->hdr_have = 0;
+		return front_header(ctx, w, fs);
+	}
+	if (avail < 5) {
+		/* the start of a header: kept for the next send */
+		for (int i = 0; i < 4; i++) {
+			if (i >= avail)
+				break;
+			bpf_probe_read_user(&fs->hdr[i & 7], 1, (const void *)(w->buf + w->pos));
+			w->pos++;
+		}
+		fs->hdr_have = avail;
+		return 1;
+	}
+	if (bpf_probe_read_user(w->hdr, 5, (const void *)(w->buf + w->pos)))
+		return front_bad(ctx, w, fs, DESYNC_READ_FAULT);
+	w->pos += 5;
+	return front_header(ctx, w, fs);
+}
+
+struct front_loop {
+	void *ctx;
+	struct fwalk *w;
+	struct front_state *fs;
+};
+
+static long front_cb(__u32 i, void *data)
+{
+	struct front_loop *fl = data;
+
+	(void)i;
+	return front_step(fl->ctx, fl->w, fl->fs);
+}
+
+/*
+ * The Python stack of the thread, once per send that starts a request (Query, Parse, Bind or
+ * Execute first): the statements in it take it. Called from the program itself, not from the
+ * walk, which is already deep in calls.
+ */
+static __noinline void front_stack(void *ctx, struct fwalk *w)
+{
+	__u32 tgid = w->pid_tgid >> 32;
+	__u8 t = 0;
+
+	if (!bpf_map_lookup_elem(&pyprocs, &tgid))
+		return;
+	bpf_probe_read_user(&t, 1, (const void *)w->buf);
+	if (t == 'Q' || t == 'P' || t == 'B' || t == 'E')
+		send_stack_tp(ctx, w->pid_tgid, w->ts);
+}
+
+/* Steps per send at most: headers plus text chunks. */
+#define FRONT_LOOP_MAX (1 << 20)
+
+static __noinline void front_run(void *ctx, struct fwalk *w, int how)
+{
+	struct front_loop fl = {.ctx = ctx, .w = w};
+
+	fl.fs = how ? front_track(w, how) : bpf_map_lookup_elem(&fronts, &w->key);
+	if (!fl.fs)
+		return;
+	bpf_loop(FRONT_LOOP_MAX, front_cb, &fl, 0);
+}
+
+#endif

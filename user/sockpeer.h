@@ -1,0 +1,17 @@
+/* SPDX-License-Identifier: MIT */
+/* Where a socket of another process leads: the server end of its connection. */
+#ifndef SQLSPAN_SOCKPEER_H
+#define SQLSPAN_SOCKPEER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+/*
+ * Where socket `fd` of process `pid` is connected: for a Unix socket the path its peer is bound
+ * to (*is_unix; sock_diag, in sqlspan's network namespace), for TCP the remote address and port
+ * (the process's own /proc/PID/net/tcp, tcp6). Returns 0, or -1 if it cannot be found.
+ */
+int sock_peer(pid_t pid, int fd, char *addr, size_t size, int *port, bool *is_unix);
+
+#endif
