@@ -143,21 +143,30 @@ static __noinline int front_probe(struct fwalk *w)
 	return w->probe_pos == w->n ? 2 : 0;
 }
 
-/* Make the socket a wire socket: both walk states, at a message boundary. */
+/*
+ * Make the socket a wire socket: both walk states, at a message boundary. Created from zeroes
+ * (not from structs on the stack: see request.bpf.h on why stacks stay under 64 bytes).
+ */
 static __noinline struct front_state *front_track(struct fwalk *w, int how)
 {
-	struct fd_state st = {};
-	struct front_state fs = {};
+	__u32 zero = 0;
+	void *z = bpf_map_lookup_elem(&zeroes, &zero);
+	struct front_state *fs;
+	struct fd_state *st;
 
-	/* a new connection: the replies are followed from the StartupMessage on */
-	st.flags = how == 1 ? FS_WIRE : FS_WIRE | FS_SYNCED;
-	fs.flags = how == 1 ? FR_STARTUP : 0;
-	if (bpf_map_update_elem(&fds, &w->key, &st, BPF_ANY) ||
-	    bpf_map_update_elem(&fronts, &w->key, &fs, BPF_ANY)) {
+	if (!z || bpf_map_update_elem(&fds, &w->key, z, BPF_ANY) ||
+	    bpf_map_update_elem(&fronts, &w->key, z, BPF_ANY)) {
 		stat_add(ST_FD_FULL, 1);
 		return NULL;
 	}
-	return bpf_map_lookup_elem(&fronts, &w->key);
+	st = bpf_map_lookup_elem(&fds, &w->key);
+	fs = bpf_map_lookup_elem(&fronts, &w->key);
+	if (!st || !fs)
+		return NULL;
+	/* a new connection: the replies are followed from the StartupMessage on */
+	st->flags = how == 1 ? FS_WIRE : FS_WIRE | FS_SYNCED;
+	fs->flags = how == 1 ? FR_STARTUP : 0;
+	return fs;
 }
 
 /* ---- the walk ---- */
