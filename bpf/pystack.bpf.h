@@ -35,10 +35,14 @@ struct stack_buf {
 	__u32 flags;
 	struct ev_frame frames[SQLSPAN_MAX_FRAMES];
 	/* not sent: */
-	__u64 frame;  /* the frame being read */
-	__u64 fsbase; /* the thread pointer: pthread_self() */
+	__u64 frame;	/* the frame being read */
+	__u64 fsbase;	/* the thread pointer: pthread_self() */
+	__u64 gs_frame; /* greenlet_spawn's frame on this stack */
+	__u64 gframe;	/* the innermost frame of the greenlet it holds */
+	__u64 gtmp;
 	__u32 tid;
-	__u32 _pad;
+	__u32 glet;		     /* walking the greenlet's frames */
+	char name[24];		     /* a name being compared */
 	__u8 fb[SQLSPAN_FRAME_READ]; /* one frame's first bytes */
 };
 
@@ -51,6 +55,23 @@ struct {
 	__type(key, __u32);
 	__type(value, struct stack_buf);
 } stackbufs SEC(".maps");
+
+/* A C string (a type's tp_name) is "_AsyncIoGreenlet"? */
+static __always_inline bool str_is_c(struct stack_buf *sb, __u64 addr)
+{
+	const char want[] = "_AsyncIoGreenlet";
+
+	if (!addr || bpf_probe_read_user(sb->name, sizeof(want), (const void *)addr))
+		return false;
+	for (__u32 i = 0; i < sizeof(want); i++) {
+		if (sb->name[i] != want[i])
+			return false;
+	}
+	return true;
+}
+
+/* The kernel has bpf_loop (5.17+): set by the loader, so that older kernels never see the call. */
+const volatile bool loop_ok = true;
 
 static __always_inline __u64 rd64(__u64 addr)
 {
@@ -136,6 +157,49 @@ static __noinline int py_read_frame(struct stack_buf *sb)
 	return bpf_probe_read_user(sb->fb, 96, (const void *)sb->frame) ? -1 : 0;
 }
 
+/* _PyInterpreterFrame.owner of a coroutine's frame, 3.11 to 3.14 */
+#define PY_OWNED_BY_GENERATOR 1
+
+/* Is the str at addr (compact ASCII) `want` (n bytes, its NUL included)? */
+static __always_inline bool str_is(struct py_cfg *cfg, struct stack_buf *sb, __u64 addr,
+				   const char *want, __u32 n)
+{
+	if (!addr || bpf_probe_read_user(sb->name, n, (const void *)(addr + cfg->str_ascii)))
+		return false;
+	for (__u32 i = 0; i < n; i++) {
+		if (sb->name[i] != want[i])
+			return false;
+	}
+	return true;
+}
+
+/*
+ * SQLAlchemy's greenlet_spawn, found by the BPF side itself (among coroutine frames only, until
+ * found): a coroutine whose code is named greenlet_spawn. The stack where it shows up first
+ * already gets its greenlet followed.
+ */
+static __noinline void gs_learn(struct py_cfg *cfg, struct stack_buf *sb, __u64 code)
+{
+	if (str_is(cfg, sb, rd64(code + cfg->code_name), "greenlet_spawn", 15))
+		cfg->gs_code = code;
+}
+
+/* Which local of greenlet_spawn's frame is the greenlet: its type is _AsyncIoGreenlet. */
+static long ctx_find_cb(__u32 i, void *data)
+{
+	struct walk_ctx *wc = data;
+	struct stack_buf *sb = wc->sb;
+	__s32 off = wc->cfg->frame_localsplus + 8 * (4 + i); /* after fn, flag, *args, **kw */
+	__u64 v = rd64(sb->gs_frame + off);
+	__u64 type = v ? rd64(v + 8) : 0;
+
+	if (type && str_is_c(sb, rd64(type + 24))) {
+		wc->cfg->gs_ctx_off = off;
+		return 1;
+	}
+	return 0;
+}
+
 /* Add the frame in sb->fb to the record, unless it is a shim; 1 when the record is full. */
 static __noinline int py_add_frame(struct py_cfg *cfg, struct stack_buf *sb)
 {
@@ -160,9 +224,64 @@ static __noinline int py_add_frame(struct py_cfg *cfg, struct stack_buf *sb)
 	f->local[1] = fb64(sb, cfg->frame_localsplus + 8);
 	f->local[2] = fb64(sb, cfg->frame_localsplus + 16);
 	f->local[3] = fb64(sb, cfg->frame_localsplus + 24);
-	f->owner = owner;
+	f->owner = owner | (sb->glet ? FRAME_GREENLET : 0);
 	sb->nframes = k + 1;
+	if (!cfg->gs_code && owner == PY_OWNED_BY_GENERATOR && cfg->gs_search && !sb->glet)
+		gs_learn(cfg, sb, code);
+	if (cfg->gs_code && code == cfg->gs_code && !sb->gs_frame && !sb->glet)
+		sb->gs_frame = sb->frame; /* greenlet_followed after this frame */
 	return 0;
+}
+
+/* Does the frame object at sb->gtmp belong to a greenlet's saved state? One candidate per call. */
+static long gl_scan_cb(__u32 i, void *data)
+{
+	struct walk_ctx *wc = data;
+	struct stack_buf *sb = wc->sb;
+	__u64 v = rd64(sb->gtmp + i * 8);
+
+	if (v && rd64(v + 8) == wc->cfg->frame_type) {
+		wc->cfg->gl_frame_off = i * 8; /* found: every later stack uses it */
+		return 1;
+	}
+	return 0;
+}
+
+/*
+ * greenlet_spawn's frame (sb->gs_frame): the frame record just added gets, in place of the
+ * arguments, the locals after them (userspace finds `context` among them) or `context` itself;
+ * sb->gframe becomes the innermost frame of the greenlet it holds, suspended in the middle of the
+ * sync code (SQLAlchemy's Connection, the statement) while this thread runs the event loop.
+ */
+static __noinline void greenlet_follow(struct py_cfg *cfg, struct stack_buf *sb)
+{
+	struct walk_ctx wc = {.cfg = cfg, .sb = sb};
+	struct ev_frame *f = &sb->frames[(sb->nframes - 1) & (SQLSPAN_MAX_FRAMES - 1)];
+	__u64 ctx, fo;
+
+	if (cfg->gs_ctx_off < 0 && loop_ok)
+		bpf_loop(6, ctx_find_cb, &wc, 0);
+	if (cfg->gs_ctx_off < 0) {
+		/* userspace finds it among the locals after the arguments (older kernels) */
+		bpf_probe_read_user(f->local, sizeof(f->local),
+				    (const void *)(sb->gs_frame + cfg->frame_localsplus + 32));
+		return;
+	}
+	ctx = rd64(sb->gs_frame + cfg->gs_ctx_off);
+	f->local[3] = ctx;
+	if (!ctx)
+		return;
+	sb->gtmp = rd64(ctx + cfg->gl_pimpl_off); /* the C++ Greenlet */
+	if (!sb->gtmp)
+		return;
+	/* found once, where bpf_loop exists (the loader sets loop_ok; older kernels go without) */
+	if (loop_ok && cfg->gl_frame_off < 0 && cfg->frame_type)
+		bpf_loop(64, gl_scan_cb, &wc, 0);
+	if (cfg->gl_frame_off < 0)
+		return;
+	fo = rd64(sb->gtmp + (cfg->gl_frame_off & 0x1ff));
+	if (fo && rd64(fo + 8) == cfg->frame_type)
+		sb->gframe = rd64(fo + cfg->fo_frame_off);
 }
 
 /* One frame of the walk (sb->frame); 1 when the walk is over. */
@@ -174,12 +293,18 @@ static long frame_cb(__u32 i, void *data)
 	(void)i;
 	if (!sb->frame)
 		return 1;
+	if (sb->glet && sb->frame == sb->gs_frame) {
+		sb->frame = 0; /* the greenlet was started from there: the rest is known */
+		return 1;
+	}
 	if (py_read_frame(sb)) {
 		sb->flags |= STACK_FAULT;
 		return 1;
 	}
 	if (py_add_frame(wc->cfg, sb))
 		return 1;
+	if (sb->gs_frame == sb->frame && !sb->glet && !sb->gframe)
+		greenlet_follow(wc->cfg, sb);
 	sb->frame = fb64(sb, wc->cfg->frame_previous);
 	return 0;
 }
@@ -222,6 +347,9 @@ static long frame_cb(__u32 i, void *data)
 		sb->tid = (__u32)pid_tgid;                                                         \
 		sb->nframes = 0;                                                                   \
 		sb->flags = 0;                                                                     \
+		sb->gs_frame = 0;                                                                  \
+		sb->gframe = 0;                                                                    \
+		sb->glet = 0;                                                                      \
 		TSTATE(cfg, sb);                                                                   \
 		sb->frame = 0;                                                                     \
 		if (!sb->tstate) {                                                                 \
@@ -232,6 +360,12 @@ static long frame_cb(__u32 i, void *data)
 				sb->frame = rd64(sb->frame + cfg->cframe_frame);                   \
 		}                                                                                  \
 		FRAMES(cfg, sb);                                                                   \
+		if (sb->gframe && !(sb->flags & (STACK_FAULT | STACK_CUT))) {                      \
+			/* then the suspended greenlet's frames, marked FRAME_GREENLET */          \
+			sb->frame = sb->gframe;                                                    \
+			sb->glet = 1;                                                              \
+			FRAMES(cfg, sb);                                                           \
+		}                                                                                  \
 		if (sb->frame && !(sb->flags & (STACK_FAULT | STACK_CUT)))                         \
 			sb->flags |= STACK_CUT;                                                    \
 		/* at most 127 frames (py_add_frame): the mask is exact and the verifier sure */   \

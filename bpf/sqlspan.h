@@ -204,7 +204,27 @@ struct py_cfg {
 	__u32 code_tagged;
 	__u32 max_frames;
 	__u32 _pad;
+	/*
+	 * SQLAlchemy's asyncio bridge: greenlet_spawn's code object (0: not seen yet) and where in
+	 * its frame the suspended greenlet (`context`) is (-1: not known yet); where a greenlet
+	 * keeps the frame object of its innermost suspended frame (-1: the BPF side finds it, by
+	 * frame_type, and writes it here); where a frame object points to its interpreter frame.
+	 */
+	__u64 gs_code;
+	__u64 frame_type; /* PyFrame_Type */
+	__s32 gs_ctx_off;
+	__s32 gl_pimpl_off; /* PyGreenlet.pimpl */
+	__s32 gl_frame_off; /* in greenlet's C++ Greenlet: python_state._top_frame */
+	__s32 fo_frame_off; /* PyFrameObject.f_frame */
+	__s32 code_name;    /* PyCodeObject.co_name */
+	__s32 str_ascii;    /* where a compact ASCII str's characters start */
+	__u32 gs_search;    /* look for greenlet_spawn among coroutine frames */
+	__u32 _pad2;
 };
+
+/* ev_frame.owner: a frame of the suspended greenlet greenlet_spawn holds (SQLAlchemy's sync side)
+ */
+#define FRAME_GREENLET 0x80
 
 /* EV_DESYNC, EV_CLOSE, EV_FINISH, EV_EXIT, EV_MMAP */
 struct ev_conn {
@@ -277,6 +297,6 @@ SQLSPAN_ASSERT(sizeof(struct ev_connect) == 144, "ev_connect size");
 SQLSPAN_ASSERT(sizeof(struct lib_range) == 48, "lib_range size");
 SQLSPAN_ASSERT(sizeof(struct ev_frame) == 56, "ev_frame size");
 SQLSPAN_ASSERT(sizeof(struct ev_stack) == 40, "ev_stack size");
-SQLSPAN_ASSERT(sizeof(struct py_cfg) == 72, "py_cfg size");
+SQLSPAN_ASSERT(sizeof(struct py_cfg) == 120, "py_cfg size");
 
 #endif

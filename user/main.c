@@ -137,6 +137,27 @@ static void hook_py(void *arg, const struct ev_stack *st, size_t size, struct sp
 	pystacks_resolve(&t->py, st, size, out);
 }
 
+/* What pystacks_resolve learnt of SQLAlchemy's greenlet_spawn in a process: to the BPF side. */
+static void hook_py_learn(void *arg, pid_t pid, uint64_t gs_code, int32_t gs_ctx_off)
+{
+	struct tracer *t = arg;
+	uint32_t key = pid;
+	struct py_cfg cfg;
+
+	/* read first: the BPF side writes gl_frame_off itself */
+	if (bpf_map__lookup_elem(t->skel->maps.pyprocs, &key, sizeof(key), &cfg, sizeof(cfg), 0))
+		return;
+	if (cfg.gs_code && cfg.gs_code != gs_code)
+		return; /* the BPF side found another one first: keep it */
+	cfg.gs_code = gs_code;
+	if (cfg.gs_ctx_off < 0)
+		cfg.gs_ctx_off = gs_ctx_off;
+	bpf_map__update_elem(t->skel->maps.pyprocs, &key, sizeof(key), &cfg, sizeof(cfg),
+			     BPF_EXIST);
+	vlog(t, "PID %d: SQLAlchemy's greenlet_spawn at %#lx%s", pid, (unsigned long)gs_code,
+	     gs_ctx_off >= 0 ? ", its greenlet found: async statements get their Connection" : "");
+}
+
 /* A CPython process: tell the BPF side where its structures are, so it reads its stacks. */
 static void python_setup(struct tracer *t, struct proc_target *p)
 {
@@ -172,6 +193,15 @@ static void python_setup(struct tracer *t, struct proc_target *p)
 	cfg.owner_first_incomplete = l->owner_first_incomplete;
 	cfg.code_tagged = l->code_tagged;
 	cfg.max_frames = t->cli.stack_depth;
+	/* SQLAlchemy's greenlets: learnt as they show up (pystacks_resolve, the BPF side) */
+	cfg.frame_type = pt.frame_type;
+	cfg.gs_ctx_off = -1;
+	cfg.gl_pimpl_off = 32; /* PyGreenlet{PyObject_HEAD; weakreflist; dict; pimpl} */
+	cfg.gl_frame_off = -1;
+	cfg.fo_frame_off = 24; /* PyFrameObject{PyObject_HEAD; f_back; f_frame}, 3.11 to 3.14 */
+	cfg.code_name = l->code_name;
+	cfg.str_ascii = l->unicode_ascii_data;
+	cfg.gs_search = 0; /* until greenlet is seen loaded (probes_scan) */
 	if (!pystacks_add(&t->py, p->pid, &pt) ||
 	    bpf_map__update_elem(t->skel->maps.pyprocs, &key, sizeof(key), &cfg, sizeof(cfg),
 				 BPF_ANY)) {
@@ -453,6 +483,7 @@ static int open_and_load(struct tracer *t)
 	bpf_program__set_autoload(skel->progs.up_request_loop, t->use_loop);
 	bpf_program__set_autoload(skel->progs.up_request, !t->use_loop);
 	bpf_program__set_autoload(skel->progs.tp_exit_sendto_loop, t->use_loop);
+	skel->rodata->loop_ok = t->use_loop;
 	bpf_program__set_autoload(skel->progs.tp_enter_connect, t->use_loop);
 	vlog(t, "reads walked with %s", t->use_loop ? "bpf_loop" : "bounded loops and tail calls");
 	chunks = (t->cli.max_sql_bytes + SQLSPAN_TEXT_CHUNK - 2) / (SQLSPAN_TEXT_CHUNK - 1);
@@ -651,6 +682,8 @@ int main(int argc, char **argv)
 		seed = mono_now_ns() ^ ((uint64_t)getpid() << 32);
 	t->py.app_paths = t->cli.napp_paths ? t->cli.app_paths : NULL;
 	t->py.want_stack = t->cli.stack;
+	t->py.learn = hook_py_learn;
+	t->py.arg = t;
 	t->as = asm_new(&hooks, t->cli.max_sql_bytes, seed);
 	if (!t->as)
 		return 1;

@@ -245,6 +245,23 @@ static struct lib_target *add_lib(struct tracer *t, struct proc_target *p, const
 	return lt;
 }
 
+/*
+ * The process loaded greenlet (SQLAlchemy's asyncio bridge may run): let the BPF side look for
+ * greenlet_spawn among coroutine frames (a cost that processes without greenlet never pay).
+ */
+static void greenlet_seen(struct tracer *t, struct proc_target *p)
+{
+	uint32_t key = p->pid;
+	struct py_cfg cfg;
+
+	p->greenlet = true;
+	if (bpf_map__lookup_elem(t->skel->maps.pyprocs, &key, sizeof(key), &cfg, sizeof(cfg), 0))
+		return; /* not a Python sqlspan reads stacks of */
+	cfg.gs_search = 1;
+	bpf_map__update_elem(t->skel->maps.pyprocs, &key, sizeof(key), &cfg, sizeof(cfg),
+			     BPF_EXIST);
+}
+
 int probes_scan(struct tracer *t, struct proc_target *p)
 {
 	char path[64], line[1024];
@@ -266,6 +283,8 @@ int probes_scan(struct tracer *t, struct proc_target *p)
 		if (maps_parse_line(line, &e) || !e.exec || !e.path[0])
 			continue;
 		if (!is_libpq_name(e.path)) {
+			if (!p->greenlet && strstr(e.path, "/greenlet/_greenlet."))
+				greenlet_seen(t, p);
 			if (!wire && is_wire_driver_name(e.path)) {
 				wire = true;
 				if (!p->wire_shown[0])

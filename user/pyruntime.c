@@ -142,6 +142,13 @@ enum py_detect_result py_detect(pid_t pid, struct py_target *t, char *why, size_
 	}
 	t->version = ver;
 	t->runtime = rt_va - elff_first_load(ef) + base;
+	{
+		uint64_t ft_va;
+
+		/* to recognise frame objects held by suspended greenlets */
+		if (!elff_sym(ef, "PyFrame_Type", &ft_va, NULL))
+			t->frame_type = ft_va - elff_first_load(ef) + base;
+	}
 	table = py_layout_table(ver);
 	if (!table) {
 		elff_close(ef);

@@ -38,8 +38,9 @@ struct proc_target {
 	bool waiting;	/* no libpq mapped yet (--wait) */
 	struct lib_target libs[SQLSPAN_MAX_LIBS];
 	int nlibs;
-	int nmapped; /* libs actually mapped by the process */
-	bool wire;   /* its sockets are followed for the protocol (asyncpg, or --wire) */
+	int nmapped;   /* libs actually mapped by the process */
+	bool wire;     /* its sockets are followed for the protocol (asyncpg, or --wire) */
+	bool greenlet; /* it loaded greenlet: greenlet_spawn is looked for */
 	char wire_shown[PATH_MAX]; /* the driver that made it so ("" for --wire) */
 };
 

@@ -126,6 +126,41 @@ def check_all(cluster, record, spans, tr):
     return view, n
 
 
+def check_sync_side(record, spans, learning=0):
+    """What only the greenlet held by greenlet_spawn knows, and the running stack's call site:
+    sqlalchemy.connection.id is id() of the sync Connection the app's own listener saw, and the
+    call site is the line of the app's coroutine that awaited the statement. sqlspan learns where
+    greenlet_spawn keeps its greenlet on the first statement that runs through it: none may lack
+    the connection (but `learning`), none may carry a wrong one."""
+    mine = {b: sorted([s for s in spans if s.get("postgresql.backend_pid") == b and
+                       (s.get("sqlspan.request") != "prepare" or
+                        s.get("sqlspan.result") == "error")],  # failed at Parse
+                      key=lambda s: s["start_time_unix_nano"]) for b in record["backends"]}
+    pos = {b: 0 for b in record["backends"]}
+    total = with_conn = sites = 0
+    for r in record["records"]:
+        if r.get("text") is None or r.get("conn_id") is None:
+            continue
+        lst, b = mine[r["backend"]], r["backend"]
+        for _ in range(r.get("many") or 1):
+            while pos[b] < len(lst) and lst[pos[b]].get("db.query.text") != r["text"]:
+                pos[b] += 1
+            assert pos[b] < len(lst), "not found: %s" % short(r["text"])
+            s = lst[pos[b]]
+            pos[b] += 1
+            total += 1
+            if "sqlalchemy.connection.id" in s:
+                assert s["sqlalchemy.connection.id"] == r["conn_id"], (r, s)
+                with_conn += 1
+            if r.get("await_line") is not None:
+                assert s.get("code.line.number") == r["await_line"] and \
+                    s.get("code.function.name", "").endswith(r["await_func"]), (r, s)
+                sites += 1
+    assert total > 20 and with_conn >= total - learning, (with_conn, total)
+    assert sites > 20
+    return total
+
+
 def test_async_orm(cluster, tmp_path):
     """AsyncSession ORM and Core over asyncpg: SQLAlchemy's prepared-statement cache (Parse once,
     then Bind/Execute by name), executemany, explicit transactions, errors at execute and at
@@ -145,6 +180,7 @@ def test_async_orm(cluster, tmp_path):
                   if s["sqlspan.result"] == "error")
     assert errs == app_errors(record) and len(errs) >= 2, errs
     assert [r for r in record["records"] if r.get("many", 0) > 1]  # executemany ran
+    check_sync_side(record, spans)
 
 
 def test_async_concurrent(cluster, tmp_path):
@@ -155,6 +191,7 @@ def test_async_concurrent(cluster, tmp_path):
     assert len({r["task"] for r in record["records"]
                 if (r.get("task") or "").startswith("worker-")}) == 50
     assert {s["thread.id"] for s in spans} == {pid}
+    check_sync_side(record, spans)
 
 
 def test_asyncpg_raw(cluster, tmp_path):
