@@ -32,7 +32,7 @@ BPF_CFLAGS := -g -O2 -target bpf -D__TARGET_ARCH_$(ARCH) -Wall -Werror=undef \
 PURE_OBJS := $(patsubst user/%.c,$(OUTPUT)/%.o,$(PURE_SRCS))
 LOADER_OBJS := $(patsubst user/%.c,$(OUTPUT)/%.o,$(LOADER_SRCS))
 
-.PHONY: all setup demo test test-unit test-e2e test-kernels bench format check-format vmlinux clean
+.PHONY: all setup demo test test-unit test-e2e test-kernels fuzz bench format check-format vmlinux clean
 .DELETE_ON_ERROR:
 
 all: sqlspan
@@ -72,6 +72,19 @@ $(OUTPUT)/unit/%: tests/unit/%.c tests/unit/check.h $(PURE_SRCS) $(wildcard user
 $(OUTPUT)/unit-san/%: tests/unit/%.c tests/unit/check.h $(PURE_SRCS) $(wildcard user/*.h) | $(OUTPUT)
 	@mkdir -p $(OUTPUT)/unit-san
 	$(CC) -g -O1 $(SAN) $(WARN) $(INCLUDES) -Itests/unit $< $(PURE_SRCS) -lelf -lz -lm -o $@
+
+# the fuzz target: records and protocol bytes into the assembler and decoders (libFuzzer)
+FUZZ_SECONDS ?= 60
+$(OUTPUT)/fuzz_records: tests/fuzz/fuzz_records.c $(PURE_SRCS) $(wildcard user/*.h) | $(OUTPUT)
+	clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all $(WARN) \
+		$(INCLUDES) $< $(PURE_SRCS) -lelf -lz -lm -o $@
+
+fuzz: $(OUTPUT)/fuzz_records
+	@mkdir -p $(OUTPUT)/fuzz-corpus
+	@$(OUTPUT)/fuzz_records -max_total_time=$(FUZZ_SECONDS) -max_len=4096 \
+		-artifact_prefix=$(OUTPUT)/fuzz- $(OUTPUT)/fuzz-corpus 2>$(OUTPUT)/fuzz.log && \
+		echo "fuzz: 1 passed, 0 failed ($$(grep -c . $(OUTPUT)/fuzz.log) log lines, $(FUZZ_SECONDS) s)" || \
+		{ tail -40 $(OUTPUT)/fuzz.log; echo "fuzz: 0 passed, 1 failed"; exit 1; }
 
 test-unit: $(addprefix $(OUTPUT)/unit/,$(UNIT_TESTS)) $(addprefix $(OUTPUT)/unit-san/,$(UNIT_TESTS))
 	@tests/run-unit.sh $(OUTPUT) $(UNIT_TESTS)

@@ -61,6 +61,12 @@ struct fwalk {
 	__u8 hdr[8];
 	__u32 probe_pos; /* front_probe: bytes tiled so far */
 	__u32 _pad;
+	/* sendmsg: the iovecs still to walk */
+	__u64 iov;
+	__u64 left;   /* bytes sent not walked yet */
+	__u64 vec[2]; /* the iovec being read: base, length */
+	int how;
+	__u32 _pad2;
 };
 
 struct {
@@ -225,7 +231,7 @@ static __noinline __u32 bind_names(struct fwalk *w, __u32 body)
 }
 
 /* Body bytes to send of a message; -1: skip it without a record. */
-static __noinline int front_cap(struct fwalk *w, __u8 t, __u32 body)
+static __always_inline int front_cap(struct fwalk *w, __u8 t, __u32 body)
 {
 	__u32 cap;
 
@@ -462,6 +468,24 @@ static __noinline void front_run(void *ctx, struct fwalk *w, int how)
 	if (!fl.fs)
 		return;
 	bpf_loop(FRONT_LOOP_MAX, front_cb, &fl, 0);
+}
+
+/* One iovec of a sendmsg: walked like a send of its own, in the order sent. */
+static long iov_cb(__u32 i, void *data)
+{
+	void **d = data;
+	struct fwalk *w = d[1];
+
+	if (!w->left ||
+	    bpf_probe_read_user(w->vec, sizeof(w->vec), (const void *)(w->iov + i * 16)))
+		return 1;
+	w->buf = w->vec[0];
+	w->n = w->vec[1] < w->left ? w->vec[1] : w->left;
+	w->pos = 0;
+	w->left -= w->n;
+	if (w->n)
+		front_run(d[0], w, i == 0 ? w->how : 0);
+	return 0;
 }
 
 #endif

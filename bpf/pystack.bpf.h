@@ -70,9 +70,6 @@ static __always_inline bool str_is_c(struct stack_buf *sb, __u64 addr)
 	return true;
 }
 
-/* The kernel has bpf_loop (5.17+): set by the loader, so that older kernels never see the call. */
-const volatile bool loop_ok = true;
-
 static __always_inline __u64 rd64(__u64 addr)
 {
 	__u64 v = 0;
@@ -252,62 +249,72 @@ static long gl_scan_cb(__u32 i, void *data)
  * arguments, the locals after them (userspace finds `context` among them) or `context` itself;
  * sb->gframe becomes the innermost frame of the greenlet it holds, suspended in the middle of the
  * sync code (SQLAlchemy's Connection, the statement) while this thread runs the event loop.
+ * LOOPED (bpf_loop kernels): where the greenlet and its saved frame are is found here, once;
+ * older kernels only follow what is already known (their programs may not even name a callback).
  */
-static __noinline void greenlet_follow(struct py_cfg *cfg, struct stack_buf *sb)
-{
-	struct walk_ctx wc = {.cfg = cfg, .sb = sb};
-	struct ev_frame *f = &sb->frames[(sb->nframes - 1) & (SQLSPAN_MAX_FRAMES - 1)];
-	__u64 ctx, fo;
-
-	if (cfg->gs_ctx_off < 0 && loop_ok)
-		bpf_loop(6, ctx_find_cb, &wc, 0);
-	if (cfg->gs_ctx_off < 0) {
-		/* userspace finds it among the locals after the arguments (older kernels) */
-		bpf_probe_read_user(f->local, sizeof(f->local),
-				    (const void *)(sb->gs_frame + cfg->frame_localsplus + 32));
-		return;
+#define DEFINE_GREENLET_FOLLOW(NAME, LOOPED)                                                       \
+	static __noinline void NAME(struct py_cfg *cfg, struct stack_buf *sb)                      \
+	{                                                                                          \
+		struct walk_ctx wc = {.cfg = cfg, .sb = sb};                                       \
+		struct ev_frame *f = &sb->frames[(sb->nframes - 1) & (SQLSPAN_MAX_FRAMES - 1)];    \
+		__u64 ctx, fo;                                                                     \
+                                                                                                   \
+		if (LOOPED && cfg->gs_ctx_off < 0)                                                 \
+			bpf_loop(6, ctx_find_cb, &wc, 0);                                          \
+		if (cfg->gs_ctx_off < 0) {                                                         \
+			/* userspace finds it among the locals after the arguments */              \
+			bpf_probe_read_user(                                                       \
+				f->local, sizeof(f->local),                                        \
+				(const void *)(sb->gs_frame + cfg->frame_localsplus + 32));        \
+			return;                                                                    \
+		}                                                                                  \
+		ctx = rd64(sb->gs_frame + cfg->gs_ctx_off);                                        \
+		f->local[3] = ctx;                                                                 \
+		if (!ctx)                                                                          \
+			return;                                                                    \
+		sb->gtmp = rd64(ctx + cfg->gl_pimpl_off); /* the C++ Greenlet */                   \
+		if (!sb->gtmp)                                                                     \
+			return;                                                                    \
+		if (LOOPED && cfg->gl_frame_off < 0 && cfg->frame_type)                            \
+			bpf_loop(64, gl_scan_cb, &wc, 0);                                          \
+		if (cfg->gl_frame_off < 0)                                                         \
+			return;                                                                    \
+		fo = rd64(sb->gtmp + (cfg->gl_frame_off & 0x1ff));                                 \
+		if (fo && rd64(fo + 8) == cfg->frame_type)                                         \
+			sb->gframe = rd64(fo + cfg->fo_frame_off);                                 \
 	}
-	ctx = rd64(sb->gs_frame + cfg->gs_ctx_off);
-	f->local[3] = ctx;
-	if (!ctx)
-		return;
-	sb->gtmp = rd64(ctx + cfg->gl_pimpl_off); /* the C++ Greenlet */
-	if (!sb->gtmp)
-		return;
-	/* found once, where bpf_loop exists (the loader sets loop_ok; older kernels go without) */
-	if (loop_ok && cfg->gl_frame_off < 0 && cfg->frame_type)
-		bpf_loop(64, gl_scan_cb, &wc, 0);
-	if (cfg->gl_frame_off < 0)
-		return;
-	fo = rd64(sb->gtmp + (cfg->gl_frame_off & 0x1ff));
-	if (fo && rd64(fo + 8) == cfg->frame_type)
-		sb->gframe = rd64(fo + cfg->fo_frame_off);
-}
+
+DEFINE_GREENLET_FOLLOW(greenlet_follow, 0)
+DEFINE_GREENLET_FOLLOW(greenlet_follow_loop, 1)
 
 /* One frame of the walk (sb->frame); 1 when the walk is over. */
-static long frame_cb(__u32 i, void *data)
-{
-	struct walk_ctx *wc = data;
-	struct stack_buf *sb = wc->sb;
+#define DEFINE_FRAME_CB(NAME, FOLLOW)                                                              \
+	static long NAME(__u32 i, void *data)                                                      \
+	{                                                                                          \
+		struct walk_ctx *wc = data;                                                        \
+		struct stack_buf *sb = wc->sb;                                                     \
+                                                                                                   \
+		(void)i;                                                                           \
+		if (!sb->frame)                                                                    \
+			return 1;                                                                  \
+		if (sb->glet && sb->frame == sb->gs_frame) {                                       \
+			sb->frame = 0; /* the greenlet started from there: the rest is known */    \
+			return 1;                                                                  \
+		}                                                                                  \
+		if (py_read_frame(sb)) {                                                           \
+			sb->flags |= STACK_FAULT;                                                  \
+			return 1;                                                                  \
+		}                                                                                  \
+		if (py_add_frame(wc->cfg, sb))                                                     \
+			return 1;                                                                  \
+		if (sb->gs_frame == sb->frame && !sb->glet && !sb->gframe)                         \
+			FOLLOW(wc->cfg, sb);                                                       \
+		sb->frame = fb64(sb, wc->cfg->frame_previous);                                     \
+		return 0;                                                                          \
+	}
 
-	(void)i;
-	if (!sb->frame)
-		return 1;
-	if (sb->glet && sb->frame == sb->gs_frame) {
-		sb->frame = 0; /* the greenlet was started from there: the rest is known */
-		return 1;
-	}
-	if (py_read_frame(sb)) {
-		sb->flags |= STACK_FAULT;
-		return 1;
-	}
-	if (py_add_frame(wc->cfg, sb))
-		return 1;
-	if (sb->gs_frame == sb->frame && !sb->glet && !sb->gframe)
-		greenlet_follow(wc->cfg, sb);
-	sb->frame = fb64(sb, wc->cfg->frame_previous);
-	return 0;
-}
+DEFINE_FRAME_CB(frame_cb, greenlet_follow)
+DEFINE_FRAME_CB(frame_cb_loop, greenlet_follow_loop)
 
 /* Walk the frames from sb->frame into the record. LOOPED: with bpf_loop (5.17+). */
 #define DEFINE_PY_FRAMES(NAME, LOOPED)                                                             \
@@ -316,7 +323,7 @@ static long frame_cb(__u32 i, void *data)
 		struct walk_ctx wc = {.cfg = cfg, .sb = sb};                                       \
                                                                                                    \
 		if (LOOPED) {                                                                      \
-			bpf_loop(SQLSPAN_MAX_FRAMES, frame_cb, &wc, 0);                            \
+			bpf_loop(SQLSPAN_MAX_FRAMES, frame_cb_loop, &wc, 0);                       \
 		} else {                                                                           \
 			for (int i = 0; i < SQLSPAN_MAX_FRAMES; i++) {                             \
 				if (frame_cb(i, &wc))                                              \

@@ -7,13 +7,15 @@ set -eu
 what="${1:-test}"
 
 BUILD_PKGS="make gcc clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev pkg-config"
+# libFuzzer for the fuzz target (make fuzz; make test runs it briefly)
+FUZZ_PKGS="libclang-rt-14-dev"
 RUN_PKGS="postgresql-15 postgresql-contrib python3 python3-sqlalchemy python3-psycopg2 python3-psycopg"
 TEST_PKGS="python3-pytest procps util-linux iproute2 python3-asyncpg python3-greenlet python3-yaml python3-jsonschema"
 
 case "$what" in
 build) pkgs="$BUILD_PKGS" ;;
 demo) pkgs="$BUILD_PKGS $RUN_PKGS" ;;
-test) pkgs="$BUILD_PKGS $RUN_PKGS $TEST_PKGS" ;;
+test) pkgs="$BUILD_PKGS $RUN_PKGS $TEST_PKGS $FUZZ_PKGS" ;;
 *)
 	echo "usage: $0 [build|demo|test]" >&2
 	exit 2

@@ -39,6 +39,11 @@ make --no-print-directory -s test-unit >"$log" 2>&1 || status=1
 cat "$log"
 add "$log"
 
+echo "== fuzzing: records and protocol bytes into the assembler and decoders (20 s)"
+make --no-print-directory -s fuzz FUZZ_SECONDS=20 >"$log" 2>&1 || status=1
+cat "$log"
+add "$log"
+
 echo "== end-to-end tests"
 tests/run-e2e.sh >"$log" 2>&1 || status=1
 cat "$log"

@@ -289,7 +289,7 @@ static void wire_request(struct assembler *a, struct aconn *c, const struct ev_h
 		p = stmt ? prep_find(c, stmt) : NULL;
 		if (p && p->text) {
 			s->text = strdup(p->text);
-			s->text_len = s->text ? p->len : 0;
+			s->text_len = s->text ? strlen(s->text) : 0;
 			s->text_state = s->text ? p->state : TEXT_INCOMPLETE;
 		} else {
 			s->text_state = TEXT_UNKNOWN;
@@ -299,7 +299,7 @@ static void wire_request(struct assembler *a, struct aconn *c, const struct ev_h
 	default:
 		if (fm->kind == 'S' && (p = prep_find(c, fm->name)) && p->text) {
 			s->text = strdup(p->text);
-			s->text_len = s->text ? p->len : 0;
+			s->text_len = s->text ? strlen(s->text) : 0;
 			s->text_state = s->text ? p->state : TEXT_INCOMPLETE;
 		} else {
 			s->text_state = TEXT_NONE;

@@ -665,7 +665,7 @@ static void span_text(struct assembler *a, struct aconn *c, struct span *s, cons
 		if (!t && r->nchunks == 0 && !(r->h.flags & EVF_TEXT_FAULT)) {
 			/* a short text inside the record (on_req checked its size) */
 			s->text = strndup((const char *)(r + 1), r->text_len);
-			s->text_len = s->text ? r->text_len : 0;
+			s->text_len = s->text ? strlen(s->text) : 0; /* a NUL inside ends it */
 		} else if (t) {
 			s->text = t->buf ? t->buf : strdup("");
 			s->text_len = t->len;
@@ -702,7 +702,7 @@ static void span_text(struct assembler *a, struct aconn *c, struct span *s, cons
 
 		if (p && p->text) {
 			s->text = strdup(p->text);
-			s->text_len = p->len;
+			s->text_len = s->text ? strlen(s->text) : 0;
 			s->text_state = s->text ? p->state : TEXT_INCOMPLETE;
 		} else {
 			s->text_state = s->req == REQ_EXECUTE ? TEXT_UNKNOWN : TEXT_NONE;

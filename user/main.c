@@ -483,8 +483,8 @@ static int open_and_load(struct tracer *t)
 	bpf_program__set_autoload(skel->progs.up_request_loop, t->use_loop);
 	bpf_program__set_autoload(skel->progs.up_request, !t->use_loop);
 	bpf_program__set_autoload(skel->progs.tp_exit_sendto_loop, t->use_loop);
-	skel->rodata->loop_ok = t->use_loop;
 	bpf_program__set_autoload(skel->progs.tp_enter_connect, t->use_loop);
+	bpf_program__set_autoload(skel->progs.tp_exit_sendmsg_loop, t->use_loop);
 	vlog(t, "reads walked with %s", t->use_loop ? "bpf_loop" : "bounded loops and tail calls");
 	chunks = (t->cli.max_sql_bytes + SQLSPAN_TEXT_CHUNK - 2) / (SQLSPAN_TEXT_CHUNK - 1);
 	if (chunks > SQLSPAN_MAX_CHUNKS - 1)
@@ -548,6 +548,8 @@ static int attach_tracepoints(struct tracer *t)
 		/* the frontend of wire sockets (asyncpg): bpf_loop kernels only */
 		{t->use_loop ? t->skel->progs.tp_exit_sendto_loop : NULL, "syscalls",
 		 "sys_exit_sendto"},
+		{t->use_loop ? t->skel->progs.tp_exit_sendmsg_loop : NULL, "syscalls",
+		 "sys_exit_sendmsg"},
 		{t->use_loop ? t->skel->progs.tp_enter_connect : NULL, "syscalls",
 		 "sys_enter_connect"},
 		{t->skel->progs.tp_enter_close, "syscalls", "sys_enter_close"},

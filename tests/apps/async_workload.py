@@ -102,25 +102,52 @@ def await_site():
 
 # ---------------------------------------------------------------- SQLAlchemy AsyncEngine
 
+def psycopg_text(statement, params):
+    """The text psycopg sends for a pyformat query: each %(name)s becomes $n (a name used again
+    keeps its number), %% becomes %; without parameters the text goes as it is."""
+    if params is None:
+        return statement
+    import re
+    nums = {}
+
+    def sub(m):
+        if m.group(0) == "%%":
+            return "%"
+        name = m.group(1)
+        if name not in nums:
+            nums[name] = len(nums) + 1
+        return "$%d" % nums[name]
+    return re.sub(r"%%|%\((\w+)\)s", sub, statement)
+
+
 def make_engine(a, **kw):
     from sqlalchemy import event
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    url = "postgresql+asyncpg://%s@/%s?host=%s&port=%s" % (a.user, a.db, a.host, a.port)
+    url = "postgresql+%s://%s@/%s?host=%s&port=%s" % (a.driver, a.user, a.db, a.host, a.port)
     engine = create_async_engine(url, **kw)
     sync = engine.sync_engine
 
     def backend_of(conn):
-        return conn.connection.driver_connection.get_server_pid()
+        dc = conn.connection.driver_connection
+        return dc.get_server_pid() if a.driver == "asyncpg" else dc.info.backend_pid
 
     @event.listens_for(sync, "before_cursor_execute")
     def before(conn, cursor, statement, parameters, context, executemany):
-        # what AsyncAdapt_asyncpg_cursor._prepare_and_execute / _executemany send
-        params = parameters[0] if executemany else parameters
-        text = statement % cursor._parameter_placeholders(params) \
-            if params is not None else statement
+        style = getattr(getattr(context, "execute_style", None), "name", "")
+        # SQLAlchemy 2.0's insertmanyvalues: the rows go in one statement (per batch)
+        batch = style == "INSERTMANYVALUES"
+        params = parameters[0] if executemany and not batch and parameters else parameters
+        if a.driver == "psycopg":
+            text = psycopg_text(statement, params)
+        else:
+            # what AsyncAdapt_asyncpg_cursor._prepare_and_execute / _executemany send (1.4
+            # turns %s into $n there; 2.0 compiles $n itself)
+            text = statement % cursor._parameter_placeholders(params) \
+                if params is not None and hasattr(cursor, "_parameter_placeholders") \
+                else statement
         line, func = await_site()
-        many = len(parameters) if executemany else 0
+        many = len(parameters) if executemany and not batch else 0
         context._sqlspan_test = {"backend": backend_of(conn), "text": text, "many": many,
                                  "conn_id": id(conn), "await_line": line, "await_func": func,
                                  "task": task_name()}
@@ -132,7 +159,7 @@ def make_engine(a, **kw):
         if not executemany:
             if cursor.rowcount is not None and cursor.rowcount >= 0:
                 rows = cursor.rowcount  # INSERT / UPDATE / DELETE: from the command tag
-            elif cursor.description is not None:
+            elif cursor.description is not None and hasattr(cursor, "_rows"):
                 rows = len(cursor._rows)  # all rows, not consumed yet
         REC.add(r.pop("backend"), r.pop("text"), rows=rows, many=r.pop("many"), **r)
 
@@ -143,7 +170,8 @@ def make_engine(a, **kw):
             return
         r = dict(r)
         REC.add(r.pop("backend"), r.pop("text"), outcome="error",
-                sqlstate=getattr(ctx.original_exception, "pgcode", None), many=r.pop("many"), **r)
+                sqlstate=getattr(ctx.original_exception, "pgcode", None) or
+                getattr(ctx.original_exception, "sqlstate", None), many=r.pop("many"), **r)
 
     for kind in ("begin", "commit", "rollback"):
         def on(conn, kind=kind):
@@ -475,11 +503,16 @@ def main():
                     choices=["async-orm", "async-concurrent", "asyncpg-raw"])
     ap.add_argument("--record", required=True)
     ap.add_argument("--go", action="store_true", help="wait for a line on stdin first")
+    ap.add_argument("--driver", default="asyncpg", choices=["asyncpg", "psycopg"],
+                    help="the AsyncEngine's driver (psycopg: SQLAlchemy 2.0's psycopg async)")
     ap.add_argument("--connect-first", action="store_true",
                     help="connect and run a statement before printing the PID")
     a = ap.parse_args()
     # the driver is loaded before the PID is printed, as in an app that imports it at the top
-    import asyncpg  # noqa: F401
+    if a.driver == "asyncpg" or a.scenario == "asyncpg-raw":
+        import asyncpg  # noqa: F401
+    else:
+        import psycopg  # noqa: F401
     asyncio.run(amain(a))
     REC.dump(a.record)
     print("DONE", flush=True)

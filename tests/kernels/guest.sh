@@ -4,8 +4,10 @@
 # Debian packages) shared read-only. Prints pytest's per-test results (-rA) for the table.
 #   tier 1: every BPF program loads and attaches; records through the ring buffer and the perf
 #           buffer; the socket walker with bpf_loop and with tail calls; detach leaves no probe
-#   tier 2: real apps end to end (SQLAlchemy + psycopg2, psycopg 3 pipelines, pgbench) against the
-#           server's statement log; Python call sites and transactions against the app's record
+#   tier 2: real apps end to end (SQLAlchemy + psycopg2, psycopg 3 pipelines, pgbench, AsyncEngine
+#           + asyncpg on the wire) against the server's statement log; Python call sites,
+#           transactions and async SQLAlchemy connections against the app's record (before 5.17:
+#           asyncpg refused with its message, a documented degraded mode)
 set -u
 cd "$(dirname "$0")/../.."
 echo "guest: kernel $(uname -r)"
@@ -22,7 +24,9 @@ for tier in "$@"; do
 	2) sel="$sel tests/e2e/test_capture.py::test_sqlalchemy_psycopg2
 		tests/e2e/test_python.py::test_call_sites[debian-3.11-sa1.4-psycopg2]
 		tests/e2e/test_capture.py::test_psycopg3_pipeline_prepared
-		tests/e2e/test_clients.py::test_pgbench_select_only" ;;
+		tests/e2e/test_clients.py::test_pgbench_select_only
+		tests/e2e/test_async.py::test_async_orm
+		tests/e2e/test_async.py::test_asyncpg_raw" ;;
 	*) echo "guest: unknown tier $tier" >&2; exit 2 ;;
 	esac
 done

@@ -74,7 +74,7 @@ for name in $all; do
 	fi
 	grep -E '^(PASSED|FAILED|ERROR|SKIPPED) ' "$logs/$name.log" | while read -r res t _; do
 		case "$t" in
-		*test_capture* | *test_clients* | *test_python*) tier=2 ;;
+		*test_capture* | *test_clients* | *test_python* | *test_async*) tier=2 ;;
 		*) tier=1 ;;
 		esac
 		printf '%-8s %-6s %-48s %s\n' "$name" "$tier" "${t#tests/e2e/}" "$res"
