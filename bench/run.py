@@ -236,11 +236,11 @@ def latency(cluster, env, floor_ns):
     for driver in ("psycopg2", "psycopg", "asyncpg"):
         app = App(driver, cluster, env)
         libpq = libpq_of(app.pid)
-        modes = ["untraced", "in-process tracer"]
+        modes = ["untraced", "in-process tracer",
+                 "sqlspan --no-python (driver level)", "sqlspan (with Python call site)"]
         site = None
-        if libpq:
+        if libpq:  # asyncpg: no libpq, no uprobes (its sockets' syscall tracepoints)
             site = probe_site(app)
-            modes += ["sqlspan --no-python (driver level)", "sqlspan (with Python call site)"]
             if site:
                 modes.append("empty uprobe at sqlspan's probe (%s, %s)" % site)
             modes.append("PQgetResult uprobe+uretprobe (not taken)")
@@ -294,9 +294,6 @@ def latency(cluster, env, floor_ns):
                 driver, m, w, c, dc, sc, dw, sw, ratio))
             summary[(driver, m)] = dc
             R[("measured", driver, m)] = (dc, sc)
-        if not libpq:
-            say("| %s | sqlspan | n/a: asyncpg speaks the protocol itself, no libpq "
-                "(wire capture: issue 4) | | | | |" % driver)
         for m in modes:
             if m.startswith("sqlspan") and stats[m]:
                 accounts.append((driver, m, stats[m], kinds))
@@ -355,8 +352,10 @@ def pgbench(cluster, args, seconds):
 
 
 def paused_pgbench(cluster, args, seconds):
-    return subprocess.Popen(["sh", "-c", 'read x; exec "$@"', "sh", "pgbench", "-n", "-S", "-h",
-                             cluster.sock, "-p", cluster.port, "-U", "postgres", "-T",
+    # select-only unless a script is given (-S with -f would run both, alternating)
+    builtin = [] if "-f" in args else ["-S"]
+    return subprocess.Popen(["sh", "-c", 'read x; exec "$@"', "sh", "pgbench", "-n", *builtin,
+                             "-h", cluster.sock, "-p", cluster.port, "-U", "postgres", "-T",
                              str(seconds), *args, "bench"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

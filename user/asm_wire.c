@@ -311,6 +311,7 @@ static void wire_request(struct assembler *a, struct aconn *c, const struct ev_h
 	s->has_name = req != REQ_QUERY && req != REQ_SYNC;
 	if (req != REQ_SYNC)
 		wire_stack(a, c, h, s);
+	text_from_app(c, s);
 	if (req == REQ_PREPARE)
 		prep_remember(c, s->name, s->text, s->text_len, s->text_state);
 	conn_enqueue(a, c, s);

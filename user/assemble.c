@@ -771,6 +771,7 @@ static void on_req(struct assembler *a, const struct ev_req *r, size_t size)
 
 	span_text(a, c, s, r);
 	take_stack(a, r, s);
+	text_from_app(c, s);
 
 	if (!c) {
 		/* no socket known: the result cannot be followed */
@@ -788,6 +789,35 @@ static void on_req(struct assembler *a, const struct ev_req *r, size_t size)
 		return;
 	}
 	conn_enqueue(a, c, s);
+}
+
+/*
+ * An execution by name of a statement prepared before sqlspan attached: its text is not on the
+ * wire, but SQLAlchemy, on the stack, holds the statement it executes. Use that (marked as such),
+ * and remember it for the name.
+ */
+void text_from_app(struct aconn *c, struct span *s)
+{
+	size_t rn;
+	char *red;
+
+	if (s->req != REQ_EXECUTE || s->text_state != TEXT_UNKNOWN || !s->py.sa_statement)
+		return;
+	free(s->text);
+	s->text = strdup(s->py.sa_statement);
+	if (!s->text)
+		return;
+	s->text_len = strlen(s->text);
+	s->text_state = TEXT_FROM_APP;
+	red = redact_sql(s->text, s->text_len, &rn);
+	if (red) {
+		free(s->text);
+		s->text = red;
+		s->text_len = rn;
+		s->redacted = true;
+	}
+	if (c && s->has_name)
+		prep_remember(c, s->name, s->text, s->text_len, TEXT_FROM_APP);
 }
 
 struct span *span_new(struct assembler *a, const struct ev_hdr *h)

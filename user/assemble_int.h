@@ -92,6 +92,9 @@ struct aconn *conn_get(struct assembler *a, uint32_t pid, int fd, bool create);
 /* A new span for a request made at h (ids, times, process), not yet on a queue. */
 struct span *span_new(struct assembler *a, const struct ev_hdr *h);
 void span_free(struct span *s);
+/* An execution of a statement prepared before attach: the text SQLAlchemy holds, if on the stack.
+ */
+void text_from_app(struct aconn *c, struct span *s);
 /* Queue a request on its connection (giving up the oldest if too many wait). */
 void conn_enqueue(struct assembler *a, struct aconn *c, struct span *s);
 /* The request queued last on a connection, NULL if none. */

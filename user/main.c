@@ -816,11 +816,17 @@ int main(int argc, char **argv)
 		if (now - last_lost_report > 1000000000ULL) {
 			uint64_t d, lost = lost_events(t, &d);
 
-			if (lost > last_lost)
+			if (lost > last_lost) {
+				uint64_t skipped = kernel_misses(t, false);
+
 				fprintf(stderr,
-					"sqlspan: warning: %llu events lost so far (buffer full); "
-					"affected spans are marked\n",
-					(unsigned long long)lost);
+					"sqlspan: warning: %llu events lost so far (%s); affected "
+					"spans are marked\n",
+					(unsigned long long)lost,
+					skipped == lost ? "runs of its programs the kernel skipped"
+					: skipped	? "buffer full, and runs the kernel skipped"
+							: "buffer full");
+			}
 			last_lost = lost;
 			last_lost_report = now;
 		}

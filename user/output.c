@@ -22,7 +22,8 @@ const char *span_request_name(enum span_request r)
 
 const char *text_state_name(enum text_state t)
 {
-	static const char *const names[] = {"full", "cut", "unknown", "incomplete", "none"};
+	static const char *const names[] = {"full",	  "cut",  "unknown",
+					    "incomplete", "none", "from_sqlalchemy"};
 
 	return (unsigned)t < sizeof(names) / sizeof(names[0]) ? names[t] : "none";
 }

@@ -35,6 +35,7 @@ enum text_state {
 	TEXT_UNKNOWN,	 /* an execution by name of a statement prepared before sqlspan attached */
 	TEXT_INCOMPLETE, /* part of the text was lost (buffer full) or unreadable */
 	TEXT_NONE,	 /* nothing to show (describe/close of an unknown statement, sync) */
+	TEXT_FROM_APP,	 /* prepared before attach: the text SQLAlchemy holds for it (its stack) */
 };
 
 /* What is known of the connection a span ran on. Strings are NULL when unknown. */

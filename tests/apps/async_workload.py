@@ -194,6 +194,8 @@ async def marker_sa(engine, backends):
     from sqlalchemy import text
     async with engine.connect() as conn:
         await conn.execute(text(MARKER))
+        # again, the statement prepared before the attach: only its name is on the wire now
+        await conn.execute(text(EARLY))
         raw = await conn.get_raw_connection()
         pid = raw.driver_connection.get_server_pid()
         assert pid in backends, (pid, backends)
