@@ -197,7 +197,7 @@ static long ctx_find_cb(__u32 i, void *data)
 	return 0;
 }
 
-/* Add the frame in sb->fb to the record, unless it is a shim; 1 when the record is full. */
+/* Add the frame in sb->fb to the record: 0 added, 2 a shim (skipped), 1 the record is full. */
 static __noinline int py_add_frame(struct py_cfg *cfg, struct stack_buf *sb)
 {
 	__u64 code = fb64(sb, cfg->frame_code);
@@ -208,7 +208,7 @@ static __noinline int py_add_frame(struct py_cfg *cfg, struct stack_buf *sb)
 	if (cfg->code_tagged)
 		code &= ~3ULL;
 	if (owner == cfg->owner_cstack || owner >= cfg->owner_first_incomplete || !code)
-		return 0; /* a shim or incomplete frame */
+		return 2; /* a shim or incomplete frame: not added */
 	k = sb->nframes;
 	if (k >= cfg->max_frames || k >= SQLSPAN_MAX_FRAMES - 1) {
 		sb->flags |= STACK_CUT;
@@ -223,10 +223,6 @@ static __noinline int py_add_frame(struct py_cfg *cfg, struct stack_buf *sb)
 	f->local[3] = fb64(sb, cfg->frame_localsplus + 24);
 	f->owner = owner | (sb->glet ? FRAME_GREENLET : 0);
 	sb->nframes = k + 1;
-	if (!cfg->gs_code && owner == PY_OWNED_BY_GENERATOR && cfg->gs_search && !sb->glet)
-		gs_learn(cfg, sb, code);
-	if (cfg->gs_code && code == cfg->gs_code && !sb->gs_frame && !sb->glet)
-		sb->gs_frame = sb->frame; /* greenlet_followed after this frame */
 	return 0;
 }
 
@@ -284,15 +280,33 @@ static long gl_scan_cb(__u32 i, void *data)
 			sb->gframe = rd64(fo + cfg->fo_frame_off);                                 \
 	}
 
-DEFINE_GREENLET_FOLLOW(greenlet_follow, 0)
 DEFINE_GREENLET_FOLLOW(greenlet_follow_loop, 1)
 
+/*
+ * After a frame was added (bpf_loop kernels): is it SQLAlchemy's greenlet_spawn (learnt here the
+ * first time), whose greenlet is then followed?
+ */
+static __noinline void greenlet_check(struct py_cfg *cfg, struct stack_buf *sb)
+{
+	struct ev_frame *f = &sb->frames[(sb->nframes - 1) & (SQLSPAN_MAX_FRAMES - 1)];
+
+	if (sb->glet || sb->gs_frame)
+		return;
+	if (!cfg->gs_code && f->owner == PY_OWNED_BY_GENERATOR && cfg->gs_search)
+		gs_learn(cfg, sb, f->code);
+	if (cfg->gs_code && f->code == cfg->gs_code) {
+		sb->gs_frame = sb->frame;
+		greenlet_follow_loop(cfg, sb);
+	}
+}
+
 /* One frame of the walk (sb->frame); 1 when the walk is over. */
-#define DEFINE_FRAME_CB(NAME, FOLLOW)                                                              \
+#define DEFINE_FRAME_CB(NAME, GREENLETS)                                                           \
 	static long NAME(__u32 i, void *data)                                                      \
 	{                                                                                          \
 		struct walk_ctx *wc = data;                                                        \
 		struct stack_buf *sb = wc->sb;                                                     \
+		int r;                                                                             \
                                                                                                    \
 		(void)i;                                                                           \
 		if (!sb->frame)                                                                    \
@@ -305,16 +319,19 @@ DEFINE_GREENLET_FOLLOW(greenlet_follow_loop, 1)
 			sb->flags |= STACK_FAULT;                                                  \
 			return 1;                                                                  \
 		}                                                                                  \
-		if (py_add_frame(wc->cfg, sb))                                                     \
+		r = py_add_frame(wc->cfg, sb);                                                     \
+		if (r == 1)                                                                        \
 			return 1;                                                                  \
-		if (sb->gs_frame == sb->frame && !sb->glet && !sb->gframe)                         \
-			FOLLOW(wc->cfg, sb);                                                       \
+		if (GREENLETS && r == 0)                                                           \
+			greenlet_check(wc->cfg, sb);                                               \
 		sb->frame = fb64(sb, wc->cfg->frame_previous);                                     \
 		return 0;                                                                          \
 	}
 
-DEFINE_FRAME_CB(frame_cb, greenlet_follow)
-DEFINE_FRAME_CB(frame_cb_loop, greenlet_follow_loop)
+/* Kernels without bpf_loop do not follow greenlets (where they keep frames is found by a
+ * scan) */
+DEFINE_FRAME_CB(frame_cb, 0)
+DEFINE_FRAME_CB(frame_cb_loop, 1)
 
 /* Walk the frames from sb->frame into the record. LOOPED: with bpf_loop (5.17+). */
 #define DEFINE_PY_FRAMES(NAME, LOOPED)                                                             \

@@ -420,6 +420,8 @@ static void announce(struct proc_target *p)
 	}
 }
 
+static void wire_start(struct tracer *t, struct proc_target *p);
+
 static void check_procs(struct tracer *t)
 {
 	for (int i = 0; i < t->nprocs; i++) {
@@ -436,6 +438,7 @@ static void check_procs(struct tracer *t)
 		if (t->rescan || p->waiting) {
 			proc_exe_name(p->pid, p->exe, sizeof(p->exe)); /* it may have exec'd */
 			probes_scan(t, p);
+			wire_start(t, p); /* asyncpg imported after the attach */
 			if ((p->nmapped || p->wire) && p->waiting)
 				p->waiting = false;
 			if ((p->nmapped || p->wire) && !p->announced)
@@ -545,13 +548,6 @@ static int attach_tracepoints(struct tracer *t)
 		{t->use_loop ? t->skel->progs.tp_exit_recvfrom_loop
 			     : t->skel->progs.tp_exit_recvfrom,
 		 "syscalls", "sys_exit_recvfrom"},
-		/* the frontend of wire sockets (asyncpg): bpf_loop kernels only */
-		{t->use_loop ? t->skel->progs.tp_exit_sendto_loop : NULL, "syscalls",
-		 "sys_exit_sendto"},
-		{t->use_loop ? t->skel->progs.tp_exit_sendmsg_loop : NULL, "syscalls",
-		 "sys_exit_sendmsg"},
-		{t->use_loop ? t->skel->progs.tp_enter_connect : NULL, "syscalls",
-		 "sys_enter_connect"},
 		{t->skel->progs.tp_enter_close, "syscalls", "sys_enter_close"},
 		{t->skel->progs.tp_process_exit, "sched", "sched_process_exit"},
 		{t->skel->progs.tp_enter_mmap, "syscalls", "sys_enter_mmap"},
@@ -576,6 +572,50 @@ static int attach_tracepoints(struct tracer *t)
 		t->tp_links[t->ntp_links++] = l;
 	}
 	return 0;
+}
+
+/*
+ * The frontend of wire sockets (asyncpg; bpf_loop kernels only): attached once a traced process
+ * needs them, so that libpq-only runs do not pay a program run for every send on the host.
+ */
+static int attach_wire_tracepoints(struct tracer *t)
+{
+	struct {
+		struct bpf_program *prog;
+		const char *name;
+	} tps[] = {
+		{t->skel->progs.tp_exit_sendto_loop, "sys_exit_sendto"},
+		{t->skel->progs.tp_exit_sendmsg_loop, "sys_exit_sendmsg"},
+		{t->skel->progs.tp_enter_connect, "sys_enter_connect"},
+	};
+
+	if (t->wire_attached || !t->use_loop)
+		return 0;
+	for (size_t i = 0; i < sizeof(tps) / sizeof(tps[0]); i++) {
+		struct bpf_link *l =
+			bpf_program__attach_tracepoint(tps[i].prog, "syscalls", tps[i].name);
+
+		if (!l) {
+			fprintf(stderr, "sqlspan: cannot attach to tracepoint syscalls:%s: %s\n",
+				tps[i].name, strerror(errno));
+			return -1;
+		}
+		t->tp_links[t->ntp_links++] = l;
+	}
+	t->wire_attached = true;
+	vlog(t, "following the protocol on sockets: sendto, sendmsg and connect tracepoints");
+	return 0;
+}
+
+/* A process whose sockets are to be followed: the tracepoints, and its sockets already open. */
+static void wire_start(struct tracer *t, struct proc_target *p)
+{
+	if (!p->wire || p->wire_started || !t->use_loop)
+		return;
+	if (attach_wire_tracepoints(t))
+		return;
+	wire_peers(t, p->pid);
+	p->wire_started = true;
 }
 
 static int terminal_width(void)
@@ -735,10 +775,8 @@ int main(int argc, char **argv)
 	}
 	if (attach_tracepoints(t))
 		goto cleanup;
-	for (int i = 0; i < t->nprocs; i++) {
-		if (t->procs[i].wire && t->use_loop)
-			wire_peers(t, t->procs[i].pid);
-	}
+	for (int i = 0; i < t->nprocs; i++)
+		wire_start(t, &t->procs[i]);
 
 	if (t->use_ringbuf) {
 		rb = ring_buffer__new(bpf_map__fd(t->skel->maps.events), on_record, t, NULL);

@@ -38,9 +38,10 @@ struct proc_target {
 	bool waiting;	/* no libpq mapped yet (--wait) */
 	struct lib_target libs[SQLSPAN_MAX_LIBS];
 	int nlibs;
-	int nmapped;   /* libs actually mapped by the process */
-	bool wire;     /* its sockets are followed for the protocol (asyncpg, or --wire) */
-	bool greenlet; /* it loaded greenlet: greenlet_spawn is looked for */
+	int nmapped;	   /* libs actually mapped by the process */
+	bool wire;	   /* its sockets are followed for the protocol (asyncpg, or --wire) */
+	bool greenlet;	   /* it loaded greenlet: greenlet_spawn is looked for */
+	bool wire_started; /* its sockets are followed (tracepoints attached, open sockets noted) */
 	char wire_shown[PATH_MAX]; /* the driver that made it so ("" for --wire) */
 };
 
@@ -56,7 +57,8 @@ struct tracer {
 	long long mono2real;
 	int width;
 	bool use_ringbuf;
-	bool use_loop; /* the kernel has bpf_loop */
+	bool use_loop;	    /* the kernel has bpf_loop */
+	bool wire_attached; /* the tracepoints of wire sockets are attached */
 	uint64_t shown, filtered;
 	uint64_t perf_lost;
 	bool rescan;
