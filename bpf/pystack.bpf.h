@@ -222,6 +222,11 @@ static __noinline int py_add_frame(struct py_cfg *cfg, struct stack_buf *sb)
 	f->local[2] = fb64(sb, cfg->frame_localsplus + 16);
 	f->local[3] = fb64(sb, cfg->frame_localsplus + 24);
 	f->owner = owner | (sb->glet ? FRAME_GREENLET : 0);
+	f->_pad[0] = f->_pad[1] = f->_pad[2] = 0;
+	f->ident = 0;
+	if (cfg->code_ident >= 0 &&
+	    !bpf_probe_read_user(sb->name, 24, (const void *)(code + cfg->code_ident)))
+		f->ident = FRAME_IDENT(*(__u64 *)&sb->name[0], *(__u64 *)&sb->name[16]);
 	sb->nframes = k + 1;
 	return 0;
 }
@@ -282,6 +287,15 @@ static long gl_scan_cb(__u32 i, void *data)
 
 DEFINE_GREENLET_FOLLOW(greenlet_follow_loop, 1)
 
+/* Cheap test, inline, per frame: could the frame just added be greenlet_spawn's? */
+static __always_inline bool greenlet_maybe(struct py_cfg *cfg, struct stack_buf *sb)
+{
+	struct ev_frame *f = &sb->frames[(sb->nframes - 1) & (SQLSPAN_MAX_FRAMES - 1)];
+
+	return cfg->gs_code ? f->code == cfg->gs_code
+			    : cfg->gs_search && f->owner == PY_OWNED_BY_GENERATOR;
+}
+
 /*
  * After a frame was added (bpf_loop kernels): is it SQLAlchemy's greenlet_spawn (learnt here the
  * first time), whose greenlet is then followed?
@@ -322,7 +336,8 @@ static __noinline void greenlet_check(struct py_cfg *cfg, struct stack_buf *sb)
 		r = py_add_frame(wc->cfg, sb);                                                     \
 		if (r == 1)                                                                        \
 			return 1;                                                                  \
-		if (GREENLETS && r == 0)                                                           \
+		if (GREENLETS && r == 0 && !sb->glet && !sb->gs_frame &&                           \
+		    greenlet_maybe(wc->cfg, sb))                                                   \
 			greenlet_check(wc->cfg, sb);                                               \
 		sb->frame = fb64(sb, wc->cfg->frame_previous);                                     \
 		return 0;                                                                          \

@@ -180,8 +180,16 @@ struct ev_frame {
 	__u64 instr; /* the frame's instruction pointer (prev_instr / instr_ptr) */
 	__u64 local[SQLSPAN_FRAME_LOCALS]; /* localsplus[0..3]: self, arguments */
 	__u8 owner;
-	__u8 _pad[7];
+	__u8 _pad[3];
+	/*
+	 * Which code object it was when the stack was read: its co_filename and co_qualname
+	 * pointers mixed (FRAME_IDENT); 0 if not read. Code objects can be freed and their address
+	 * reused before userspace names them: a mismatch leaves the frame unnamed, never misnamed.
+	 */
+	__u32 ident;
 };
+
+#define FRAME_IDENT(filename, qualname) ((__u32)((filename) ^ ((qualname) << 1)) | 1u)
 
 #define STACK_CUT	(1u << 0) /* deeper than the frames sent */
 #define STACK_NO_THREAD (1u << 1) /* the thread's PyThreadState was not found */
@@ -219,7 +227,7 @@ struct py_cfg {
 	__s32 code_name;    /* PyCodeObject.co_name */
 	__s32 str_ascii;    /* where a compact ASCII str's characters start */
 	__u32 gs_search;    /* look for greenlet_spawn among coroutine frames */
-	__u32 _pad2;
+	__s32 code_ident; /* co_filename, then co_name and co_qualname (8 bytes apart); -1: none */
 };
 
 /* ev_frame.owner: a frame of the suspended greenlet greenlet_spawn holds (SQLAlchemy's sync side)

@@ -202,6 +202,11 @@ static void python_setup(struct tracer *t, struct proc_target *p)
 	cfg.code_name = l->code_name;
 	cfg.str_ascii = l->unicode_ascii_data;
 	cfg.gs_search = 0; /* until greenlet is seen loaded (probes_scan) */
+	/* one read gives both pointers of a frame's code identity where they are 8 bytes apart */
+	cfg.code_ident =
+		l->code_name - l->code_filename == 8 && l->code_qualname - l->code_name == 8
+			? l->code_filename
+			: -1;
 	if (!pystacks_add(&t->py, p->pid, &pt) ||
 	    bpf_map__update_elem(t->skel->maps.pyprocs, &key, sizeof(key), &cfg, sizeof(cfg),
 				 BPF_ANY)) {

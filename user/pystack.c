@@ -11,6 +11,7 @@
 #define MAX_LINETABLE 65536
 
 struct pycode {
+	uint32_t ident; /* FRAME_IDENT of its co_filename and co_qualname pointers */
 	char *file;
 	char *qualname;
 	int firstlineno;
@@ -177,6 +178,7 @@ static struct pycode *code_read(struct pyproc *pp, uint64_t code)
 	memcpy(&qptr, hdr + l->code_qualname, 8);
 	memcpy(&c->lt_ptr, hdr + l->code_linetable, 8);
 	memcpy(&c->firstlineno, hdr + l->code_firstlineno, 4);
+	c->ident = FRAME_IDENT(fptr, qptr);
 	c->file = py_read_str(pp->pid, fptr, l, 4096);
 	c->qualname = py_read_str(pp->pid, qptr, l, 1024);
 	if (c->lt_ptr && proc_read(pp->pid, c->lt_ptr + l->bytes_size, &ltlen, 8) == 8 &&
@@ -360,6 +362,13 @@ void pystacks_resolve(struct pystacks *ps, const struct ev_stack *st, size_t siz
 		bool app, glet;
 		struct pycode *c = code_get(pp, f->code, false);
 
+		if (c && f->ident && c->ident != f->ident) {
+			/* not the object named before at that address: read it again */
+			code_free(hmap_del(&pp->codes, hkey2(f->code, 0)));
+			c = code_get(pp, f->code, false);
+		}
+		if (c && f->ident && c->ident != f->ident)
+			c = NULL; /* the code object that ran is gone: unnamed, never misnamed */
 		if (!c)
 			continue;
 		glet = f->owner & FRAME_GREENLET;

@@ -358,6 +358,30 @@ def scenario_psycopg2(a):
     conn.close()
 
 
+def scenario_churn(a):
+    """Code objects born and freed all the time: each statement is made by a function compiled
+    just for it (file "<churn T:N>"), dropped right after, while other threads do the same. sqlspan
+    names code objects from memory after the fact: it must never crash or name the wrong one."""
+    import gc
+    import psycopg2
+
+    def worker(t):
+        conn = psycopg2.connect(dsn(a))
+        conn.autocommit = True
+        cur = conn.cursor()
+        for n in range(a.churn):
+            ns = {}
+            src = "def f(conn, cur, run):\n    run(conn, cur, 'SELECT %d, %d')\n" % (t, n)
+            exec(compile(src, "<churn %d:%d>" % (t, n), "exec"), ns)
+            ns["f"](conn, cur, pg2_run)
+            del ns
+            if n % 50 == 0:
+                gc.collect()
+        conn.close()
+
+    run_threads(a, worker)
+
+
 def scenario_sql(a):
     """The statements given with --sql, in order, over psycopg2 in autocommit mode."""
     import psycopg2
@@ -517,7 +541,8 @@ def main():
     ap.add_argument("--user", default="postgres")
     ap.add_argument("--scenario", required=True,
                     choices=["sqlalchemy", "psycopg", "psycopg2", "connect-first", "late-import",
-                             "sql", "psycopg-async", "callsite"])
+                             "sql", "psycopg-async", "callsite", "churn"])
+    ap.add_argument("--churn", type=int, default=2000, help="statements per thread (churn)")
     ap.add_argument("--driver", default=None, help="psycopg2 or psycopg (SQLAlchemy dialect)")
     ap.add_argument("--sql", action="append", default=[],
                     help="a statement for --scenario sql (@N: a statement of N bytes)")
@@ -534,6 +559,8 @@ def main():
     elif a.scenario == "callsite":
         import sqlalchemy  # noqa: F401
         __import__(a.driver or "psycopg2")  # libpq is loaded when sqlspan attaches
+    elif a.scenario in ("sql", "churn"):
+        import psycopg2  # noqa: F401  (all it needs: also where psycopg 3 is not packaged)
     elif a.scenario != "late-import":
         import psycopg2  # noqa: F401  (libpq is loaded when sqlspan attaches)
         import psycopg  # noqa: F401
@@ -548,6 +575,8 @@ def main():
         scenario_psycopg(a)
     elif a.scenario == "sql":
         scenario_sql(a)
+    elif a.scenario == "churn":
+        scenario_churn(a)
     elif a.scenario == "psycopg-async":
         scenario_psycopg_async(a)
     elif a.scenario == "callsite":
