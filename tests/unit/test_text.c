@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 /* Protocol decoding, statement classification and redaction. */
 #include "check.h"
+#include "pgfront.h"
 #include "pgproto.h"
 #include "redact.h"
 #include "sqlinfo.h"
@@ -181,11 +182,64 @@ TEST(redact_dsns)
 	free(r);
 }
 
+#define BODY(lit) (const uint8_t *)(lit), sizeof(lit) - 1
+
+/* Frontend messages as the BPF side captures them on wire sockets. */
+TEST(frontend_messages)
+{
+	struct fe_msg m;
+
+	/* StartupMessage: version, then pairs; database defaults to the user */
+	CHECK_EQ(fe_parse(0, BODY("\0\3\0\0user\0ann\0application_name\0shop\0\0"), 40, &m), 0);
+	CHECK_EQ(m.version, 0x30000);
+	CHECK_STR(m.user, "ann");
+	CHECK_STR(m.database, "ann");
+	CHECK_STR(m.application, "shop");
+	/* a pair cut by the capture keeps what was whole */
+	CHECK_EQ(fe_parse(0, BODY("\0\3\0\0user\0bob\0database\0sh"), 99, &m), 0);
+	CHECK_STR(m.user, "bob");
+	CHECK_STR(m.database, "bob");
+	/* Query: the text up to its NUL; cut when the capture stopped first */
+	CHECK_EQ(fe_parse('Q', BODY("SELECT 1\0"), 9, &m), 0);
+	CHECK_EQ(m.text_len, 8);
+	CHECK(!m.text_cut);
+	CHECK_EQ(fe_parse('Q', BODY("SELECT 12"), 100, &m), 0);
+	CHECK_EQ(m.text_len, 9);
+	CHECK(m.text_cut);
+	/* Parse: name and text; a name without its end is not a Parse */
+	CHECK_EQ(fe_parse('P', BODY("s1\0SELECT $1\0\0\1\0\0\0\x17"), 20, &m), 0);
+	CHECK_STR(m.name, "s1");
+	CHECK_EQ(m.text_len, 9);
+	CHECK(!memcmp(m.text, "SELECT $1", 9));
+	CHECK_EQ(fe_parse('P', BODY("no-end"), 6, &m), -1);
+	/* Bind: portal and statement names only */
+	CHECK_EQ(fe_parse('B', BODY("p1\0s1\0"), 40, &m), 0);
+	CHECK_STR(m.name, "p1");
+	CHECK_STR(m.stmt, "s1");
+	CHECK_EQ(fe_parse('B', BODY("\0s1"), 40, &m), -1);
+	/* Describe / Close: S or P, then a name */
+	CHECK_EQ(fe_parse('D', BODY("Sstmt\0"), 6, &m), 0);
+	CHECK_EQ(m.kind, 'S');
+	CHECK_STR(m.name, "stmt");
+	CHECK_EQ(fe_parse('C', BODY("X\0"), 2, &m), -1);
+	/* a long name is cut to fit, the message still parses */
+	{
+		char body[200];
+
+		memset(body, 'n', 150);
+		body[150] = 0;
+		CHECK_EQ(fe_parse('E', (const uint8_t *)body, 151, 155, &m), 0);
+		CHECK_EQ(strlen(m.name), FE_NAME_MAX - 1);
+	}
+	/* more bytes than the message has: refused */
+	CHECK_EQ(fe_parse('S', BODY("xx"), 1, &m), -1);
+}
+
 int main(void)
 {
 	static const struct test_case cases[] = {
 		CASE(command_tags),	    CASE(error_responses), CASE(operation_and_collection),
-		CASE(redact_sql_passwords), CASE(redact_dsns),
+		CASE(redact_sql_passwords), CASE(redact_dsns),	   CASE(frontend_messages),
 	};
 	return RUN("text", cases);
 }
