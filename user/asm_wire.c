@@ -99,6 +99,11 @@ static void peer_put(struct assembler *a, uint32_t pid, int fd, struct peer *p)
 		peer_free(p);
 }
 
+void peer_forget(struct assembler *a, uint32_t pid, int fd)
+{
+	peer_free(hmap_del(&a->peers, hkey2(pid, (uint32_t)fd)));
+}
+
 void on_connect(struct assembler *a, const struct ev_connect *e, size_t size)
 {
 	struct peer *p;

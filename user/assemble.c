@@ -1012,6 +1012,7 @@ static void on_conn(struct assembler *a, const struct ev_conn *e, size_t size)
 			drain(a, c, RES_CLOSED, e->h.ts, false);
 			conn_drop(a, c);
 		}
+		peer_forget(a, e->h.pid, e->fd); /* the number may come back as another socket */
 		break;
 	case EV_FINISH:
 		while ((c = hmap_next(&a->conns, &pos, &k))) {

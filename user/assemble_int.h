@@ -109,8 +109,9 @@ void *stack_take(struct assembler *a, uint32_t pid, uint32_t tid, uint64_t ts, s
 /* asm_wire.c */
 void on_fmsg(struct assembler *a, const struct ev_fmsg *m, size_t size);
 void on_connect(struct assembler *a, const struct ev_connect *e, size_t size);
-/* Forget the connect addresses of a process (all of them: pid 0). */
+/* Forget the connect addresses of a process (all of them: pid 0), or of one socket. */
 void peers_forget(struct assembler *a, uint32_t pid);
+void peer_forget(struct assembler *a, uint32_t pid, int fd);
 void wire_conn_free(struct aconn *c);
 void wire_backend_key(struct aconn *c, const uint8_t *body, size_t n);
 
