@@ -30,14 +30,17 @@ for tier in "$@"; do
 	*) echo "guest: unknown tier $tier" >&2; exit 2 ;;
 	esac
 done
-# Kernels 7.x skip some runs of uprobe programs while another run of the same program is
-# preempted (the programs' recursion_misses count): sqlspan counts those as lost events and says
-# so, which the multi-threaded tests, asserting no loss, reject. Until there is a way around it
-# they are skipped there, with this reason (and the table shows SKIPPED).
+# Kernels 7.x skip some runs of uprobe and syscall-tracepoint programs while another run of the
+# same program is preempted (the programs' recursion_misses count): sqlspan counts those as lost
+# events and says so, which the tests asserting no loss reject (the multi-threaded ones, and the
+# tail-call walker, whose long runs are preempted most; 7.x kernels use the bpf_loop walker).
+# Until there is a way around it they are skipped there, with this reason (the table shows
+# SKIPPED); the async tests instead check that what is missing was counted.
 desel=""
 case "$(uname -r)" in
 7.*)
 	for t in tests/e2e/test_modes.py::test_perf_buffer \
+		tests/e2e/test_modes.py::test_walker_without_bpf_loop \
 		tests/e2e/test_capture.py::test_sqlalchemy_psycopg2 \
 		tests/e2e/test_capture.py::test_psycopg3_pipeline_prepared \
 		tests/e2e/test_clients.py::test_pgbench_select_only \
