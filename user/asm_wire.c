@@ -59,11 +59,13 @@ void wire_conn_free(struct aconn *c)
 	c->wire = false;
 }
 
-/* Where a socket was connected to. */
+/* Where a socket was connected to (and, for sockets open at attach, who is at the other end). */
 struct peer {
 	char *host;	 /* address, or the socket directory */
 	char *unix_path; /* .../.s.PGSQL.5432 */
 	int port;
+	char *db, *user; /* from a local backend's process title; NULL unknown */
+	int backend_pid; /* 0 unknown */
 };
 
 static void peer_free(struct peer *p)
@@ -72,6 +74,8 @@ static void peer_free(struct peer *p)
 		return;
 	free(p->host);
 	free(p->unix_path);
+	free(p->db);
+	free(p->user);
 	free(p);
 }
 
@@ -148,16 +152,18 @@ void on_connect(struct assembler *a, const struct ev_connect *e, size_t size)
 	peer_put(a, e->h.pid, e->fd, p);
 }
 
-void asm_peer(struct assembler *a, uint32_t pid, int fd, const char *host, const char *unix_path,
-	      int port)
+void asm_peer(struct assembler *a, uint32_t pid, int fd, const struct conn_ident *id)
 {
 	struct peer *p = calloc(1, sizeof(*p));
 
 	if (!p)
 		return;
-	p->host = host ? strdup(host) : NULL;
-	p->unix_path = unix_path ? strdup(unix_path) : NULL;
-	p->port = port;
+	p->host = id->host ? strdup(id->host) : NULL;
+	p->unix_path = id->unix_path ? strdup(id->unix_path) : NULL;
+	p->port = id->port;
+	p->db = id->db ? strdup(id->db) : NULL;
+	p->user = id->user ? strdup(id->user) : NULL;
+	p->backend_pid = id->backend_pid;
 	peer_put(a, pid, fd, p);
 }
 
@@ -177,6 +183,9 @@ static void wire_identify(struct assembler *a, struct aconn *c)
 	c->ident.host = p->host ? strdup(p->host) : NULL;
 	c->ident.unix_path = p->unix_path ? strdup(p->unix_path) : NULL;
 	c->ident.port = p->port;
+	c->ident.db = p->db ? strdup(p->db) : NULL;
+	c->ident.user = p->user ? strdup(p->user) : NULL;
+	c->ident.backend_pid = p->backend_pid;
 }
 
 /* BackendKeyData: the backend's PID, for the spans of this socket. */

@@ -66,11 +66,11 @@ uint64_t asm_open_spans(const struct assembler *a);
 const struct asm_stats *asm_stats(const struct assembler *a);
 
 /*
- * Where socket `fd` of process `pid` leads (host or socket directory, Unix socket path, port),
- * for the wire connections found on it: told by the loader for sockets open before it attached.
+ * Where socket `fd` of process `pid` leads (host or socket directory, Unix socket path, port; the
+ * backend, database and user where known), for the wire connections found on it: told by the
+ * loader for sockets open before it attached. The strings are copied.
  */
-void asm_peer(struct assembler *a, uint32_t pid, int fd, const char *host, const char *unix_path,
-	      int port);
+void asm_peer(struct assembler *a, uint32_t pid, int fd, const struct conn_ident *id);
 
 /* Free the strings of an identity. */
 void conn_ident_free(struct conn_ident *id);

@@ -100,10 +100,22 @@ static void wire_peers(struct tracer *t, pid_t pid)
 		if (d->d_name[0] < '0' || d->d_name[0] > '9')
 			continue;
 		fd = atoi(d->d_name);
-		if (sock_peer(pid, fd, addr, sizeof(addr), &port, &is_unix))
+		unsigned long peer_ino;
+		char user[64], db[64];
+		pid_t bpid;
+
+		if (sock_peer(pid, fd, addr, sizeof(addr), &port, &is_unix, &peer_ino))
 			continue;
 		peer_ident(addr, port, is_unix, &id);
-		asm_peer(t->as, pid, fd, id.host, id.unix_path, id.port);
+		/* a local server: its backend, from the process holding the other end */
+		user[0] = db[0] = 0;
+		if (peer_ino &&
+		    !pg_backend_of(peer_ino, &bpid, user, sizeof(user), db, sizeof(db))) {
+			id.backend_pid = bpid;
+			id.user = user[0] ? strdup(user) : NULL;
+			id.db = db[0] ? strdup(db) : NULL;
+		}
+		asm_peer(t->as, pid, fd, &id);
 		conn_ident_free(&id);
 	}
 	closedir(dir);
@@ -119,7 +131,7 @@ static void hook_ident(void *arg, uint32_t pid, uint64_t conn, int fd, struct co
 		bool is_unix;
 
 		memset(out, 0, sizeof(*out));
-		if (sock_peer(pid, fd, addr, sizeof(addr), &port, &is_unix) == 0) {
+		if (sock_peer(pid, fd, addr, sizeof(addr), &port, &is_unix, NULL) == 0) {
 			peer_ident(addr, port, is_unix, out);
 			out->known = true;
 		}

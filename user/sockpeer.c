@@ -1,11 +1,13 @@
 // SPDX-License-Identifier: MIT
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
 #include <linux/sock_diag.h>
 #include <linux/unix_diag.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -59,7 +61,7 @@ static int unix_diag(int nl, unsigned long ino, uint32_t *peer, char *name, size
 }
 
 /* The path of the socket a Unix socket is connected to (in sqlspan's network namespace). */
-static int unix_peer_path(unsigned long ino, char *path, size_t size)
+static int unix_peer_path(unsigned long ino, char *path, size_t size, unsigned long *peer_ino)
 {
 	int nl = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
 	uint32_t peer = 0;
@@ -69,10 +71,93 @@ static int unix_peer_path(unsigned long ino, char *path, size_t size)
 		return -1;
 	path[0] = 0;
 	if (!unix_diag(nl, ino, &peer, NULL, 0) && peer && !unix_diag(nl, peer, NULL, path, size) &&
-	    path[0] == '/')
+	    path[0] == '/') {
 		r = 0;
+		if (peer_ino)
+			*peer_ino = peer;
+	}
 	close(nl);
 	return r;
+}
+
+/* Does process `pid` hold socket inode `ino`? */
+static bool holds_socket(const char *pid, unsigned long ino)
+{
+	char path[300], link[64], want[40];
+	struct dirent *d;
+	bool found = false;
+	DIR *dir;
+
+	snprintf(path, sizeof(path), "/proc/%s/fd", pid);
+	snprintf(want, sizeof(want), "socket:[%lu]", ino);
+	dir = opendir(path);
+	if (!dir)
+		return false;
+	while (!found && (d = readdir(dir))) {
+		char fdpath[600];
+		ssize_t n;
+
+		if (d->d_name[0] == '.')
+			continue;
+		snprintf(fdpath, sizeof(fdpath), "%s/%s", path, d->d_name);
+		n = readlink(fdpath, link, sizeof(link) - 1);
+		if (n > 0) {
+			link[n] = 0;
+			found = !strcmp(link, want);
+		}
+	}
+	closedir(dir);
+	return found;
+}
+
+int pg_backend_of(unsigned long ino, pid_t *bpid, char *user, size_t usize, char *db, size_t dsize)
+{
+	struct dirent *d;
+	DIR *proc = opendir("/proc");
+
+	if (!proc || !ino)
+		goto out;
+	while ((d = readdir(proc))) {
+		char path[300], buf[512], *tok[4] = {0};
+		size_t n = 0;
+		FILE *f;
+
+		if (d->d_name[0] < '1' || d->d_name[0] > '9')
+			continue;
+		snprintf(path, sizeof(path), "/proc/%s/comm", d->d_name);
+		f = fopen(path, "r");
+		if (!f)
+			continue;
+		n = fread(buf, 1, sizeof(buf) - 1, f);
+		fclose(f);
+		buf[n] = 0;
+		if (strcmp(buf, "postgres\n") || !holds_socket(d->d_name, ino))
+			continue;
+		/* a backend's title: "postgres: USER DATABASE HOST STATE" */
+		snprintf(path, sizeof(path), "/proc/%s/cmdline", d->d_name);
+		f = fopen(path, "r");
+		n = f ? fread(buf, 1, sizeof(buf) - 1, f) : 0;
+		if (f)
+			fclose(f);
+		buf[n] = 0;
+		*bpid = (pid_t)atoi(d->d_name);
+		if (!strncmp(buf, "postgres: ", 10)) {
+			char *save = NULL, *p = strtok_r(buf + 10, " ", &save);
+
+			for (int i = 0; p && i < 2; i++, p = strtok_r(NULL, " ", &save))
+				tok[i] = p;
+			if (tok[0] && tok[1]) {
+				snprintf(user, usize, "%s", tok[0]);
+				snprintf(db, dsize, "%s", tok[1]);
+			}
+		}
+		closedir(proc);
+		return 0;
+	}
+out:
+	if (proc)
+		closedir(proc);
+	return -1;
 }
 
 /* An address as /proc/net/tcp* writes it: 32-bit words in hex, each in host byte order. */
@@ -96,7 +181,8 @@ static int hex_addr(const char *hex, int family, char *out, size_t size)
 	return inet_ntop(family, bytes, out, size) ? 0 : -1;
 }
 
-int sock_peer(pid_t pid, int fd, char *addr, size_t size, int *port, bool *is_unix)
+int sock_peer(pid_t pid, int fd, char *addr, size_t size, int *port, bool *is_unix,
+	      unsigned long *peer_ino)
 {
 	static const struct {
 		const char *file;
@@ -114,7 +200,9 @@ int sock_peer(pid_t pid, int fd, char *addr, size_t size, int *port, bool *is_un
 	if (sscanf(link, "socket:[%lu]", &ino) != 1)
 		return -1;
 	*is_unix = false;
-	if (!unix_peer_path(ino, addr, size)) {
+	if (peer_ino)
+		*peer_ino = 0;
+	if (!unix_peer_path(ino, addr, size, peer_ino)) {
 		*is_unix = true;
 		*port = 0;
 		return 0;

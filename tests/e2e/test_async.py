@@ -282,8 +282,8 @@ def test_asyncpg_raw(cluster, tmp_path):
 @pytest.mark.parametrize("scenario", ["async-orm", "asyncpg-raw"])
 def test_async_attach_after_connect(cluster, tmp_path, scenario):
     """The app connected (and ran a statement) before sqlspan attached: every statement after
-    the attach still has its span with its text (none reuses a statement prepared before); the
-    backend PID of that connection may be unknown, its socket is not."""
+    the attach still has its span with its text; that connection's identity comes from its socket
+    (the server end's backend process, as the server runs here)."""
     record, spans, tr, _ = trace_async(cluster, scenario, str(tmp_path), connect_first=True)
     if record is None:
         return
@@ -292,6 +292,11 @@ def test_async_attach_after_connect(cluster, tmp_path, scenario):
     assert len(early) == 1, early
     backends = record["backends"]
     assert early[0] in backends
+    # the server is local: even the connection opened before the attach is known, from the
+    # backend process holding the other end of its socket
+    assert {s.get("postgresql.backend_pid") for s in spans} <= set(backends), spans[:2]
+    assert all(s.get("db.namespace") == "postgres" and s.get("postgresql.user") == "postgres"
+               for s in spans), [s for s in spans if s.get("db.namespace") != "postgres"][:2]
     check_identity(spans, cluster, backends, early=early)
     # the statement prepared before the attach: SQLAlchemy runs it again after (async-orm), by
     # name only on the wire; its text comes from SQLAlchemy's frame, and says so
