@@ -72,7 +72,12 @@ for name in $all; do
 		failed=$((failed + 1))
 		continue
 	fi
-	grep -E '^(PASSED|FAILED|ERROR|SKIPPED) ' "$logs/$name.log" | while read -r res t _; do
+	grep -E '^(PASSED|FAILED|ERROR|SKIPPED) ' "$logs/$name.log" | while read -r res t rest; do
+		# a skip from inside a test ("SKIPPED [1] lib.py:N: tests/e2e/x.py::test: why") names
+		# the test in its reason
+		case "$t" in
+		\[*) t=$(printf '%s' "$rest" | sed -n 's/^[^ ]* \(tests\/e2e\/[^ ]*::[^ :]*\).*/\1/p') ;;
+		esac
 		case "$t" in
 		*test_capture* | *test_clients* | *test_python* | *test_async*) tier=2 ;;
 		*) tier=1 ;;
