@@ -284,7 +284,7 @@ static __always_inline int front_bad(void *ctx, struct fwalk *w, struct front_st
 		stat_add(ST_DROP_OTHER, 1);
 		return 1;
 	}
-	hdr_fill(&e->h, EV_DESYNC, w->pid_tgid, bpf_ktime_get_ns(), EVF_FRONT);
+	hdr_fill(&e->h, EV_DESYNC, w->pid_tgid, bpf_ktime_get_ns(), 0);
 	e->conn = 0;
 	e->fd = w->fd;
 	e->arg = why;

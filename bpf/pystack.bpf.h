@@ -246,46 +246,34 @@ static long gl_scan_cb(__u32 i, void *data)
 }
 
 /*
- * greenlet_spawn's frame (sb->gs_frame): the frame record just added gets, in place of the
- * arguments, the locals after them (userspace finds `context` among them) or `context` itself;
- * sb->gframe becomes the innermost frame of the greenlet it holds, suspended in the middle of the
- * sync code (SQLAlchemy's Connection, the statement) while this thread runs the event loop.
- * LOOPED (bpf_loop kernels): where the greenlet and its saved frame are is found here, once;
- * older kernels only follow what is already known (their programs may not even name a callback).
+ * greenlet_spawn's frame (sb->gs_frame): sb->gframe becomes the innermost frame of the greenlet
+ * it holds, suspended in the middle of the sync code (SQLAlchemy's Connection, the statement)
+ * while this thread runs the event loop. Which local is the greenlet, and where greenlet keeps its
+ * saved frame, are found here the first time (bpf_loop kernels only: older ones never call this).
  */
-#define DEFINE_GREENLET_FOLLOW(NAME, LOOPED)                                                       \
-	static __noinline void NAME(struct py_cfg *cfg, struct stack_buf *sb)                      \
-	{                                                                                          \
-		struct walk_ctx wc = {.cfg = cfg, .sb = sb};                                       \
-		struct ev_frame *f = &sb->frames[(sb->nframes - 1) & (SQLSPAN_MAX_FRAMES - 1)];    \
-		__u64 ctx, fo;                                                                     \
-                                                                                                   \
-		if (LOOPED && cfg->gs_ctx_off < 0)                                                 \
-			bpf_loop(6, ctx_find_cb, &wc, 0);                                          \
-		if (cfg->gs_ctx_off < 0) {                                                         \
-			/* userspace finds it among the locals after the arguments */              \
-			bpf_probe_read_user(                                                       \
-				f->local, sizeof(f->local),                                        \
-				(const void *)(sb->gs_frame + cfg->frame_localsplus + 32));        \
-			return;                                                                    \
-		}                                                                                  \
-		ctx = rd64(sb->gs_frame + cfg->gs_ctx_off);                                        \
-		f->local[3] = ctx;                                                                 \
-		if (!ctx)                                                                          \
-			return;                                                                    \
-		sb->gtmp = rd64(ctx + cfg->gl_pimpl_off); /* the C++ Greenlet */                   \
-		if (!sb->gtmp)                                                                     \
-			return;                                                                    \
-		if (LOOPED && cfg->gl_frame_off < 0 && cfg->frame_type)                            \
-			bpf_loop(64, gl_scan_cb, &wc, 0);                                          \
-		if (cfg->gl_frame_off < 0)                                                         \
-			return;                                                                    \
-		fo = rd64(sb->gtmp + (cfg->gl_frame_off & 0x1ff));                                 \
-		if (fo && rd64(fo + 8) == cfg->frame_type)                                         \
-			sb->gframe = rd64(fo + cfg->fo_frame_off);                                 \
-	}
+static __noinline void greenlet_follow(struct py_cfg *cfg, struct stack_buf *sb)
+{
+	struct walk_ctx wc = {.cfg = cfg, .sb = sb};
+	__u64 ctx, fo;
 
-DEFINE_GREENLET_FOLLOW(greenlet_follow_loop, 1)
+	if (cfg->gs_ctx_off < 0)
+		bpf_loop(6, ctx_find_cb, &wc, 0);
+	if (cfg->gs_ctx_off < 0)
+		return;
+	ctx = rd64(sb->gs_frame + cfg->gs_ctx_off);
+	if (!ctx)
+		return;
+	sb->gtmp = rd64(ctx + cfg->gl_pimpl_off); /* the C++ Greenlet */
+	if (!sb->gtmp)
+		return;
+	if (cfg->gl_frame_off < 0 && cfg->frame_type)
+		bpf_loop(64, gl_scan_cb, &wc, 0);
+	if (cfg->gl_frame_off < 0)
+		return;
+	fo = rd64(sb->gtmp + (cfg->gl_frame_off & 0x1ff));
+	if (fo && rd64(fo + 8) == cfg->frame_type)
+		sb->gframe = rd64(fo + cfg->fo_frame_off);
+}
 
 /* Cheap test, inline, per frame: could the frame just added be greenlet_spawn's? */
 static __always_inline bool greenlet_maybe(struct py_cfg *cfg, struct stack_buf *sb)
@@ -310,7 +298,7 @@ static __noinline void greenlet_check(struct py_cfg *cfg, struct stack_buf *sb)
 		gs_learn(cfg, sb, f->code);
 	if (cfg->gs_code && f->code == cfg->gs_code) {
 		sb->gs_frame = sb->frame;
-		greenlet_follow_loop(cfg, sb);
+		greenlet_follow(cfg, sb);
 	}
 }
 

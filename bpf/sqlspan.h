@@ -56,7 +56,6 @@ enum ev_kind {
 #define EVF_NAME_CUT   (1u << 3) /* the statement name was longer than SQLSPAN_NAME_LEN - 1 */
 #define EVF_NEW_FD     (1u << 4) /* first request seen on this socket */
 #define EVF_NESTED     (1u << 5) /* the inner call of an already reported outer call */
-#define EVF_FRONT      (1u << 6) /* EV_DESYNC: of the frontend stream of a wire socket */
 
 struct ev_hdr {
 	__u32 kind;

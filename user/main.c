@@ -149,27 +149,6 @@ static void hook_py(void *arg, const struct ev_stack *st, size_t size, struct sp
 	pystacks_resolve(&t->py, st, size, out);
 }
 
-/* What pystacks_resolve learnt of SQLAlchemy's greenlet_spawn in a process: to the BPF side. */
-static void hook_py_learn(void *arg, pid_t pid, uint64_t gs_code, int32_t gs_ctx_off)
-{
-	struct tracer *t = arg;
-	uint32_t key = pid;
-	struct py_cfg cfg;
-
-	/* read first: the BPF side writes gl_frame_off itself */
-	if (bpf_map__lookup_elem(t->skel->maps.pyprocs, &key, sizeof(key), &cfg, sizeof(cfg), 0))
-		return;
-	if (cfg.gs_code && cfg.gs_code != gs_code)
-		return; /* the BPF side found another one first: keep it */
-	cfg.gs_code = gs_code;
-	if (cfg.gs_ctx_off < 0)
-		cfg.gs_ctx_off = gs_ctx_off;
-	bpf_map__update_elem(t->skel->maps.pyprocs, &key, sizeof(key), &cfg, sizeof(cfg),
-			     BPF_EXIST);
-	vlog(t, "PID %d: SQLAlchemy's greenlet_spawn at %#lx%s", pid, (unsigned long)gs_code,
-	     gs_ctx_off >= 0 ? ", its greenlet found: async statements get their Connection" : "");
-}
-
 /* A CPython process: tell the BPF side where its structures are, so it reads its stacks. */
 static void python_setup(struct tracer *t, struct proc_target *p)
 {
@@ -205,7 +184,7 @@ static void python_setup(struct tracer *t, struct proc_target *p)
 	cfg.owner_first_incomplete = l->owner_first_incomplete;
 	cfg.code_tagged = l->code_tagged;
 	cfg.max_frames = t->cli.stack_depth;
-	/* SQLAlchemy's greenlets: learnt as they show up (pystacks_resolve, the BPF side) */
+	/* SQLAlchemy's greenlets: the BPF side learns where things are as they show up */
 	cfg.frame_type = pt.frame_type;
 	cfg.gs_ctx_off = -1;
 	cfg.gl_pimpl_off = 32; /* PyGreenlet{PyObject_HEAD; weakreflist; dict; pimpl} */
@@ -741,8 +720,6 @@ int main(int argc, char **argv)
 		seed = mono_now_ns() ^ ((uint64_t)getpid() << 32);
 	t->py.app_paths = t->cli.napp_paths ? t->cli.app_paths : NULL;
 	t->py.want_stack = t->cli.stack;
-	t->py.learn = hook_py_learn;
-	t->py.arg = t;
 	t->as = asm_new(&hooks, t->cli.max_sql_bytes, seed);
 	if (!t->as)
 		return 1;

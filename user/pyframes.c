@@ -70,10 +70,3 @@ bool py_is_sa_pool_reset(const char *file, const char *qualname)
 		!strcmp(qualname, "_finalize_fairy") ||
 		!strcmp(qualname, "_ConnectionFairy._checkin"));
 }
-
-bool py_is_sa_greenlet_spawn(const char *file, const char *qualname)
-{
-	return file && qualname && !strcmp(qualname, "greenlet_spawn") &&
-	       (ends_with(file, "sqlalchemy/util/_concurrency_py3k.py") ||
-		ends_with(file, "sqlalchemy/util/concurrency.py"));
-}

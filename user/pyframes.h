@@ -19,7 +19,5 @@ bool py_is_sa_connection_frame(const char *file, const char *qualname);
 bool py_is_sa_do_execute(const char *file, const char *qualname);
 /* Frames of SQLAlchemy's pool returning a connection (its reset rollback). */
 bool py_is_sa_pool_reset(const char *file, const char *qualname);
-/* SQLAlchemy's greenlet_spawn: its local `context` is the greenlet running the sync side. */
-bool py_is_sa_greenlet_spawn(const char *file, const char *qualname);
 
 #endif

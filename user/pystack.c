@@ -107,7 +107,6 @@ struct pyproc *pystacks_add(struct pystacks *ps, pid_t pid, const struct py_targ
 	memset(np, 0, sizeof(*np));
 	np->pid = pid;
 	np->t = *t;
-	np->gs_ctx_off = -1;
 	hmap_init(&np->codes);
 	return np;
 }
@@ -291,50 +290,6 @@ static void jb_str(struct jbuf *b, const char *s)
 	b->p[b->len] = 0;
 }
 
-/* Is the object at addr of the type named `name`? (ob_type->tp_name) */
-static bool obj_type_is(pid_t pid, uint64_t addr, const char *name)
-{
-	uint64_t type, tp_name;
-	char buf[64];
-	ssize_t n;
-
-	if (!addr || proc_read(pid, addr + 8, &type, 8) != 8 || !type ||
-	    proc_read(pid, type + 24, &tp_name, 8) != 8 || !tp_name)
-		return false;
-	n = proc_read(pid, tp_name, buf, sizeof(buf) - 1);
-	if (n <= 0)
-		return false;
-	buf[n] = 0;
-	return !strcmp(buf, name);
-}
-
-/*
- * A greenlet_spawn frame: learn its code object, then (from the locals the BPF side sends in
- * place of its arguments once it knows the code) which local holds the greenlet, and tell the
- * BPF side, which from then on follows it into the suspended sync frames.
- */
-static void learn_greenlet_spawn(struct pystacks *ps, struct pyproc *pp, const struct ev_frame *f,
-				 uint64_t tag_mask)
-{
-	if (!pp->gs_code) {
-		pp->gs_code = f->code;
-		if (ps->learn)
-			ps->learn(ps->arg, pp->pid, pp->gs_code, -1);
-		return;
-	}
-	if (f->code != pp->gs_code || pp->gs_ctx_off >= 0)
-		return;
-	for (int k = 0; k < SQLSPAN_FRAME_LOCALS; k++) {
-		if (!obj_type_is(pp->pid, f->local[k] & tag_mask, "_AsyncIoGreenlet"))
-			continue;
-		/* locals 4..7: after fn, _require_await, *args, **kwargs */
-		pp->gs_ctx_off = pp->t.layout.frame_localsplus + 8 * (SQLSPAN_FRAME_LOCALS + k);
-		if (ps->learn)
-			ps->learn(ps->arg, pp->pid, pp->gs_code, pp->gs_ctx_off);
-		return;
-	}
-}
-
 void pystacks_resolve(struct pystacks *ps, const struct ev_stack *st, size_t size,
 		      struct span_py *out)
 {
@@ -372,8 +327,6 @@ void pystacks_resolve(struct pystacks *ps, const struct ev_stack *st, size_t siz
 		if (!c)
 			continue;
 		glet = f->owner & FRAME_GREENLET;
-		if (!glet && py_is_sa_greenlet_spawn(c->file, c->qualname))
-			learn_greenlet_spawn(ps, pp, f, tag_mask);
 		/* the call site is on the running stack: the greenlet's frames are SQLAlchemy's */
 		app = !glet && py_is_app_file(c->file, ps->app_paths);
 		if (app && !found_site) {

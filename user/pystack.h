@@ -20,9 +20,6 @@ struct pyproc {
 	pid_t pid;
 	struct py_target t;
 	struct hmap codes; /* code object address -> struct pycode * */
-	/* SQLAlchemy's greenlet_spawn, as learnt from the stacks (see learn below) */
-	uint64_t gs_code;
-	int32_t gs_ctx_off; /* -1: not known yet */
 };
 
 struct pystacks {
@@ -30,12 +27,6 @@ struct pystacks {
 	int nprocs;
 	const char *const *app_paths; /* --app-path, NULL-terminated; NULL: the default rule */
 	bool want_stack;	      /* --stack */
-	/*
-	 * Tell the BPF side what was learnt of a process: greenlet_spawn's code object, and where
-	 * its `context` local is in its frame (-1 unknown). May be NULL.
-	 */
-	void (*learn)(void *arg, pid_t pid, uint64_t gs_code, int32_t gs_ctx_off);
-	void *arg;
 };
 
 /* A process to resolve stacks for. Returns it, or NULL if out of memory. */
