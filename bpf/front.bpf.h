@@ -61,7 +61,8 @@ struct fwalk {
 	__u8 hdr[8];
 	__u32 probe_pos; /* front_probe: bytes tiled so far */
 	__u32 _pad;
-	/* sendmsg: the iovecs still to walk */
+	__u64 arg; /* the syscall's second argument: the buffer (sendto) or the msghdr (sendmsg) */
+	/* the iovecs still to walk (sendmsg; 0 for sendto: vec holds its one buffer) */
 	__u64 iov;
 	__u64 left;   /* bytes sent not walked yet */
 	__u64 vec[2]; /* the iovec being read: base, length */
@@ -470,14 +471,14 @@ static __noinline void front_run(void *ctx, struct fwalk *w, int how)
 	bpf_loop(FRONT_LOOP_MAX, front_cb, &fl, 0);
 }
 
-/* One iovec of a sendmsg: walked like a send of its own, in the order sent. */
+/* One buffer of a send (an iovec of a sendmsg), walked in the order sent. */
 static long iov_cb(__u32 i, void *data)
 {
 	void **d = data;
 	struct fwalk *w = d[1];
 
-	if (!w->left ||
-	    bpf_probe_read_user(w->vec, sizeof(w->vec), (const void *)(w->iov + i * 16)))
+	if (!w->left || (w->iov && bpf_probe_read_user(w->vec, sizeof(w->vec),
+						       (const void *)(w->iov + i * 16))))
 		return 1;
 	w->buf = w->vec[0];
 	w->n = w->vec[1] < w->left ? w->vec[1] : w->left;
@@ -486,6 +487,86 @@ static long iov_cb(__u32 i, void *data)
 	if (w->n)
 		front_run(d[0], w, i == 0 ? w->how : 0);
 	return 0;
+}
+
+/* A send of a process whose sockets are followed: its walk, set up; NULL if there is none. */
+static __always_inline struct fwalk *front_entry(struct trace_event_raw_sys_exit *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tgid = pid_tgid >> 32;
+	struct pt_regs *regs;
+	struct fwalk *w;
+	__u8 *pv;
+
+	if (ctx->ret <= 0)
+		return NULL;
+	pv = bpf_map_lookup_elem(&pids, &tgid);
+	if (!pv || !(*pv & PID_WIRE))
+		return NULL;
+	w = thread_entry(&fwalks);
+	if (!w)
+		return NULL;
+	regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	w->key.tgid = tgid;
+	w->key.fd = (__s32)PT_REGS_PARM1_CORE(regs);
+	w->fd = w->key.fd;
+	w->arg = PT_REGS_PARM2_CORE(regs);
+	w->pid_tgid = pid_tgid;
+	w->left = ctx->ret;
+	w->ts = bpf_ktime_get_ns();
+	return w;
+}
+
+/* sendmsg: its iovecs into the walk (the first one in w->vec); how many to walk, 0 if none. */
+static __noinline __u64 sendmsg_iovecs(struct fwalk *w)
+{
+	__u64 niov = 0;
+
+	/* struct user_msghdr: name, namelen, iov (16), iovlen (24) */
+	if (bpf_probe_read_user(&w->iov, 8, (const void *)(w->arg + 16)) ||
+	    bpf_probe_read_user(&niov, 8, (const void *)(w->arg + 24)) || !niov ||
+	    bpf_probe_read_user(w->vec, sizeof(w->vec), (const void *)w->iov))
+		return 0;
+	return niov < 64 ? niov : 64;
+}
+
+/*
+ * Is the socket one to walk? Not a libpq socket (its probes tell) nor an encrypted one; a new one
+ * only if its first buffer looks like the protocol (w->how, see front_probe). A database socket
+ * whose replies were lost track of is taken up again at this request.
+ */
+static __noinline int front_socket(struct fwalk *w)
+{
+	struct fd_state *st = bpf_map_lookup_elem(&fds, &w->key);
+
+	w->how = 0;
+	if (st && (!(st->flags & FS_WIRE) || (st->flags & FS_TLS)))
+		return 0;
+	if (!st) {
+		w->how = front_probe(w);
+		return w->how;
+	}
+	if (!(st->flags & FS_SYNCED)) {
+		st->flags |= FS_SYNCED;
+		st->body_left = 0;
+		st->hdr_have = 0;
+		st->rows = 0;
+	}
+	return 1;
+}
+
+/* Walk a send: its buffers (niov; the first in w->vec), after the thread's Python stack. */
+static __always_inline void front_send(void *ctx, struct fwalk *w, __u64 niov)
+{
+	void *d[2] = {ctx, w};
+
+	w->buf = w->vec[0];
+	w->n = w->vec[1] < w->left ? w->vec[1] : w->left;
+	w->pos = 0;
+	if (!front_socket(w))
+		return;
+	front_stack(ctx, w);
+	bpf_loop(niov, iov_cb, d, 0);
 }
 
 #endif

@@ -248,125 +248,34 @@ int tp_exit_recvfrom_loop(struct trace_event_raw_sys_exit *ctx)
 
 /*
  * What a process that follows the protocol on its sockets sends (bpf_loop kernels only): the
- * frontend messages of its database sockets. Sockets of libpq connections are left to the libpq
- * probes; other sockets are looked at until they are known not to carry the protocol.
+ * frontend messages of its database sockets (front.bpf.h). A sendto is walked as a sendmsg of one
+ * buffer; sendmsg (asyncio's writelines since Python 3.12) iovec after iovec.
  */
 SEC("tracepoint/syscalls/sys_exit_sendto")
 int tp_exit_sendto_loop(struct trace_event_raw_sys_exit *ctx)
 {
-	__u64 pid_tgid;
-	struct pt_regs *regs;
-	struct fd_state *st;
-	struct fwalk *w;
-	__u8 *pv;
-	__u32 tgid;
-	long ret = ctx->ret;
-	int how = 0;
+	struct fwalk *w = front_entry(ctx);
 
-	if (ret <= 0)
-		return 0;
-	pid_tgid = bpf_get_current_pid_tgid();
-	tgid = pid_tgid >> 32;
-	pv = bpf_map_lookup_elem(&pids, &tgid);
-	if (!pv || !(*pv & PID_WIRE))
-		return 0;
-	w = thread_entry(&fwalks);
 	if (!w)
 		return 0;
-	regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
-	w->key.tgid = tgid;
-	w->key.fd = (__s32)PT_REGS_PARM1_CORE(regs);
-	st = bpf_map_lookup_elem(&fds, &w->key);
-	if (st && (!(st->flags & FS_WIRE) || (st->flags & FS_TLS)))
-		return 0; /* a libpq socket (its probes tell), or encrypted */
-	w->buf = PT_REGS_PARM2_CORE(regs);
-	w->fd = w->key.fd;
-	w->pid_tgid = pid_tgid;
-	w->n = ret;
-	w->pos = 0;
-	w->ts = bpf_ktime_get_ns();
-	if (!st) {
-		how = front_probe(w);
-		if (!how)
-			return 0;
-	} else if (!(st->flags & FS_SYNCED)) {
-		/* the replies were lost track of: take them up again at this request */
-		st->flags |= FS_SYNCED;
-		st->body_left = 0;
-		st->hdr_have = 0;
-		st->rows = 0;
-	}
-	front_stack(ctx, w);
-	front_run(ctx, w, how);
+	w->iov = 0;
+	w->vec[0] = w->arg;
+	w->vec[1] = w->left;
+	front_send(ctx, w, 1);
 	return 0;
-}
-
-/*
- * The same for sendmsg (asyncio's writelines since Python 3.12 sends several buffers at once):
- * each iovec walked in turn, as many bytes as were sent.
- */
-/* sendmsg's iovecs into the walk; the number to walk, 0 if none (or not a database socket). */
-static __noinline __u64 sendmsg_setup(struct fwalk *w, __u64 msg, long ret)
-{
-	struct fd_state *st = bpf_map_lookup_elem(&fds, &w->key);
-	__u64 niov = 0;
-
-	if (st && (!(st->flags & FS_WIRE) || (st->flags & FS_TLS)))
-		return 0;
-	/* struct user_msghdr: name, namelen, iov (16), iovlen (24) */
-	if (bpf_probe_read_user(&w->iov, 8, (const void *)(msg + 16)) ||
-	    bpf_probe_read_user(&niov, 8, (const void *)(msg + 24)) || !niov ||
-	    bpf_probe_read_user(w->vec, sizeof(w->vec), (const void *)w->iov))
-		return 0;
-	w->left = ret;
-	w->buf = w->vec[0];
-	w->n = w->vec[1] < (__u64)ret ? w->vec[1] : ret;
-	w->pos = 0;
-	w->how = 0;
-	if (!st) {
-		w->how = front_probe(w);
-		if (!w->how)
-			return 0;
-	} else if (!(st->flags & FS_SYNCED)) {
-		st->flags |= FS_SYNCED;
-		st->body_left = 0;
-		st->hdr_have = 0;
-		st->rows = 0;
-	}
-	return niov < 64 ? niov : 64;
 }
 
 SEC("tracepoint/syscalls/sys_exit_sendmsg")
 int tp_exit_sendmsg_loop(struct trace_event_raw_sys_exit *ctx)
 {
-	struct pt_regs *regs;
-	struct fwalk *w;
-	void *d[2];
+	struct fwalk *w = front_entry(ctx);
 	__u64 niov;
-	__u8 *pv;
-	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 
-	if (ctx->ret <= 0)
-		return 0;
-	pv = bpf_map_lookup_elem(&pids, &tgid);
-	if (!pv || !(*pv & PID_WIRE))
-		return 0;
-	w = thread_entry(&fwalks);
 	if (!w)
 		return 0;
-	regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
-	w->key.tgid = tgid;
-	w->key.fd = (__s32)PT_REGS_PARM1_CORE(regs);
-	w->fd = w->key.fd;
-	w->pid_tgid = bpf_get_current_pid_tgid();
-	w->ts = bpf_ktime_get_ns();
-	niov = sendmsg_setup(w, PT_REGS_PARM2_CORE(regs), ctx->ret);
-	if (!niov)
-		return 0;
-	front_stack(ctx, w);
-	d[0] = ctx;
-	d[1] = w;
-	bpf_loop(niov, iov_cb, d, 0);
+	niov = sendmsg_iovecs(w);
+	if (niov)
+		front_send(ctx, w, niov);
 	return 0;
 }
 
