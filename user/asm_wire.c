@@ -59,23 +59,15 @@ void wire_conn_free(struct aconn *c)
 	c->wire = false;
 }
 
-/* Where a socket was connected to (and, for sockets open at attach, who is at the other end). */
-struct peer {
-	char *host;	 /* address, or the socket directory */
-	char *unix_path; /* .../.s.PGSQL.5432 */
-	int port;
-	char *db, *user; /* from a local backend's process title; NULL unknown */
-	int backend_pid; /* 0 unknown */
-};
-
-static void peer_free(struct peer *p)
+/*
+ * Where wire-capable processes' sockets lead (peers: (pid, fd) -> struct conn_ident *), from their
+ * connect, or told by the loader for sockets open at attach (who is at the other end, too).
+ */
+static void peer_free(struct conn_ident *p)
 {
 	if (!p)
 		return;
-	free(p->host);
-	free(p->unix_path);
-	free(p->db);
-	free(p->user);
+	conn_ident_free(p);
 	free(p);
 }
 
@@ -83,7 +75,7 @@ void peers_forget(struct assembler *a, uint32_t pid)
 {
 	struct hkey k;
 	size_t pos = 0;
-	struct peer *p;
+	struct conn_ident *p;
 
 	while ((p = hmap_next(&a->peers, &pos, &k))) {
 		if (pid && k.a != pid)
@@ -92,25 +84,50 @@ void peers_forget(struct assembler *a, uint32_t pid)
 	}
 }
 
-static void peer_put(struct assembler *a, uint32_t pid, int fd, struct peer *p)
-{
-	if (!p->host && !p->unix_path) {
-		peer_free(p);
-		return;
-	}
-	peer_free(hmap_del(&a->peers, hkey2(pid, (uint32_t)fd)));
-	if (hmap_put(&a->peers, hkey2(pid, (uint32_t)fd), p))
-		peer_free(p);
-}
-
 void peer_forget(struct assembler *a, uint32_t pid, int fd)
 {
 	peer_free(hmap_del(&a->peers, hkey2(pid, (uint32_t)fd)));
 }
 
+/* A copy of an identity (its strings duplicated). */
+static void ident_copy(struct conn_ident *dst, const struct conn_ident *src)
+{
+	*dst = *src;
+	dst->db = src->db ? strdup(src->db) : NULL;
+	dst->user = src->user ? strdup(src->user) : NULL;
+	dst->host = src->host ? strdup(src->host) : NULL;
+	dst->unix_path = src->unix_path ? strdup(src->unix_path) : NULL;
+}
+
+void asm_peer(struct assembler *a, uint32_t pid, int fd, const struct conn_ident *id)
+{
+	struct conn_ident *p;
+
+	if (!id->host && !id->unix_path)
+		return;
+	p = malloc(sizeof(*p));
+	if (!p)
+		return;
+	ident_copy(p, id);
+	p->known = true;
+	peer_free(hmap_del(&a->peers, hkey2(pid, (uint32_t)fd)));
+	if (hmap_put(&a->peers, hkey2(pid, (uint32_t)fd), p))
+		peer_free(p);
+}
+
+void ident_from_unix_path(const char *path, struct conn_ident *out)
+{
+	const char *dot = strrchr(path, '.'), *slash = strrchr(path, '/');
+
+	out->unix_path = strdup(path);
+	out->port = dot ? atoi(dot + 1) : 0;
+	if (slash)
+		out->host = strndup(path, (size_t)(slash - path));
+}
+
 void on_connect(struct assembler *a, const struct ev_connect *e, size_t size)
 {
-	struct peer *p;
+	struct conn_ident id = {0};
 	char buf[INET6_ADDRSTRLEN];
 	uint16_t family;
 
@@ -121,71 +138,43 @@ void on_connect(struct assembler *a, const struct ev_connect *e, size_t size)
 	if (e->len < 2)
 		return;
 	memcpy(&family, e->addr, 2);
-	p = calloc(1, sizeof(*p));
-	if (!p)
-		return;
 	if (family == AF_UNIX && e->len > 2) {
+		char path[sizeof(e->addr)];
 		size_t n = strnlen((const char *)e->addr + 2, e->len - 2);
-		const char *dot, *slash;
 
-		p->unix_path = strndup((const char *)e->addr + 2, n);
-		dot = p->unix_path ? strrchr(p->unix_path, '.') : NULL;
-		slash = p->unix_path ? strrchr(p->unix_path, '/') : NULL;
-		p->port = dot ? atoi(dot + 1) : 0;
-		if (slash)
-			p->host = strndup(p->unix_path, (size_t)(slash - p->unix_path));
+		memcpy(path, e->addr + 2, n);
+		path[n] = 0;
+		ident_from_unix_path(path, &id);
 	} else if (family == AF_INET && e->len >= sizeof(struct sockaddr_in)) {
 		struct sockaddr_in in;
 
 		memcpy(&in, e->addr, sizeof(in));
 		if (inet_ntop(AF_INET, &in.sin_addr, buf, sizeof(buf)))
-			p->host = strdup(buf);
-		p->port = ntohs(in.sin_port);
+			id.host = strdup(buf);
+		id.port = ntohs(in.sin_port);
 	} else if (family == AF_INET6 && e->len >= sizeof(struct sockaddr_in6)) {
 		struct sockaddr_in6 in6;
 
 		memcpy(&in6, e->addr, sizeof(in6));
 		if (inet_ntop(AF_INET6, &in6.sin6_addr, buf, sizeof(buf)))
-			p->host = strdup(buf);
-		p->port = ntohs(in6.sin6_port);
+			id.host = strdup(buf);
+		id.port = ntohs(in6.sin6_port);
 	}
-	peer_put(a, e->h.pid, e->fd, p);
+	asm_peer(a, e->h.pid, e->fd, &id);
+	conn_ident_free(&id);
 }
 
-void asm_peer(struct assembler *a, uint32_t pid, int fd, const struct conn_ident *id)
-{
-	struct peer *p = calloc(1, sizeof(*p));
-
-	if (!p)
-		return;
-	p->host = id->host ? strdup(id->host) : NULL;
-	p->unix_path = id->unix_path ? strdup(id->unix_path) : NULL;
-	p->port = id->port;
-	p->db = id->db ? strdup(id->db) : NULL;
-	p->user = id->user ? strdup(id->user) : NULL;
-	p->backend_pid = id->backend_pid;
-	peer_put(a, pid, fd, p);
-}
-
-/* Who a wire socket leads to: from its connect, or asked of the system. */
+/* Who a wire socket leads to: from its connect or the loader, or asked of the system. */
 static void wire_identify(struct assembler *a, struct aconn *c)
 {
-	struct peer *p = hmap_get(&a->peers, hkey2(c->pid, (uint32_t)c->fd));
+	struct conn_ident *p = hmap_get(&a->peers, hkey2(c->pid, (uint32_t)c->fd));
 
 	conn_ident_free(&c->ident);
 	c->have_ident = true;
-	if (!p) {
-		if (a->h.ident)
-			a->h.ident(a->h.arg, c->pid, 0, c->fd, &c->ident);
-		return;
-	}
-	c->ident.known = true;
-	c->ident.host = p->host ? strdup(p->host) : NULL;
-	c->ident.unix_path = p->unix_path ? strdup(p->unix_path) : NULL;
-	c->ident.port = p->port;
-	c->ident.db = p->db ? strdup(p->db) : NULL;
-	c->ident.user = p->user ? strdup(p->user) : NULL;
-	c->ident.backend_pid = p->backend_pid;
+	if (p)
+		ident_copy(&c->ident, p);
+	else if (a->h.ident)
+		a->h.ident(a->h.arg, c->pid, 0, c->fd, &c->ident);
 }
 
 /* BackendKeyData: the backend's PID, for the spans of this socket. */
@@ -254,9 +243,6 @@ static void wire_stack(struct assembler *a, struct aconn *c, const struct ev_hdr
 static void span_set_text(struct assembler *a, struct span *s, const char *text, size_t len,
 			  bool cut)
 {
-	size_t rn;
-	char *red;
-
 	if (len > a->max_text) {
 		len = a->max_text;
 		cut = true;
@@ -266,20 +252,13 @@ static void span_set_text(struct assembler *a, struct span *s, const char *text,
 	s->text_state = !s->text ? TEXT_INCOMPLETE : cut ? TEXT_CUT : TEXT_FULL;
 	if (!s->text)
 		a->st.texts_lost++;
-	red = s->text ? redact_sql(s->text, s->text_len, &rn) : NULL;
-	if (red) {
-		free(s->text);
-		s->text = red;
-		s->text_len = rn;
-		s->redacted = true;
-	}
+	span_redact(s);
 }
 
 static void wire_request(struct assembler *a, struct aconn *c, const struct ev_hdr *h,
 			 const struct fe_msg *fm, enum span_request req, bool lost)
 {
 	struct span *s = span_new(a, h);
-	struct prepared *p;
 
 	if (!s)
 		return;
@@ -300,24 +279,11 @@ static void wire_request(struct assembler *a, struct aconn *c, const struct ev_h
 		const char *stmt = portal_stmt(c, fm->name);
 
 		snprintf(s->name, sizeof(s->name), "%s", stmt ? stmt : "");
-		p = stmt ? prep_find(c, stmt) : NULL;
-		if (p && p->text) {
-			s->text = strdup(p->text);
-			s->text_len = s->text ? strlen(s->text) : 0;
-			s->text_state = s->text ? p->state : TEXT_INCOMPLETE;
-		} else {
-			s->text_state = TEXT_UNKNOWN;
-		}
+		span_text_prepared(s, stmt ? prep_find(c, stmt) : NULL, TEXT_UNKNOWN);
 		break;
 	}
 	default:
-		if (fm->kind == 'S' && (p = prep_find(c, fm->name)) && p->text) {
-			s->text = strdup(p->text);
-			s->text_len = s->text ? strlen(s->text) : 0;
-			s->text_state = s->text ? p->state : TEXT_INCOMPLETE;
-		} else {
-			s->text_state = TEXT_NONE;
-		}
+		span_text_prepared(s, fm->kind == 'S' ? prep_find(c, fm->name) : NULL, TEXT_NONE);
 		break;
 	}
 	if (fm->type != 'E' && fm->type != 'Q' && fm->type != 'S')
@@ -361,9 +327,7 @@ static void wire_message(struct assembler *a, struct aconn *c, const struct ev_h
 		c->ident.db = fm->database[0] ? strdup(fm->database) : NULL;
 		c->ident.backend_pid = 0; /* BackendKeyData tells */
 		c->have_ident = true;
-		for (size_t i = 0; i < c->nprep; i++)
-			free(c->prep[i].text);
-		c->nprep = 0;
+		prep_clear(c);
 		c->nportals = 0;
 		break;
 	case 'Q':

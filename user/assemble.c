@@ -81,7 +81,7 @@ void span_free(struct span *s)
 	free(s);
 }
 
-static void prep_clear(struct aconn *c)
+void prep_clear(struct aconn *c)
 {
 	for (size_t i = 0; i < c->nprep; i++)
 		free(c->prep[i].text);
@@ -653,6 +653,30 @@ static enum span_request req_of(uint16_t api)
 	}
 }
 
+void span_redact(struct span *s)
+{
+	size_t rn;
+	char *red = s->text ? redact_sql(s->text, s->text_len, &rn) : NULL;
+
+	if (!red)
+		return;
+	free(s->text);
+	s->text = red;
+	s->text_len = rn;
+	s->redacted = true;
+}
+
+void span_text_prepared(struct span *s, const struct prepared *p, enum text_state none)
+{
+	if (!p || !p->text) {
+		s->text_state = none;
+		return;
+	}
+	s->text = strdup(p->text);
+	s->text_len = s->text ? strlen(s->text) : 0;
+	s->text_state = s->text ? p->state : TEXT_INCOMPLETE;
+}
+
 /* Attach the statement text to a new span: captured chunks, or the prepared statement's. */
 static void span_text(struct assembler *a, struct aconn *c, struct span *s, const struct ev_req *r)
 {
@@ -682,31 +706,14 @@ static void span_text(struct assembler *a, struct aconn *c, struct span *s, cons
 			s->text_state = TEXT_CUT;
 		if (s->text_state == TEXT_INCOMPLETE)
 			a->st.texts_lost++;
-		if (s->text) {
-			size_t rn;
-			char *red = redact_sql(s->text, s->text_len, &rn);
-
-			if (red) {
-				free(s->text);
-				s->text = red;
-				s->text_len = rn;
-				s->redacted = true;
-			}
-		}
+		span_redact(s);
 		if (s->req == REQ_PREPARE && c)
 			prep_remember(c, s->name, s->text, s->text_len, s->text_state);
 	} else if (s->req == REQ_EXECUTE ||
 		   (s->req == REQ_DESCRIBE && r->api == API_DESCRIBE_PREPARED) ||
 		   (s->req == REQ_CLOSE && r->api == API_CLOSE_PREPARED)) {
-		struct prepared *p = c ? prep_find(c, s->name) : NULL;
-
-		if (p && p->text) {
-			s->text = strdup(p->text);
-			s->text_len = s->text ? strlen(s->text) : 0;
-			s->text_state = s->text ? p->state : TEXT_INCOMPLETE;
-		} else {
-			s->text_state = s->req == REQ_EXECUTE ? TEXT_UNKNOWN : TEXT_NONE;
-		}
+		span_text_prepared(s, c ? prep_find(c, s->name) : NULL,
+				   s->req == REQ_EXECUTE ? TEXT_UNKNOWN : TEXT_NONE);
 	} else {
 		s->text_state = TEXT_NONE;
 	}
@@ -798,9 +805,6 @@ static void on_req(struct assembler *a, const struct ev_req *r, size_t size)
  */
 void text_from_app(struct aconn *c, struct span *s)
 {
-	size_t rn;
-	char *red;
-
 	if (s->req != REQ_EXECUTE || s->text_state != TEXT_UNKNOWN || !s->py.sa_statement)
 		return;
 	free(s->text);
@@ -809,13 +813,7 @@ void text_from_app(struct aconn *c, struct span *s)
 		return;
 	s->text_len = strlen(s->text);
 	s->text_state = TEXT_FROM_APP;
-	red = redact_sql(s->text, s->text_len, &rn);
-	if (red) {
-		free(s->text);
-		s->text = red;
-		s->text_len = rn;
-		s->redacted = true;
-	}
+	span_redact(s);
 	if (c && s->has_name)
 		prep_remember(c, s->name, s->text, s->text_len, TEXT_FROM_APP);
 }

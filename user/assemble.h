@@ -72,6 +72,9 @@ const struct asm_stats *asm_stats(const struct assembler *a);
  */
 void asm_peer(struct assembler *a, uint32_t pid, int fd, const struct conn_ident *id);
 
+/* An identity from a Unix socket's path: .../.s.PGSQL.5432 -> the directory as host, the port. */
+void ident_from_unix_path(const char *path, struct conn_ident *out);
+
 /* Free the strings of an identity. */
 void conn_ident_free(struct conn_ident *id);
 

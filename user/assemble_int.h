@@ -101,6 +101,12 @@ void conn_enqueue(struct assembler *a, struct aconn *c, struct span *s);
 struct span *q_back(struct aconn *c);
 void drain(struct assembler *a, struct aconn *c, enum span_result res, uint64_t end, bool lost);
 struct prepared *prep_find(struct aconn *c, const char *name);
+/* Forget every prepared statement of a connection (a new session on it). */
+void prep_clear(struct aconn *c);
+/* Replace a password literal in the span's text, marking the span. */
+void span_redact(struct span *s);
+/* The span's text from a prepared statement (its state with it); `none` if it has no text. */
+void span_text_prepared(struct span *s, const struct prepared *p, enum text_state none);
 void prep_remember(struct aconn *c, const char *name, const char *text, size_t len,
 		   enum text_state state);
 /* The stack record sent with a request (pid, tid, ts); removed from the pending ones. */

@@ -65,12 +65,7 @@ static void die_line(const char *msg)
 static void peer_ident(const char *addr, int port, bool is_unix, struct conn_ident *out)
 {
 	if (is_unix) {
-		const char *dot = strrchr(addr, '.'), *slash = strrchr(addr, '/');
-
-		out->unix_path = strdup(addr);
-		out->port = dot ? atoi(dot + 1) : 0;
-		if (slash)
-			out->host = strndup(addr, (size_t)(slash - addr));
+		ident_from_unix_path(addr, out);
 	} else {
 		out->host = strdup(addr);
 		out->port = port;
