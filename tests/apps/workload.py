@@ -48,31 +48,26 @@ def dsn(a):
 
 # ---------------------------------------------------------------- SQLAlchemy + psycopg2
 
+def note_transactions(engine):
+    """Record the engine's begin / commit / rollback and pool resets (the app's own view)."""
+    from sqlalchemy import event
+
+    def note(kind, conn_id):
+        with REC.lock:
+            REC.items.append({"backend": None, "text": None, "event": kind, "conn_id": conn_id})
+
+    for kind in ("begin", "commit", "rollback"):
+        event.listen(engine, kind, lambda conn, kind=kind: note(kind, id(conn)))
+    event.listen(engine, "reset", lambda dbapi_conn, record, *args: note("pool_reset", None))
+
+
 def sqlalchemy_setup(a, pool_size=10):
     from sqlalchemy import create_engine, event
 
     url = "postgresql+psycopg2://%s@/%s?host=%s&port=%s" % (a.user, a.db, a.host, a.port)
     engine = create_engine(url, pool_size=pool_size, max_overflow=0)
 
-    def note(kind, conn_id):
-        with REC.lock:
-            REC.items.append({"backend": None, "text": None, "event": kind, "conn_id": conn_id})
-
-    @event.listens_for(engine, "begin")
-    def on_begin(conn):
-        note("begin", id(conn))
-
-    @event.listens_for(engine, "commit")
-    def on_commit(conn):
-        note("commit", id(conn))
-
-    @event.listens_for(engine, "rollback")
-    def on_rollback(conn):
-        note("rollback", id(conn))
-
-    @event.listens_for(engine, "reset")
-    def on_reset(dbapi_conn, record, *args):
-        note("pool_reset", None)
+    note_transactions(engine)
 
     @event.listens_for(engine, "after_cursor_execute")
     def after(conn, cursor, statement, parameters, context, executemany):
@@ -454,25 +449,7 @@ def callsite_engine(a):
     def before(conn, cursor, statement, parameters, context, executemany):
         context._sqlspan_test = (id(conn), caller_site())
 
-    def note(kind, conn_id):
-        with REC.lock:
-            REC.items.append({"backend": None, "text": None, "event": kind, "conn_id": conn_id})
-
-    @event.listens_for(engine, "begin")
-    def on_begin(conn):
-        note("begin", id(conn))
-
-    @event.listens_for(engine, "commit")
-    def on_commit(conn):
-        note("commit", id(conn))
-
-    @event.listens_for(engine, "rollback")
-    def on_rollback(conn):
-        note("rollback", id(conn))
-
-    @event.listens_for(engine, "reset")
-    def on_reset(dbapi_conn, record, *args):
-        note("pool_reset", None)
+    note_transactions(engine)
 
     @event.listens_for(engine, "after_cursor_execute")
     def after(conn, cursor, statement, parameters, context, executemany):

@@ -298,3 +298,44 @@ def check_against_record(record, spans):
                 assert span_rows(s) == r["rows"], ("rows", r, s)
             checked += 1
     return checked
+
+
+def children(pid):
+    """The processes whose parent is pid."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(d))
+        except (OSError, ValueError, IndexError):
+            pass
+    return out
+
+
+def run_in_rootfs(fs, app, args, tmpdir=None):
+    """Run /usr/bin/python3 APP ARGS in root filesystem fs, in its own mount and PID namespaces
+    (like a container), with the app's folder bound in at /app. The app must print "PID <pid>"
+    first. Returns (Popen of the namespace's parent, the app's PID as the host sees it, the
+    app's folder on the host)."""
+    import shlex
+    import shutil
+
+    appdir = tempfile.mkdtemp(prefix="sqlspan-app-", dir=tmpdir)
+    shutil.copy(app, appdir)
+    script = ("mount --make-rprivate / && mount --bind {fs} {fs} && mkdir -p {fs}/app && "
+              "mount --bind {app} {fs}/app && mount --rbind /dev {fs}/dev && cd {fs} && "
+              "mkdir -p .oldroot && pivot_root . .oldroot && mount -t proc proc /proc && "
+              "umount -l /.oldroot && exec /usr/bin/python3 /app/{name} {args}").format(
+                  fs=fs, app=appdir, name=os.path.basename(app),
+                  args=" ".join(shlex.quote(a) for a in args))
+    p = subprocess.Popen(["unshare", "--mount", "--pid", "--fork", "sh", "-c", script],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    line = p.stdout.readline()
+    assert line == "PID 1\n", (line, p.poll() is not None and p.stderr.read())
+    kids = children(p.pid)
+    assert len(kids) == 1
+    return p, kids[0], appdir

@@ -12,16 +12,14 @@ error comes back to the Parse, before the Sync asyncpg then sends; COPY runs as 
 """
 import json
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 
 import pytest
 
 from lib import (PY, ROOT, App, Tracer, check_against_record, check_against_server, executed,
-                 short, spans_by_backend)
+                 run_in_rootfs, short, spans_by_backend)
 
 ASYNC_APP = os.path.join(ROOT, "tests", "apps", "async_workload.py")
 
@@ -408,24 +406,11 @@ def test_async_sa20_in_container(cluster, tmp_path, suite, driver):
     filesystem of its own with its own mount and PID namespaces, over TCP: with asyncpg on the
     wire, with psycopg's async connections through libpq; the sync Connection read from the
     greenlet either way, and the awaiting line."""
-    fs = rootfs(suite)
-    appdir = tempfile.mkdtemp(prefix="sqlspan-app-", dir=str(tmp_path))
-    shutil.copy(ASYNC_APP, appdir)
-    args = "--host 127.0.0.1 --port %s --scenario async-orm --driver %s --record " \
-           "/app/record.json --go" % (cluster.port, driver)
-    script = ("mount --make-rprivate / && mount --bind {fs} {fs} && mkdir -p {fs}/app && "
-              "mount --bind {app} {fs}/app && mount --rbind /dev {fs}/dev && cd {fs} && "
-              "mkdir -p .oldroot && pivot_root . .oldroot && mount -t proc proc /proc && "
-              "umount -l /.oldroot && exec /usr/bin/python3 /app/async_workload.py "
-              "{args}").format(fs=fs, app=appdir, args=args)
-    p = subprocess.Popen(["unshare", "--mount", "--pid", "--fork", "sh", "-c", script],
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True)
-    line = p.stdout.readline()
-    assert line == "PID 1\n", (line, p.poll() is not None and p.stderr.read())
-    kids = [int(d) for d in os.listdir("/proc") if d.isdigit() and _parent(int(d)) == p.pid]
-    assert len(kids) == 1
-    tr = Tracer([kids[0]])
+    p, pid, appdir = run_in_rootfs(rootfs(suite), ASYNC_APP,
+                                   ["--host", "127.0.0.1", "--port", cluster.port, "--scenario",
+                                    "async-orm", "--driver", driver, "--record",
+                                    "/app/record.json", "--go"], str(tmp_path))
+    tr = Tracer([pid])
     try:
         tr.wait_ready()
         p.stdin.write("go\n")
@@ -451,10 +436,3 @@ def test_async_sa20_in_container(cluster, tmp_path, suite, driver):
         check_identity(spans, cluster, record["backends"], tcp=True, capture=capture)
     check_sync_side(record, spans)
 
-
-def _parent(pid):
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return int(f.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return -1
