@@ -95,17 +95,25 @@ static __always_inline long rec_submit(void *ctx, void *rec, __u32 size)
 	return bpf_perf_event_output(ctx, &events, BPF_F_CURRENT_CPU, rec, size);
 }
 
-/* Send `size` bytes of a record built in the per-CPU scratch area (variable-size records). */
-static __always_inline long rec_output(void *ctx, void *rec, __u64 size)
+/*
+ * Send `size` bytes of a record built in the per-CPU scratch area (variable-size records);
+ * `wake`: wake the reader now (the record must be read while the process is still in the call).
+ */
+static __always_inline long rec_output_w(void *ctx, void *rec, __u64 size, bool wake)
 {
 	if (use_ringbuf) {
 		__u64 flags = BPF_RB_NO_WAKEUP;
 
-		if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > wakeup_bytes)
+		if (wake || bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > wakeup_bytes)
 			flags = BPF_RB_FORCE_WAKEUP;
 		return bpf_ringbuf_output(&events, rec, size, flags);
 	}
 	return bpf_perf_event_output(ctx, &events, BPF_F_CURRENT_CPU, rec, size);
+}
+
+static __always_inline long rec_output(void *ctx, void *rec, __u64 size)
+{
+	return rec_output_w(ctx, rec, size, false);
 }
 
 static __always_inline void *scratch_get(void)

@@ -33,6 +33,8 @@ struct stack_buf {
 	__u64 tstate;
 	__u32 nframes;
 	__u32 flags;
+	__u64 sa_type;
+	__u64 sa_engine;
 	struct ev_frame frames[SQLSPAN_MAX_FRAMES];
 	/* not sent: */
 	__u64 frame;	/* the frame being read */
@@ -231,6 +233,49 @@ static __noinline int py_add_frame(struct py_cfg *cfg, struct stack_buf *sb)
 	return 0;
 }
 
+/* Is the frame just added one of SQLAlchemy's Connection methods userspace named? */
+static __always_inline bool sa_frame(struct py_cfg *cfg, struct stack_buf *sb)
+{
+	__u64 code = sb->frames[(sb->nframes - 1) & (SQLSPAN_MAX_FRAMES - 1)].code;
+
+	return code == cfg->sa_code[0] || code == cfg->sa_code[1] || code == cfg->sa_code[2];
+}
+
+/*
+ * The Connection (first local of the frame just added): its type, and if userspace has said
+ * where that type keeps `engine`, the engine, read now while the Connection surely lives.
+ */
+static __noinline void sa_engine_read(struct py_cfg *cfg, struct stack_buf *sb)
+{
+	__u64 conn = sb->frames[(sb->nframes - 1) & (SQLSPAN_MAX_FRAMES - 1)].local[0];
+	__u64 values = 0, d;
+
+	if (cfg->code_tagged)
+		conn &= ~3ULL;
+	if (!conn)
+		return;
+	sb->sa_type = rd64(conn + 8);
+	if (!sb->sa_type || sb->sa_type != cfg->sa_type || cfg->sa_slot < 0)
+		return;
+	if (cfg->sa_mode == SA_VALUES_INLINE) {
+		__u8 valid = 0;
+
+		bpf_probe_read_user(&valid, 1, (const void *)(conn + cfg->sa_valid));
+		values = valid ? conn : 0;
+	} else if (cfg->sa_mode == SA_VALUES_312) {
+		d = rd64(conn + cfg->sa_managed_dict);
+		values = d & 1 ? d + 1 : d ? rd64(d + cfg->sa_dict_values) : 0;
+	} else if (cfg->sa_mode == SA_VALUES_311) {
+		values = rd64(conn + cfg->sa_managed_values);
+		if (!values) {
+			d = rd64(conn + cfg->sa_managed_dict);
+			values = d ? rd64(d + cfg->sa_dict_values) : 0;
+		}
+	}
+	if (values)
+		sb->sa_engine = rd64(values + cfg->sa_slot);
+}
+
 /* Does the frame object at sb->gtmp belong to a greenlet's saved state? One candidate per call. */
 static long gl_scan_cb(__u32 i, void *data)
 {
@@ -327,6 +372,8 @@ static __noinline void greenlet_check(struct py_cfg *cfg, struct stack_buf *sb)
 		if (GREENLETS && r == 0 && !sb->glet && !sb->gs_frame &&                           \
 		    greenlet_maybe(wc->cfg, sb))                                                   \
 			greenlet_check(wc->cfg, sb);                                               \
+		if (r == 0 && !sb->sa_type && sa_frame(wc->cfg, sb))                               \
+			sa_engine_read(wc->cfg, sb);                                               \
 		sb->frame = fb64(sb, wc->cfg->frame_previous);                                     \
 		return 0;                                                                          \
 	}
@@ -363,6 +410,7 @@ DEFINE_FRAME_CB(frame_cb_loop, 1)
 		__u32 tgid = pid_tgid >> 32;                                                       \
 		struct py_cfg *cfg = bpf_map_lookup_elem(&pyprocs, &tgid);                         \
 		struct stack_buf *sb;                                                              \
+		bool wake;                                                                         \
 		__u64 n;                                                                           \
                                                                                                    \
 		if (!cfg)                                                                          \
@@ -377,6 +425,8 @@ DEFINE_FRAME_CB(frame_cb_loop, 1)
 		sb->gs_frame = 0;                                                                  \
 		sb->gframe = 0;                                                                    \
 		sb->glet = 0;                                                                      \
+		sb->sa_type = 0;                                                                   \
+		sb->sa_engine = 0;                                                                 \
 		TSTATE(cfg, sb);                                                                   \
 		sb->frame = 0;                                                                     \
 		if (!sb->tstate) {                                                                 \
@@ -400,7 +450,11 @@ DEFINE_FRAME_CB(frame_cb_loop, 1)
 		asm volatile("%[n] &= %[mask]"                                                     \
 			     : [n] "+r"(n)                                                         \
 			     : [mask] "i"(SQLSPAN_MAX_FRAMES - 1));                                \
-		if (rec_output(ctx, sb, sizeof(struct ev_stack) + n * sizeof(struct ev_frame)))    \
+		wake = cfg->sa_wake_left > 0;                                                      \
+		if (wake)                                                                          \
+			cfg->sa_wake_left--;                                                       \
+		if (rec_output_w(ctx, sb, sizeof(struct ev_stack) + n * sizeof(struct ev_frame),   \
+				 wake))                                                            \
 			stat_add(ST_DROP_OTHER, 1);                                                \
 		return 0;                                                                          \
 	}

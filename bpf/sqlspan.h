@@ -171,6 +171,7 @@ struct ev_connect {
 
 /* Python frames sent per request at most, and the frame bytes read to find what is in one. */
 #define SQLSPAN_MAX_FRAMES   128
+#define SQLSPAN_SA_CODES     3 /* SQLAlchemy Connection methods recognised by the BPF side */
 #define SQLSPAN_FRAME_READ   128
 #define SQLSPAN_FRAME_LOCALS 4
 
@@ -199,6 +200,13 @@ struct ev_stack {
 	__u64 tstate;
 	__u32 nframes;
 	__u32 flags;
+	/*
+	 * SQLAlchemy's Connection in a frame of py_cfg.sa_code: its type, and its `engine`
+	 * attribute read at the statement (if py_cfg.sa_type is that type): engines live long, the
+	 * Connection may be gone by the time userspace reads the record. 0: none.
+	 */
+	__u64 sa_type;
+	__u64 sa_engine;
 	struct ev_frame frames[]; /* innermost first */
 };
 
@@ -227,7 +235,32 @@ struct py_cfg {
 	__s32 str_ascii;    /* where a compact ASCII str's characters start */
 	__u32 gs_search;    /* look for greenlet_spawn among coroutine frames */
 	__s32 code_ident; /* co_filename, then co_name and co_qualname (8 bytes apart); -1: none */
+	/*
+	 * SQLAlchemy's Connection.engine, read at the statement (set by userspace as it learns):
+	 * the code objects of the Connection methods whose first local is the Connection, its
+	 * type, and where the type keeps `engine` among an instance's attribute values.
+	 */
+	__u64 sa_code[SQLSPAN_SA_CODES];
+	__u64 sa_type;
+	__s32 sa_slot; /* the value's offset in the values (inline: from the object); -1 unknown */
+	__s32 sa_mode; /* SA_VALUES_* */
+	__s32 sa_managed_dict;	 /* offset of the managed dict (or 3.12 dict-or-values) pointer */
+	__s32 sa_managed_values; /* 3.11: offset of the values pointer */
+	__s32 sa_dict_values;	 /* PyDictObject.ma_values */
+	__s32 sa_valid;		 /* 3.13+: the inline values' valid flag, from the object */
+	/*
+	 * Stacks still sent with a wakeup of the reader, so that it reads the first statements'
+	 * Connections while they live, and learns the above from them (0 once learnt).
+	 */
+	__u32 sa_wake_left;
+	__u32 _pad2;
 };
+
+/* py_cfg.sa_mode: where an instance's attribute values are */
+#define SA_VALUES_NONE	 0
+#define SA_VALUES_311	 1 /* values pointer before the object, or a split dict's */
+#define SA_VALUES_312	 2 /* dict-or-values (the values - 1: odd) before the object */
+#define SA_VALUES_INLINE 3 /* 3.13+: inline, after the object's basic size */
 
 /* ev_frame.owner: a frame of the suspended greenlet greenlet_spawn holds (SQLAlchemy's sync side)
  */
@@ -303,7 +336,7 @@ SQLSPAN_ASSERT(sizeof(struct ev_fmsg) == 48, "ev_fmsg size");
 SQLSPAN_ASSERT(sizeof(struct ev_connect) == 144, "ev_connect size");
 SQLSPAN_ASSERT(sizeof(struct lib_range) == 48, "lib_range size");
 SQLSPAN_ASSERT(sizeof(struct ev_frame) == 56, "ev_frame size");
-SQLSPAN_ASSERT(sizeof(struct ev_stack) == 40, "ev_stack size");
-SQLSPAN_ASSERT(sizeof(struct py_cfg) == 120, "py_cfg size");
+SQLSPAN_ASSERT(sizeof(struct ev_stack) == 56, "ev_stack size");
+SQLSPAN_ASSERT(sizeof(struct py_cfg) == 184, "py_cfg size");
 
 #endif

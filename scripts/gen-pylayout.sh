@@ -15,6 +15,7 @@ cat >"$tmp/gen.c" <<'EOC'
 #include <internal/pycore_interp.h>
 #include <internal/pycore_frame.h>
 #include <internal/pycore_code.h>
+#include <internal/pycore_dict.h>
 #if PY_VERSION_HEX >= 0x030E0000
 #include <internal/pycore_interpframe_structs.h>
 #include <internal/pycore_debug_offsets.h>
@@ -69,7 +70,42 @@ int main(void)
 	printf("\t\t.unicode_ascii_data = %d,\n", (int)sizeof(PyASCIIObject));
 	printf("\t\t.unicode_compact_data = %d,\n", (int)sizeof(PyCompactUnicodeObject));
 	printf("\t\t.bytes_size = %d,\n", O(PyVarObject, ob_size));
-	printf("\t\t.bytes_sval = %d,\n\t},\n", O(PyBytesObject, ob_sval));
+	printf("\t\t.bytes_sval = %d,\n", O(PyBytesObject, ob_sval));
+	printf("\t\t.type_name = %d,\n", O(PyTypeObject, tp_name));
+	printf("\t\t.type_basicsize = %d,\n", O(PyTypeObject, tp_basicsize));
+	printf("\t\t.type_flags = %d,\n", O(PyTypeObject, tp_flags));
+	printf("\t\t.type_dictoffset = %d,\n", O(PyTypeObject, tp_dictoffset));
+	printf("\t\t.heaptype_cached_keys = %d,\n", O(PyHeapTypeObject, ht_cached_keys));
+	printf("\t\t.dict_keys = %d,\n", O(PyDictObject, ma_keys));
+	printf("\t\t.dict_values = %d,\n", O(PyDictObject, ma_values));
+	printf("\t\t.keys_log2_size = %d,\n", O(PyDictKeysObject, dk_log2_size));
+	printf("\t\t.keys_log2_index_bytes = %d,\n", O(PyDictKeysObject, dk_log2_index_bytes));
+	printf("\t\t.keys_kind = %d,\n", O(PyDictKeysObject, dk_kind));
+	printf("\t\t.keys_nentries = %d,\n", O(PyDictKeysObject, dk_nentries));
+	printf("\t\t.keys_indices = %d,\n", O(PyDictKeysObject, dk_indices));
+	printf("\t\t.values_items = %d,\n", O(PyDictValues, values));
+#if PY_VERSION_HEX >= 0x030D0000
+	printf("\t\t.values_valid = %d,\n", O(PyDictValues, valid));
+	printf("\t\t.managed_dict = %d,\n", (int)MANAGED_DICT_OFFSET);
+	printf("\t\t.managed_values = 0,\n\t\t.managed_tagged = 0,\n");
+#elif PY_VERSION_HEX >= 0x030C0000
+	printf("\t\t.values_valid = -1,\n\t\t.managed_dict = %d,\n", -3 * (int)sizeof(void *));
+	printf("\t\t.managed_values = 0,\n\t\t.managed_tagged = 1,\n");
+#else
+	printf("\t\t.values_valid = -1,\n\t\t.managed_dict = %d,\n", -3 * (int)sizeof(void *));
+	printf("\t\t.managed_values = %d,\n\t\t.managed_tagged = 0,\n", -4 * (int)sizeof(void *));
+#endif
+	printf("\t\t.tuple_size = %d,\n", O(PyVarObject, ob_size));
+	printf("\t\t.tuple_items = %d,\n", O(PyTupleObject, ob_item));
+#if PY_VERSION_HEX >= 0x030C0000
+	printf("\t\t.long_tag = %d,\n", O(PyLongObject, long_value.lv_tag));
+	printf("\t\t.long_digits = %d,\n", O(PyLongObject, long_value.ob_digit));
+	printf("\t\t.long_tagged = 1,\n\t},\n");
+#else
+	printf("\t\t.long_tag = %d,\n", O(PyVarObject, ob_size));
+	printf("\t\t.long_digits = %d,\n", O(PyLongObject, ob_digit));
+	printf("\t\t.long_tagged = 0,\n\t},\n");
+#endif
 #if PY_VERSION_HEX >= 0x030D0000
 #define D(f) (int)offsetof(_Py_DebugOffsets, f)
 	fprintf(stderr, "\t{\n\t\t.version = 0x%08x,\n", v);

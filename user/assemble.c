@@ -386,8 +386,10 @@ static void txn_track(struct assembler *a, struct aconn *c, struct span *s)
 	s->in_txn = true;
 	c->txn.nstatements++;
 	c->txn.end_ns = s->end_ns;
-	if (!c->txn.sa_conn)
+	if (!c->txn.sa_conn) {
 		c->txn.sa_conn = s->py.sa_conn;
+		c->txn.sa_url = s->py.sa_url;
+	}
 }
 
 static enum txn_outcome txn_outcome_of(const struct span *s)

@@ -144,6 +144,28 @@ static void hook_py(void *arg, const struct ev_stack *st, size_t size, struct sp
 	pystacks_resolve(&t->py, st, size, out);
 }
 
+/* Where SQLAlchemy's Connection keeps its engine in this process, for the BPF side to read. */
+static void hook_sa_learn(void *arg, const struct pyproc *pp)
+{
+	struct tracer *t = arg;
+	uint32_t key = pp->pid;
+	struct py_cfg cfg;
+
+	if (bpf_map__lookup_elem(t->skel->maps.pyprocs, &key, sizeof(key), &cfg, sizeof(cfg), 0))
+		return;
+	memcpy(cfg.sa_code, pp->sa_code, sizeof(cfg.sa_code));
+	cfg.sa_type = pp->sa_type;
+	cfg.sa_slot = pp->sa_slot;
+	cfg.sa_valid = pp->sa_valid;
+	if (pp->sa_type && pp->sa_slot >= 0)
+		cfg.sa_wake_left = 0; /* learnt: the engine comes with the stack */
+	bpf_map__update_elem(t->skel->maps.pyprocs, &key, sizeof(key), &cfg, sizeof(cfg),
+			     BPF_EXIST);
+	vlog(t,
+	     "PID %d: SQLAlchemy's Connection.engine read at each statement (type %#lx, slot %d)",
+	     pp->pid, (unsigned long)pp->sa_type, pp->sa_slot);
+}
+
 /* A CPython process: tell the BPF side where its structures are, so it reads its stacks. */
 static void python_setup(struct tracer *t, struct proc_target *p)
 {
@@ -188,6 +210,16 @@ static void python_setup(struct tracer *t, struct proc_target *p)
 	cfg.code_name = l->code_name;
 	cfg.str_ascii = l->unicode_ascii_data;
 	cfg.gs_search = 0; /* until greenlet is seen loaded (probes_scan) */
+	/* SQLAlchemy's Connection.engine: userspace learns the rest (pystacks' sa_learn) */
+	cfg.sa_slot = -1;
+	cfg.sa_mode = l->values_valid >= 0 ? SA_VALUES_INLINE
+		      : l->managed_tagged  ? SA_VALUES_312
+		      : l->managed_values  ? SA_VALUES_311
+					   : SA_VALUES_NONE;
+	cfg.sa_managed_dict = l->managed_dict;
+	cfg.sa_managed_values = l->managed_values;
+	cfg.sa_dict_values = l->dict_values;
+	cfg.sa_wake_left = 64;
 	/* one read gives both pointers of a frame's code identity where they are 8 bytes apart */
 	cfg.code_ident =
 		l->code_name - l->code_filename == 8 && l->code_qualname - l->code_name == 8
@@ -247,6 +279,15 @@ static void hook_span(void *arg, const struct span *s)
 
 static struct reorder *ro; /* perf buffers only: per-CPU streams merged by time */
 
+/* A stack record, as soon as it is read (perf buffers: before it waits to be put in order). */
+static void stack_early(struct tracer *t, const void *data, size_t size)
+{
+	const struct ev_hdr *h = data;
+
+	if (size >= sizeof(struct ev_stack) && h->kind == EV_STACK)
+		pystacks_prefetch(&t->py, data, size);
+}
+
 static int on_record(void *ctx, void *data, size_t size)
 {
 	struct tracer *t = ctx;
@@ -262,6 +303,8 @@ static int on_record(void *ctx, void *data, size_t size)
 	}
 	if (size >= sizeof(*h) && h->kind == EV_EXIT)
 		t->rescan = true;
+	if (!ro)
+		stack_early(t, data, size);
 	asm_record(t->as, data, size);
 	return 0;
 }
@@ -269,6 +312,7 @@ static int on_record(void *ctx, void *data, size_t size)
 static void on_perf_sample(void *ctx, int cpu, void *data, __u32 size)
 {
 	(void)cpu;
+	stack_early(ctx, data, size);
 	if (reorder_add(ro, data, size))
 		on_record(ctx, data, size);
 }
@@ -650,6 +694,15 @@ static void summary(struct tracer *t, uint64_t open_at_end)
 	vlog(t, "probe hits: %llu requests, %llu socket reads walked, %llu messages sent",
 	     (unsigned long long)stat_sum(t, ST_REQS), (unsigned long long)stat_sum(t, ST_RECVS),
 	     (unsigned long long)stat_sum(t, ST_MSGS));
+	if (t->py.nprocs)
+		vlog(t,
+		     "sqlalchemy.engine.url: %llu read at the statement, %llu from a live "
+		     "Connection, "
+		     "%llu remembered by dialect, %llu unknown",
+		     (unsigned long long)t->py.urls_from[URL_STATEMENT],
+		     (unsigned long long)t->py.urls_from[URL_LIVE],
+		     (unsigned long long)t->py.urls_from[URL_REMEMBERED],
+		     (unsigned long long)t->py.urls_from[URL_NONE]);
 	if (st->desyncs)
 		vlog(t,
 		     "streams not followed: %llu bad header, %llu too many messages in one read, "
@@ -715,6 +768,8 @@ int main(int argc, char **argv)
 		seed = mono_now_ns() ^ ((uint64_t)getpid() << 32);
 	t->py.app_paths = t->cli.napp_paths ? t->cli.app_paths : NULL;
 	t->py.want_stack = t->cli.stack;
+	t->py.sa_learn = hook_sa_learn;
+	t->py.arg = t;
 	t->as = asm_new(&hooks, t->cli.max_sql_bytes, seed);
 	if (!t->as)
 		return 1;

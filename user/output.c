@@ -240,6 +240,8 @@ void out_json(FILE *f, const struct span *s, int64_t mono_to_real)
 		if (s->py.sa_conn)
 			fprintf(f, ",\"sqlalchemy.connection.id\":%llu",
 				(unsigned long long)s->py.sa_conn);
+		if (s->py.sa_url)
+			kv_str(f, "sqlalchemy.engine.url", s->py.sa_url);
 		if (s->py.pool_reset)
 			fputs(",\"sqlalchemy.pool_reset\":true", f);
 		if (s->py.problem)
@@ -324,6 +326,8 @@ void out_json_txn(FILE *f, const struct txn_span *t, int64_t mono_to_real)
 		fputs("null", f);
 	if (t->sa_conn)
 		fprintf(f, ",\"sqlalchemy.connection.id\":%llu", (unsigned long long)t->sa_conn);
+	if (t->sa_url)
+		kv_str(f, "sqlalchemy.engine.url", t->sa_url);
 	kv_str(f, "sqlspan.span_type", "transaction");
 	fputs(",\"sqlspan.transaction.id\":", f);
 	hex(f, t->span_id, sizeof(t->span_id));

@@ -34,6 +34,20 @@ struct py_layout {
 	/* str, bytes */
 	int32_t unicode_state, unicode_length, unicode_ascii_data, unicode_compact_data;
 	int32_t bytes_size, bytes_sval;
+	/* objects: types, instance attributes (dicts and their split values), tuples, ints */
+	int32_t type_name, type_basicsize, type_flags, type_dictoffset, heaptype_cached_keys;
+	int32_t dict_keys, dict_values;
+	int32_t keys_log2_size, keys_log2_index_bytes, keys_kind, keys_nentries, keys_indices;
+	int32_t values_items;	/* PyDictValues.values */
+	int32_t values_valid;	/* 3.13+: PyDictValues.valid (inline values in use); -1 before */
+	int32_t managed_dict;	/* the managed dict pointer, before the object (MANAGED_DICT_OFFSET)
+				 */
+	int32_t managed_values; /* 3.11: the values pointer before the object; 0 after */
+	int32_t managed_tagged; /* 3.12: managed_dict holds the values - 1 (odd) or a dict */
+	int32_t tuple_size, tuple_items;
+	int32_t long_tag;    /* 3.12+: lv_tag (digit count << 3 | sign); 3.11: ob_size */
+	int32_t long_digits; /* 30-bit digits */
+	int32_t long_tagged;
 };
 
 /* A value's place in _Py_DebugOffsets (3.13+): -1 if it is not there. */

@@ -6,6 +6,7 @@
 #include "pgident.h"
 #include "pyframes.h"
 #include "pyline.h"
+#include "pyobj.h"
 #include "pystack.h"
 
 #define MAX_LINETABLE 65536
@@ -20,82 +21,6 @@ struct pycode {
 	uint64_t lt_ptr;
 };
 
-static void put_utf8(char *out, size_t *o, uint32_t cp)
-{
-	if (cp < 0x80) {
-		out[(*o)++] = cp;
-	} else if (cp < 0x800) {
-		out[(*o)++] = 0xc0 | (cp >> 6);
-		out[(*o)++] = 0x80 | (cp & 0x3f);
-	} else if (cp < 0x10000) {
-		out[(*o)++] = 0xe0 | (cp >> 12);
-		out[(*o)++] = 0x80 | ((cp >> 6) & 0x3f);
-		out[(*o)++] = 0x80 | (cp & 0x3f);
-	} else {
-		out[(*o)++] = 0xf0 | (cp >> 18);
-		out[(*o)++] = 0x80 | ((cp >> 12) & 0x3f);
-		out[(*o)++] = 0x80 | ((cp >> 6) & 0x3f);
-		out[(*o)++] = 0x80 | (cp & 0x3f);
-	}
-}
-
-char *py_read_str(pid_t pid, uint64_t addr, const struct py_layout *l, size_t max)
-{
-	uint8_t hdr[64], *raw;
-	int64_t len;
-	uint32_t state;
-	int kind, compact, ascii;
-	size_t o = 0, need;
-	char *out;
-
-	/*
-	 * Read no further than the header fields: a short str can end a page that nothing follows
-	 * (the end of an allocator arena), and a longer read would fail.
-	 */
-	need = l->unicode_state + 4 > l->unicode_length + 8 ? l->unicode_state + 4
-							    : l->unicode_length + 8;
-	if (!addr || need > sizeof(hdr) || proc_read(pid, addr, hdr, need) != (ssize_t)need)
-		return NULL;
-	memcpy(&len, hdr + l->unicode_length, 8);
-	memcpy(&state, hdr + l->unicode_state, 4);
-	kind = (state >> 2) & 7;
-	compact = (state >> 5) & 1;
-	ascii = (state >> 6) & 1;
-	if (len < 0 || !compact || (kind != 1 && kind != 2 && kind != 4))
-		return NULL;
-	if ((size_t)len > max)
-		len = max;
-	raw = malloc(len * kind + 1);
-	out = malloc(len * 4 + 1);
-	if (!raw || !out ||
-	    proc_read(pid, addr + (ascii ? l->unicode_ascii_data : l->unicode_compact_data), raw,
-		      len * kind) != len * kind) {
-		free(raw);
-		free(out);
-		return NULL;
-	}
-	for (int64_t i = 0; i < len; i++) {
-		uint32_t cp;
-
-		if (kind == 1) {
-			cp = raw[i];
-		} else if (kind == 2) {
-			uint16_t c;
-
-			memcpy(&c, raw + i * 2, 2);
-			cp = c;
-		} else {
-			memcpy(&cp, raw + i * 4, 4);
-			if (cp > 0x10ffff)
-				cp = 0xfffd;
-		}
-		put_utf8(out, &o, cp);
-	}
-	out[o] = 0;
-	free(raw);
-	return out;
-}
-
 struct pyproc *pystacks_add(struct pystacks *ps, pid_t pid, const struct py_target *t)
 {
 	struct pyproc *np = realloc(ps->procs, (ps->nprocs + 1) * sizeof(*np));
@@ -107,7 +32,11 @@ struct pyproc *pystacks_add(struct pystacks *ps, pid_t pid, const struct py_targ
 	memset(np, 0, sizeof(*np));
 	np->pid = pid;
 	np->t = *t;
+	np->sa_slot = -1;
 	hmap_init(&np->codes);
+	hmap_init(&np->slots);
+	hmap_init(&np->urls);
+	hmap_init(&np->dialect_urls);
 	return np;
 }
 
@@ -125,11 +54,21 @@ void pystacks_free(struct pystacks *ps)
 {
 	for (int i = 0; i < ps->nprocs; i++) {
 		struct pycode *c;
+		void *p;
 		size_t pos = 0;
 
 		while ((c = hmap_next(&ps->procs[i].codes, &pos, NULL)))
 			code_free(c);
 		hmap_free(&ps->procs[i].codes);
+		pos = 0;
+		while ((p = hmap_next(&ps->procs[i].slots, &pos, NULL)))
+			free(p);
+		hmap_free(&ps->procs[i].slots);
+		pos = 0;
+		while ((p = hmap_next(&ps->procs[i].urls, &pos, NULL)))
+			free(p);
+		hmap_free(&ps->procs[i].urls);
+		hmap_free(&ps->procs[i].dialect_urls); /* its strings are the urls' */
 	}
 	free(ps->procs);
 	ps->procs = NULL;
@@ -290,13 +229,149 @@ static void jb_str(struct jbuf *b, const char *s)
 	b->p[b->len] = 0;
 }
 
+/* The code object a frame ran, cached; NULL if it is gone (unnamed, never misnamed). */
+static struct pycode *frame_code(struct pyproc *pp, const struct ev_frame *f)
+{
+	struct pycode *c = code_get(pp, f->code, false);
+
+	if (c && f->ident && c->ident != f->ident) {
+		/* not the object named before at that address: read it again */
+		code_free(hmap_del(&pp->codes, hkey2(f->code, 0)));
+		c = code_get(pp, f->code, false);
+	}
+	return c && f->ident && c->ident != f->ident ? NULL : c;
+}
+
+/* The rendered URL of an engine object (engines live long), cached per (engine, URL object). */
+static const char *url_of_engine(struct pyproc *pp, uint64_t engine)
+{
+	struct pyobj_src src = {pp->pid, &pp->t.layout, &pp->slots};
+	uint64_t url;
+	struct hkey k;
+	char *s;
+
+	if (pyobj_attr(&src, engine, "url", &url))
+		return NULL;
+	k = hkey2(engine, url);
+	s = hmap_get(&pp->urls, k);
+	if (s)
+		return s;
+	s = pyobj_sa_url(&src, url);
+	if (s && hmap_put(&pp->urls, k, s)) {
+		free(s);
+		return NULL;
+	}
+	return s;
+}
+
+/*
+ * Teach the BPF side to read Connection.engine at the statement: the code objects of the
+ * Connection methods on the stack (long-lived: readable whenever the record is), then, from the
+ * type the BPF side saw there, where that type keeps `engine` among an instance's values.
+ */
+static void sa_learn(struct pystacks *ps, struct pyproc *pp, const struct ev_stack *st,
+		     uint64_t code)
+{
+	struct pyobj_src src = {pp->pid, &pp->t.layout, &pp->slots};
+	const struct py_layout *l = &pp->t.layout;
+	bool changed = false;
+	int free_slot = -1;
+	int64_t idx, basic;
+
+	for (int i = 0; i < SQLSPAN_SA_CODES && code; i++) {
+		if (pp->sa_code[i] == code)
+			code = 0;
+		else if (!pp->sa_code[i] && free_slot < 0)
+			free_slot = i;
+	}
+	if (code && free_slot >= 0) {
+		pp->sa_code[free_slot] = code;
+		changed = true;
+	}
+	if (st->sa_type && st->sa_type != pp->sa_type &&
+	    !pyobj_type_key_index(&src, st->sa_type, "engine", &idx)) {
+		pp->sa_type = st->sa_type;
+		pp->sa_slot = l->values_items + 8 * idx;
+		pp->sa_valid = 0;
+		if (l->values_valid >= 0) { /* inline values, after the object's basic size */
+			basic = pyobj_type_basicsize(&src, st->sa_type);
+			pp->sa_slot = basic < 0 ? -1 : basic + pp->sa_slot;
+			pp->sa_valid = basic < 0 ? 0 : basic + l->values_valid;
+		}
+		changed = true;
+	}
+	if (changed && ps->sa_learn)
+		ps->sa_learn(ps->arg, pp);
+}
+
+/*
+ * The URL of the Connection's engine, password hidden. Stacks are resolved a little after the
+ * statement (records are read in batches): by then a short-lived Connection may be gone and
+ * its memory reused. In order:
+ * - the engine the BPF side read at the statement, if it is one whose dialect is the one the
+ *   Connection's frame passed along (local 1 of _execute_context and friends);
+ * - the Connection itself, if it still has that dialect (so still lives);
+ * - the URL last seen with that dialect (one per engine, and as long-lived).
+ */
+static const char *engine_url(struct pyproc *pp, const struct ev_stack *st, uint64_t conn,
+			      uint64_t dialect, enum url_from *from)
+{
+	struct pyobj_src src = {pp->pid, &pp->t.layout, &pp->slots};
+	uint64_t d, engine = 0;
+	const char *s = NULL;
+
+	*from = URL_NONE;
+	if (!dialect)
+		return NULL;
+	if (st->sa_engine && !pyobj_attr(&src, st->sa_engine, "dialect", &d) && d == dialect) {
+		engine = st->sa_engine;
+		*from = URL_STATEMENT;
+	} else if (!pyobj_attr(&src, conn, "dialect", &d) && d == dialect &&
+		   !pyobj_attr(&src, conn, "engine", &engine)) {
+		*from = URL_LIVE;
+	} else {
+		engine = 0;
+	}
+	if (engine)
+		s = url_of_engine(pp, engine);
+	if (!s) {
+		s = hmap_get(&pp->dialect_urls, hkey2(dialect, 0));
+		*from = s ? URL_REMEMBERED : URL_NONE;
+		return s;
+	}
+	hmap_put(&pp->dialect_urls, hkey2(dialect, 0), (void *)s);
+	return s;
+}
+
+void pystacks_prefetch(struct pystacks *ps, const struct ev_stack *st, size_t size)
+{
+	struct pyproc *pp = proc_of(ps, st->h.pid);
+	uint64_t tag_mask;
+
+	if (!pp || size < sizeof(*st) + (size_t)st->nframes * sizeof(struct ev_frame))
+		return;
+	tag_mask = pp->t.layout.code_tagged ? ~3ULL : ~0ULL;
+	for (uint32_t i = 0; i < st->nframes; i++) {
+		const struct ev_frame *f = &st->frames[i];
+		struct pycode *c = frame_code(pp, f);
+
+		if (c && py_is_sa_connection_frame(c->file, c->qualname)) {
+			sa_learn(ps, pp, st, f->code);
+			enum url_from from;
+
+			engine_url(pp, st, f->local[0] & tag_mask, f->local[1] & tag_mask, &from);
+			return;
+		}
+	}
+}
+
 void pystacks_resolve(struct pystacks *ps, const struct ev_stack *st, size_t size,
 		      struct span_py *out)
 {
 	struct pyproc *pp = proc_of(ps, st->h.pid);
 	struct jbuf js = {0};
 	bool found_site = false;
-	uint64_t tag_mask;
+	uint64_t tag_mask, dialect = 0, sa_code = 0;
 
 	memset(out, 0, sizeof(*out));
 	if (!pp || size < sizeof(*st) + (size_t)st->nframes * sizeof(struct ev_frame))
@@ -315,15 +390,8 @@ void pystacks_resolve(struct pystacks *ps, const struct ev_stack *st, size_t siz
 	for (uint32_t i = 0; i < st->nframes; i++) {
 		const struct ev_frame *f = &st->frames[i];
 		bool app, glet;
-		struct pycode *c = code_get(pp, f->code, false);
+		struct pycode *c = frame_code(pp, f);
 
-		if (c && f->ident && c->ident != f->ident) {
-			/* not the object named before at that address: read it again */
-			code_free(hmap_del(&pp->codes, hkey2(f->code, 0)));
-			c = code_get(pp, f->code, false);
-		}
-		if (c && f->ident && c->ident != f->ident)
-			c = NULL; /* the code object that ran is gone: unnamed, never misnamed */
 		if (!c)
 			continue;
 		glet = f->owner & FRAME_GREENLET;
@@ -339,8 +407,11 @@ void pystacks_resolve(struct pystacks *ps, const struct ev_stack *st, size_t siz
 			out->file = strdup(c->file);
 			out->line = frame_line(pp, c, f, f->code);
 		}
-		if (!out->sa_conn && py_is_sa_connection_frame(c->file, c->qualname))
+		if (!out->sa_conn && py_is_sa_connection_frame(c->file, c->qualname)) {
 			out->sa_conn = f->local[0] & tag_mask;
+			dialect = f->local[1] & tag_mask;
+			sa_code = f->code;
+		}
 		if (!out->sa_statement && py_is_sa_do_execute(c->file, c->qualname))
 			out->sa_statement = py_read_str(pp->pid, f->local[2] & tag_mask,
 							&pp->t.layout, 1 << 20);
@@ -355,6 +426,13 @@ void pystacks_resolve(struct pystacks *ps, const struct ev_stack *st, size_t siz
 				jb_char(&js, ',');
 			jb_str(&js, item);
 		}
+	}
+	if (out->sa_conn) {
+		sa_learn(ps, pp, st, sa_code);
+		enum url_from from;
+
+		out->sa_url = engine_url(pp, st, out->sa_conn, dialect, &from);
+		ps->urls_from[from]++;
 	}
 	if (ps->want_stack) {
 		if (out->cut) {

@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include "../bpf/sqlspan.h"
 #include "hmap.h"
 #include "pyruntime.h"
 #include "span.h"
@@ -19,7 +20,23 @@ struct ev_stack;
 struct pyproc {
 	pid_t pid;
 	struct py_target t;
-	struct hmap codes; /* code object address -> struct pycode * */
+	/* what the BPF side was told to read SQLAlchemy's Connection.engine with */
+	uint64_t sa_code[SQLSPAN_SA_CODES];
+	uint64_t sa_type;
+	int32_t sa_slot, sa_valid;
+	struct hmap codes;	  /* code object address -> struct pycode * */
+	struct hmap slots;	  /* where instance attributes sit (pyobj_attr's cache) */
+	struct hmap urls;	  /* (engine, URL object) -> the rendered URL */
+	struct hmap dialect_urls; /* dialect -> the last URL seen for it (a string of urls) */
+};
+
+/* Where a span's sqlalchemy.engine.url came from */
+enum url_from {
+	URL_NONE,	/* nowhere: not known */
+	URL_STATEMENT,	/* the engine the BPF side read at the statement */
+	URL_LIVE,	/* the Connection, still alive when the record was read */
+	URL_REMEMBERED, /* the URL last seen with the same dialect */
+	URL__COUNT,
 };
 
 struct pystacks {
@@ -27,17 +44,24 @@ struct pystacks {
 	int nprocs;
 	const char *const *app_paths; /* --app-path, NULL-terminated; NULL: the default rule */
 	bool want_stack;	      /* --stack */
+	/* tell the BPF side where a process's Connection.engine is (pp->sa_*) */
+	void (*sa_learn)(void *arg, const struct pyproc *pp);
+	void *arg;
+	uint64_t urls_from[URL__COUNT]; /* spans with a SQLAlchemy Connection, by URL source */
 };
 
 /* A process to resolve stacks for. Returns it, or NULL if out of memory. */
 struct pyproc *pystacks_add(struct pystacks *ps, pid_t pid, const struct py_target *t);
 void pystacks_free(struct pystacks *ps);
 
+/*
+ * A stack record as soon as it is read (before its request pairs with it): what must be read
+ * from the process while the statement runs (SQLAlchemy's Connection.engine), into the caches.
+ */
+void pystacks_prefetch(struct pystacks *ps, const struct ev_stack *st, size_t size);
+
 /* Resolve a stack record into `out` (strings malloc'd). */
 void pystacks_resolve(struct pystacks *ps, const struct ev_stack *st, size_t size,
 		      struct span_py *out);
-
-/* Read a Python str at addr as UTF-8 (at most max bytes); NULL if it is not one. */
-char *py_read_str(pid_t pid, uint64_t addr, const struct py_layout *l, size_t max);
 
 #endif

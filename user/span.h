@@ -60,6 +60,7 @@ struct span_py {
 	int line;	    /* -1 unknown */
 	char *stack;	    /* --stack: a JSON array of "qualname (file:line)", innermost first */
 	uint64_t sa_conn;   /* the SQLAlchemy Connection (id(conn)), 0 if none on the stack */
+	const char *sa_url; /* its engine's URL, password hidden (owned by the stack resolver) */
 	bool pool_reset;    /* issued by SQLAlchemy's pool when a connection is returned */
 	char *sa_statement; /* the statement text SQLAlchemy holds, if read */
 	char *problem;	    /* why the stack could not be read, if it could not */
@@ -84,8 +85,9 @@ struct txn_span {
 	int backend_pid;
 	int nstatements;
 	enum txn_outcome outcome;
-	uint64_t sa_conn; /* the SQLAlchemy Connection, if its statements named one */
-	bool wire;	  /* its statements were captured on the socket */
+	uint64_t sa_conn;   /* the SQLAlchemy Connection, if its statements named one */
+	const char *sa_url; /* its engine's URL (owned by the stack resolver) */
+	bool wire;	    /* its statements were captured on the socket */
 };
 
 struct span {

@@ -120,13 +120,19 @@ def psycopg_text(statement, params):
     return re.sub(r"%%|%\((\w+)\)s", sub, statement)
 
 
+SECRET_PW = "s3cret-Pw"
+
+
 def make_engine(a, **kw):
     from sqlalchemy import event
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    url = "postgresql+%s://%s@/%s?host=%s&port=%s" % (a.driver, a.user, a.db, a.host, a.port)
+    # a password the server does not ask for (trust): it must never show in sqlspan's output
+    url = "postgresql+%s://%s:%s@/%s?host=%s&port=%s" % (a.driver, a.user, SECRET_PW, a.db,
+                                                       a.host, a.port)
     engine = create_async_engine(url, **kw)
     sync = engine.sync_engine
+    shown_url = sync.url.render_as_string(hide_password=True)
 
     def backend_of(conn):
         dc = conn.connection.driver_connection
@@ -150,7 +156,7 @@ def make_engine(a, **kw):
         many = len(parameters) if executemany and not batch else 0
         context._sqlspan_test = {"backend": backend_of(conn), "text": text, "many": many,
                                  "conn_id": id(conn), "await_line": line, "await_func": func,
-                                 "task": task_name()}
+                                 "task": task_name(), "url": shown_url}
 
     @event.listens_for(sync, "after_cursor_execute")
     def after(conn, cursor, statement, parameters, context, executemany):

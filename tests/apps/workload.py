@@ -438,12 +438,18 @@ def backend_of(cursor):
     return c.get_backend_pid() if hasattr(c, "get_backend_pid") else c.info.backend_pid
 
 
+SECRET_PW = "s3cret-Pw"
+
+
 def callsite_engine(a):
     from sqlalchemy import create_engine, event
 
     driver = a.driver or "psycopg2"
-    url = "postgresql+%s://%s@/%s?host=%s&port=%s" % (driver, a.user, a.db, a.host, a.port)
+    # a password the server does not ask for (trust): it must never show in sqlspan's output
+    url = "postgresql+%s://%s:%s@/%s?host=%s&port=%s" % (driver, a.user, SECRET_PW, a.db, a.host,
+                                                       a.port)
     engine = create_engine(url, pool_size=a.threads + 2, max_overflow=0)
+    shown_url = engine.url.render_as_string(hide_password=True)
 
     @event.listens_for(engine, "before_cursor_execute")
     def before(conn, cursor, statement, parameters, context, executemany):
@@ -458,7 +464,8 @@ def callsite_engine(a):
             REC.backends.add(backend_of(cursor))
             REC.items.append({"backend": backend_of(cursor), "text": sent_text(cursor, statement),
                               "rows": None, "sqlstate": None, "outcome": "ok",
-                              "many": int(bool(executemany)), "conn_id": conn_id, "site": site})
+                              "many": int(bool(executemany)), "conn_id": conn_id, "site": site,
+                              "url": shown_url})
     return engine
 
 

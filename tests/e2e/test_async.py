@@ -184,7 +184,8 @@ def check_all(cluster, record, spans, tr, **identity):
 
 def check_sync_side(record, spans, learning=0):
     """What only the greenlet held by greenlet_spawn knows, and the running stack's call site:
-    sqlalchemy.connection.id is id() of the sync Connection the app's own listener saw, and the
+    sqlalchemy.connection.id is id() of the sync Connection the app's own listener saw (and
+    sqlalchemy.engine.url its engine's URL, password hidden, as the app renders it), and the
     call site is the line of the app's coroutine that awaited the statement. sqlspan learns where
     greenlet_spawn keeps its greenlet on the first statement that runs through it: none may lack
     the connection (but `learning`), none may carry a wrong one."""
@@ -193,7 +194,7 @@ def check_sync_side(record, spans, learning=0):
                         s.get("sqlspan.result") == "error")],  # failed at Parse
                       key=lambda s: s["start_time_unix_nano"]) for b in record["backends"]}
     pos = {b: 0 for b in record["backends"]}
-    total = with_conn = sites = 0
+    total = with_conn = with_url = sites = 0
     for r in record["records"]:
         if r.get("text") is None or r.get("conn_id") is None:
             continue
@@ -208,11 +209,16 @@ def check_sync_side(record, spans, learning=0):
             if "sqlalchemy.connection.id" in s:
                 assert s["sqlalchemy.connection.id"] == r["conn_id"], (r, s)
                 with_conn += 1
+            if "sqlalchemy.engine.url" in s:
+                # as the app's own url.render_as_string(hide_password=True) shows it
+                assert s["sqlalchemy.engine.url"] == r["url"] and ":***@" in r["url"], (r, s)
+                with_url += 1
             if r.get("await_line") is not None:
                 assert s.get("code.line.number") == r["await_line"] and \
                     s.get("code.function.name", "").endswith(r["await_func"]), (r, s)
                 sites += 1
     assert total > 20 and with_conn >= total - learning, (with_conn, total)
+    assert with_url >= total - learning, (with_url, total)
     assert sites > 20
     return total
 
@@ -241,6 +247,7 @@ def test_async_orm(cluster, tmp_path):
     assert errs == app_errors(record) and len(errs) >= 2, errs
     assert [r for r in record["records"] if r.get("many", 0) > 1]  # executemany ran
     check_sync_side(record, spans)
+    assert "s3cret-Pw" not in "".join(tr.out_lines + tr.err_lines)  # the app's URL password
 
 
 def test_async_concurrent(cluster, tmp_path):

@@ -7,9 +7,12 @@ libpython), 3.12, and trixie's 3.13 / sid's 3.14 in their own root filesystems, 
 containers (own mount and PID namespaces)."""
 import json
 import os
+import re
 import subprocess
 
 import pytest
+
+SECRET_PW = "s3cret-Pw"  # the password in the app's engine URL (tests/apps/workload.py)
 
 from lib import (APP, PY, ROOT, Tracer, check_against_server, executed, run_in_rootfs, short,
                  spans_by_backend)
@@ -83,11 +86,11 @@ def start_app(target, cluster, tmpdir, threads=8):
 
 def compare_sites(record, spans):
     """Join the app's records to sqlspan's spans (same backend, same text, in order) and count
-    exact call sites and connection ids."""
+    exact call sites, connection ids and engine URLs."""
     mine = spans_by_backend(spans, record["backends"])
     pos = {b: 0 for b in record["backends"]}
-    n = site_ok = conn_ok = 0
-    misses = []
+    n = site_ok = conn_ok = url_ok = 0
+    misses, url_misses = [], []
     for r in record["records"]:
         if r["text"] is None or r.get("site") is None:
             continue
@@ -107,7 +110,11 @@ def compare_sites(record, spans):
                            s.get("python.stack"), s.get("python.stack.cut"), short(r["text"], 60)))
         if s.get("sqlalchemy.connection.id") == r["conn_id"]:
             conn_ok += 1
-    return n, site_ok, conn_ok, misses
+        if s.get("sqlalchemy.engine.url") == r["url"]:
+            url_ok += 1
+        else:
+            url_misses.append((r["url"], s.get("sqlalchemy.engine.url"), short(r["text"], 50)))
+    return n, site_ok, conn_ok, (url_ok, url_misses), misses
 
 
 def check_transactions(record, spans, sa14):
@@ -187,9 +194,21 @@ def test_call_sites(cluster, tmp_path, name, make):
     spans = tr.spans(transactions=True)
     assert tr.summary()["lost"] == 0
     assert check_against_server(cluster, spans, record["backends"]) == len(executed(spans))
-    n, site_ok, conn_ok, misses = compare_sites(record, spans)
+    n, site_ok, conn_ok, (url_ok, url_misses), misses = compare_sites(record, spans)
     assert n >= 8 * 20 * 3
     assert conn_ok == n, "sqlalchemy.connection.id right for %d of %d" % (conn_ok, n)
+    # the engine's URL as the app's own render_as_string(hide_password=True) shows it
+    assert url_ok == n, "sqlalchemy.engine.url right for %d of %d: %s" % (url_ok, n,
+                                                                         url_misses[:3])
+    assert all(":***@" in r["url"] for r in record["records"] if "url" in r)
+    # and, past the first statements, from the engine the BPF side read at the statement (a
+    # short-lived Connection is often gone by the time userspace reads the record)
+    m = re.search(r"sqlalchemy.engine.url: (\d+) read at the statement, (\d+) from a live "
+                  r"Connection, (\d+) remembered by dialect, (\d+) unknown", tr.stderr)
+    assert m, tr.stderr[-2000:]
+    at_stmt, live, remembered, unknown = map(int, m.groups())
+    assert unknown == 0 and at_stmt >= 0.9 * n, m.group(0)
+    assert SECRET_PW not in "".join(tr.out_lines + tr.err_lines)
     assert site_ok * 1000 >= n * 999, "call site exact for %d of %d; first misses: %s" % (
         site_ok, n, misses[:5])
     # every statement span has a Python view; the app's own lines are named
