@@ -412,6 +412,7 @@ static void emit(struct assembler *a, struct aconn *c, struct span *s, enum span
 		return;
 	}
 	s->result = res;
+	s->lost_events |= a->suspect;
 	s->end_ns = end >= s->start_ns ? end : s->start_ns;
 	if (c)
 		txn_track(a, c, s);
@@ -1079,6 +1080,25 @@ void asm_record(struct assembler *a, const void *data, size_t size)
 	default:
 		a->st.bad_records++;
 	}
+}
+
+void asm_suspect(struct assembler *a, bool on)
+{
+	a->suspect = on;
+}
+
+uint64_t asm_realign(struct assembler *a, uint64_t now)
+{
+	uint64_t before = a->open;
+	struct aconn *c;
+	size_t pos = 0;
+
+	while ((c = hmap_next(&a->conns, &pos, NULL))) {
+		if (c->qlen)
+			drain(a, c, RES_UNKNOWN, now, true);
+	}
+	a->st.realigned += before - a->open;
+	return before - a->open;
 }
 
 uint64_t asm_close_all(struct assembler *a, uint64_t now)

@@ -12,6 +12,7 @@
 #ifndef SQLSPAN_ASSEMBLE_H
 #define SQLSPAN_ASSEMBLE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include "span.h"
@@ -43,6 +44,7 @@ struct asm_stats {
 	uint64_t desync_why[5]; /* by enum desync_reason */
 	uint64_t bad_records;	/* records too short or of an unknown kind */
 	uint64_t txns;		/* transactions ended */
+	uint64_t realigned;	/* pending requests ended because the kernel skipped runs */
 };
 
 struct assembler;
@@ -59,6 +61,16 @@ void asm_expire(struct assembler *a, uint64_t now, uint64_t max_age_ns);
 
 /* End every open span as RES_DETACHED (at `now`), e.g. when sqlspan stops. Returns how many. */
 uint64_t asm_close_all(struct assembler *a, uint64_t now);
+
+/*
+ * The kernel skipped runs of the BPF programs (7.x, under preemption; counted as lost): a
+ * skipped run leaves no trace in the stream, so a reply could be paired with the wrong request.
+ * While `suspect` is on (records read after a skip was seen), every span emitted is marked as
+ * near a loss; asm_realign(now) then ends every pending request as unknown, marked too, so that
+ * no shift outlives the records that were read. Returns how many it ended.
+ */
+void asm_suspect(struct assembler *a, bool on);
+uint64_t asm_realign(struct assembler *a, uint64_t now);
 
 /* Spans waiting for their result right now. */
 uint64_t asm_open_spans(const struct assembler *a);

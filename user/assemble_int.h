@@ -86,6 +86,7 @@ struct assembler {
 	size_t nstacks, capstacks;
 	struct asm_stats st;
 	uint64_t open;
+	bool suspect; /* see asm_suspect */
 };
 
 struct aconn *conn_get(struct assembler *a, uint32_t pid, int fd, bool create);

@@ -864,6 +864,7 @@ int main(int argc, char **argv)
 	start = mono_now_ns();
 	while (!exiting) {
 		unsigned long long now;
+		uint64_t misses;
 
 		/* records arrive without waking us (see buffer.bpf.h): poll, then take what is
 		 * there */
@@ -872,6 +873,9 @@ int main(int argc, char **argv)
 			fprintf(stderr, "sqlspan: polling failed: %s\n", strerror(-r));
 			break;
 		}
+		/* runs the kernel skipped (7.x) before these records were read: see asm_suspect */
+		misses = kernel_misses(t, false);
+		asm_suspect(t->as, misses != t->misses_seen);
 		if (rb)
 			ring_buffer__consume(rb);
 		else
@@ -879,6 +883,16 @@ int main(int argc, char **argv)
 		if (pb)
 			release_ordered(t, false);
 		now = mono_now_ns();
+		if (misses != t->misses_seen) {
+			uint64_t n = asm_realign(t->as, now);
+
+			vlog(t,
+			     "the kernel skipped %llu program runs: %llu pending requests ended as "
+			     "unknown",
+			     (unsigned long long)(misses - t->misses_seen), (unsigned long long)n);
+			t->misses_seen = misses;
+			asm_suspect(t->as, false);
+		}
 		if (t->rescan || now - last_check > 250000000ULL) {
 			check_procs(t);
 			last_check = now;

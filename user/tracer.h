@@ -61,6 +61,7 @@ struct tracer {
 	bool wire_attached; /* the tracepoints of wire sockets are attached */
 	uint64_t shown, filtered;
 	uint64_t perf_lost;
+	uint64_t misses_seen; /* kernel-skipped runs already acted on (asm_realign) */
 	bool rescan;
 };
 

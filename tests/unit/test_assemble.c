@@ -592,6 +592,43 @@ TEST(losses_are_reported)
 	asm_free(a);
 }
 
+TEST(kernel_skipped_runs)
+{
+	struct assembler *a = fresh(65536);
+
+	req(a, 5, API_SEND_QUERY, 0, "SELECT 1", NULL);
+	req(a, 6, API_SEND_QUERY, 0, "SELECT 2", NULL);
+	msg(a, 5, 'C', "SELECT 1", 1);
+	/* records read after the kernel skipped a run: what ends now is marked */
+	asm_suspect(a, true);
+	z(a, 5, 'I');
+	CHECK_EQ(G.n, 1);
+	CHECK_EQ(G.s[0].result, RES_OK);
+	CHECK(G.s[0].lost_events);
+	/* then what is still pending ends as unknown: its replies may be the skipped ones */
+	CHECK_EQ(asm_realign(a, T), 1);
+	asm_suspect(a, false);
+	CHECK_EQ(G.n, 2);
+	CHECK_STR(G.s[1].text, "SELECT 2");
+	CHECK_EQ(G.s[1].result, RES_UNKNOWN);
+	CHECK(G.s[1].lost_events);
+	CHECK_EQ(asm_open_spans(a), 0);
+	/* its replies come later: orphans (an idle ReadyForQuery is not one), never credited to the
+	 * next request */
+	msg(a, 6, 'C', "SELECT 1", 1);
+	z(a, 6, 'I');
+	CHECK_EQ(asm_stats(a)->orphan_msgs, 1);
+	req(a, 6, API_SEND_QUERY, 0, "SELECT 3", NULL);
+	msg(a, 6, 'C', "SELECT 1", 1);
+	z(a, 6, 'I');
+	CHECK_EQ(G.n, 3);
+	CHECK_EQ(G.s[2].result, RES_OK);
+	CHECK(!G.s[2].lost_events);
+	CHECK_EQ(asm_stats(a)->realigned, 1);
+	CHECK_EQ(asm_realign(a, T), 0);
+	asm_free(a);
+}
+
 TEST(ends_of_connections_and_processes)
 {
 	struct assembler *a = fresh(65536);
@@ -913,6 +950,7 @@ int main(void)
 		CASE(long_text_in_chunks),
 		CASE(messages_in_parts),
 		CASE(losses_are_reported),
+		CASE(kernel_skipped_runs),
 		CASE(ends_of_connections_and_processes),
 		CASE(connections_do_not_mix),
 		CASE(identity_from_the_bpf_side),
