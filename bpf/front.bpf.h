@@ -77,6 +77,8 @@ struct {
 	__type(value, struct fwalk);
 } fwalks SEC(".maps");
 
+#include "tls.bpf.h"
+
 static __always_inline bool frontend_type(__u8 t)
 {
 	switch (t) {
@@ -327,6 +329,7 @@ static __noinline int front_startup(void *ctx, struct fwalk *w, struct front_sta
 		st = bpf_map_lookup_elem(&fds, &w->key);
 		if (st) /* the replies are TLS records: not walked */
 			st->flags = (st->flags & ~FS_SYNCED) | FS_TLS;
+		tls_bind(w); /* the plaintext, where libssl has it */
 		return front_bad(ctx, w, fs, DESYNC_TLS);
 	}
 	len = be32(w->hdr);

@@ -280,6 +280,111 @@ int tp_exit_sendmsg_loop(struct trace_event_raw_sys_exit *ctx)
 }
 
 /*
+ * TLS plaintext (tls.bpf.h), bpf_loop kernels: libssl's SSL_do_handshake names the SSL object
+ * the next ClientHello belongs to; SSL_write_ex's buffer is walked like a send; SSL_read_ex's
+ * like a read, at its return (a return probe: SSL_read_ex never switches stacks, unlike the
+ * greenlets around it).
+ */
+SEC("uprobe")
+int BPF_KPROBE(up_ssl_handshake, void *ssl)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)pid_tgid;
+	__u64 s = (__u64)ssl;
+
+	if (tls_process(pid_tgid >> 32))
+		bpf_map_update_elem(&ssl_last, &tid, &s, BPF_ANY);
+	return 0;
+}
+
+/* The walk of an SSL_write_ex's buffer, if its SSL object is bound to a database socket. */
+static __noinline struct fwalk *tls_write_walk(struct pt_regs *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid(), num = PT_REGS_PARM3(ctx);
+	__u32 tgid = pid_tgid >> 32;
+	struct fwalk *w;
+	__s32 fd;
+
+	if (!num || !tls_process(tgid))
+		return NULL;
+	fd = tls_stream(tgid, PT_REGS_PARM1(ctx));
+	if (fd < 0)
+		return NULL;
+	w = thread_entry(&fwalks);
+	if (!w)
+		return NULL;
+	w->key.tgid = tgid;
+	w->key.fd = fd;
+	w->fd = fd;
+	w->arg = PT_REGS_PARM2(ctx);
+	w->pid_tgid = pid_tgid;
+	w->left = num;
+	w->ts = bpf_ktime_get_ns();
+	w->iov = 0;
+	w->vec[0] = w->arg;
+	w->vec[1] = num;
+	/* a stream lost track of stays so until its socket is closed: never probed again */
+	return bpf_map_lookup_elem(&fds, &w->key) ? w : NULL;
+}
+
+SEC("uprobe")
+int up_ssl_write(struct pt_regs *ctx)
+{
+	struct fwalk *w = tls_write_walk(ctx);
+
+	if (w)
+		front_send(ctx, w, 1);
+	return 0;
+}
+
+SEC("uprobe")
+int BPF_KPROBE(up_ssl_read, void *ssl, void *buf, __u64 num, __u64 *nread)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tgid = pid_tgid >> 32, tid = (__u32)pid_tgid;
+	struct ssl_read r = {};
+
+	if (!tls_process(tgid))
+		return 0;
+	r.fd = tls_stream(tgid, (__u64)ssl);
+	if (r.fd < 0)
+		return 0;
+	r.buf = (__u64)buf;
+	r.nread = (__u64)nread;
+	bpf_map_update_elem(&ssl_reads, &tid, &r, BPF_ANY);
+	return 0;
+}
+
+SEC("uretprobe")
+int BPF_KRETPROBE(ur_ssl_read, int ok)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)pid_tgid;
+	struct ssl_read *r = bpf_map_lookup_elem(&ssl_reads, &tid);
+	struct walk *w;
+	__u64 n = 0;
+
+	if (!r)
+		return 0;
+	if (ok != 1 || bpf_probe_read_user(&n, sizeof(n), (const void *)r->nread) || !n ||
+	    n > (1u << 30) || !(w = thread_entry(&walks))) {
+		bpf_map_delete_elem(&ssl_reads, &tid);
+		return 0;
+	}
+	w->buf = r->buf;
+	w->fd = r->fd;
+	w->pid_tgid = pid_tgid;
+	w->n = n;
+	w->pos = 0;
+	w->tails = 0;
+	w->ts = bpf_ktime_get_ns();
+	bpf_map_delete_elem(&ssl_reads, &tid);
+	stat_add(ST_RECVS, 1);
+	walk_run_loop(ctx, w);
+	return 0;
+}
+
+/*
  * Where the sockets of processes that may speak the protocol themselves connect: a wire
  * connection's server address, known even when the connection is gone before its records are
  * read.
@@ -336,6 +441,8 @@ int tp_enter_close(struct trace_event_raw_sys_enter *ctx)
 	if (!st)
 		return 0;
 	conn = st->conn;
+	if (st->flags & FS_TLS)
+		tls_close(&k);
 	bpf_map_delete_elem(&fds, &k);
 	bpf_map_delete_elem(&fronts, &k);
 	send_conn_event(ctx, EV_CLOSE, conn, k.fd, 0);

@@ -170,8 +170,10 @@ struct ev_connect {
 };
 
 /* Python frames sent per request at most, and the frame bytes read to find what is in one. */
-#define SQLSPAN_MAX_FRAMES   128
-#define SQLSPAN_SA_CODES     3 /* SQLAlchemy Connection methods recognised by the BPF side */
+#define SQLSPAN_MAX_FRAMES 128
+#define SQLSPAN_SA_CODES   3 /* SQLAlchemy Connection methods recognised by the BPF side */
+/* Records of a TLS connection's plaintext (read where libssl takes and gives it) carry fd | this */
+#define SQLSPAN_TLS_FD	     (1 << 30)
 #define SQLSPAN_FRAME_READ   128
 #define SQLSPAN_FRAME_LOCALS 4
 

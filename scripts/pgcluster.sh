@@ -1,12 +1,15 @@
 #!/bin/sh
 # A throwaway PostgreSQL cluster for the demo, the tests and the benchmark.
-#   scripts/pgcluster.sh start DIR   -> prints "PORT SOCKET_DIR"; every statement logged as JSON
+#   scripts/pgcluster.sh start DIR [ssl]   -> prints "PORT SOCKET_DIR"; every statement logged
+#                                             as JSON; with "ssl": TLS on TCP (a self-signed
+#                                             certificate made in DIR)
 #   scripts/pgcluster.sh stop DIR
 # Runs the server as user postgres, on 127.0.0.1 and a Unix socket in DIR/sock, on a free port.
 set -eu
 
 cmd="${1:-}"
 dir="${2:-}"
+ssl="${3:-}"
 [ -n "$cmd" ] && [ -n "$dir" ] || { echo "usage: $0 start|stop DIR" >&2; exit 2; }
 
 pgbin=""
@@ -58,6 +61,16 @@ log_directory = 'log'
 log_filename = 'postgresql.log'
 log_rotation_size = 0
 EOC
+	if [ "$ssl" = ssl ]; then
+		if [ ! -f "$dir/data/server.key" ]; then
+			openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj /CN=localhost \
+				-keyout "$dir/data/server.key" -out "$dir/data/server.crt" \
+				>"$dir/openssl.log" 2>&1 || { cat "$dir/openssl.log" >&2; exit 1; }
+			chown postgres "$dir/data/server.key" "$dir/data/server.crt"
+			chmod 600 "$dir/data/server.key"
+		fi
+		echo "ssl = on" >>"$dir/data/postgresql.auto.conf"
+	fi
 	as_pg "$pgbin/pg_ctl" -w -t 60 -D "$dir/data" -l "$dir/server.log" start >/dev/null ||
 		{ cat "$dir/server.log" >&2; exit 1; }
 	echo "$port" >"$dir/port"

@@ -10,7 +10,7 @@ BUILD_PKGS="make gcc clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev pkg-con
 # libFuzzer for the fuzz target (make fuzz; make test runs it briefly)
 FUZZ_PKGS="libclang-rt-14-dev"
 RUN_PKGS="postgresql-15 postgresql-contrib python3 python3-sqlalchemy python3-psycopg2 python3-psycopg python3-asyncpg python3-greenlet"
-TEST_PKGS="python3-pytest procps util-linux iproute2 python3-asyncpg python3-greenlet python3-yaml python3-jsonschema"
+TEST_PKGS="python3-pytest procps util-linux iproute2 python3-asyncpg python3-greenlet python3-yaml python3-jsonschema openssl"
 
 case "$what" in
 build) pkgs="$BUILD_PKGS" ;;

@@ -167,14 +167,18 @@ void on_connect(struct assembler *a, const struct ev_connect *e, size_t size)
 /* Who a wire socket leads to: from its connect or the loader, or asked of the system. */
 static void wire_identify(struct assembler *a, struct aconn *c)
 {
-	struct conn_ident *p = hmap_get(&a->peers, hkey2(c->pid, (uint32_t)c->fd));
+	/* a TLS connection's plaintext stream (fd | SQLSPAN_TLS_FD) leads where its socket does */
+	int fd = c->fd & ~SQLSPAN_TLS_FD;
+	struct conn_ident *p = hmap_get(&a->peers, hkey2(c->pid, (uint32_t)fd));
 
 	conn_ident_free(&c->ident);
 	c->have_ident = true;
 	if (p)
 		ident_copy(&c->ident, p);
 	else if (a->h.ident)
-		a->h.ident(a->h.arg, c->pid, 0, c->fd, &c->ident);
+		a->h.ident(a->h.arg, c->pid, 0, fd, &c->ident);
+	if (c->fd & SQLSPAN_TLS_FD)
+		c->ident.tls = true;
 }
 
 /* BackendKeyData: the backend's PID, for the spans of this socket. */
@@ -263,7 +267,7 @@ static void wire_request(struct assembler *a, struct aconn *c, const struct ev_h
 	if (!s)
 		return;
 	s->wire = true;
-	s->fd = c->fd;
+	s->fd = c->fd & ~SQLSPAN_TLS_FD;
 	s->req = req;
 	s->pipeline = fm->type != 'Q';
 	s->ident = &c->ident;

@@ -1008,10 +1008,12 @@ static void on_conn(struct assembler *a, const struct ev_conn *e, size_t size)
 			drain(a, c, RES_UNKNOWN, e->h.ts, true);
 		break;
 	case EV_CLOSE:
-		c = conn_get(a, e->h.pid, e->fd, false);
-		if (c) {
-			drain(a, c, RES_CLOSED, e->h.ts, false);
-			conn_drop(a, c);
+		for (int tls = 0; tls < 2; tls++) { /* the socket, and its TLS plaintext stream */
+			c = conn_get(a, e->h.pid, tls ? e->fd | SQLSPAN_TLS_FD : e->fd, false);
+			if (c) {
+				drain(a, c, RES_CLOSED, e->h.ts, false);
+				conn_drop(a, c);
+			}
 		}
 		peer_forget(a, e->h.pid, e->fd); /* the number may come back as another socket */
 		break;

@@ -319,3 +319,16 @@ int elff_calls(struct elf_file *ef, const char *caller, const char *callee)
 	free(code);
 	return found;
 }
+
+size_t elff_func_code(struct elf_file *ef, const char *sym, uint8_t *buf, size_t n, uint64_t *va)
+{
+	uint64_t size;
+	ssize_t r;
+
+	if (elff_sym(ef, sym, va, &size))
+		return 0;
+	if (!size || size > n)
+		size = n;
+	r = elff_read(ef, *va, buf, size);
+	return r > 0 ? (size_t)r : 0;
+}

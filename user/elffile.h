@@ -27,4 +27,7 @@ uint64_t elff_first_load(struct elf_file *ef);
  * unknown. */
 int elff_calls(struct elf_file *ef, const char *caller, const char *callee);
 
+/* A function's first bytes of code (at most n) and its address. Returns bytes, 0 if absent. */
+size_t elff_func_code(struct elf_file *ef, const char *sym, uint8_t *buf, size_t n, uint64_t *va);
+
 #endif

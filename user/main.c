@@ -523,6 +523,10 @@ static int open_and_load(struct tracer *t)
 	bpf_program__set_autoload(skel->progs.tp_exit_sendto_loop, t->use_loop);
 	bpf_program__set_autoload(skel->progs.tp_enter_connect, t->use_loop);
 	bpf_program__set_autoload(skel->progs.tp_exit_sendmsg_loop, t->use_loop);
+	bpf_program__set_autoload(skel->progs.up_ssl_handshake, t->use_loop);
+	bpf_program__set_autoload(skel->progs.up_ssl_write, t->use_loop);
+	bpf_program__set_autoload(skel->progs.up_ssl_read, t->use_loop);
+	bpf_program__set_autoload(skel->progs.ur_ssl_read, t->use_loop);
 	vlog(t, "reads walked with %s", t->use_loop ? "bpf_loop" : "bounded loops and tail calls");
 	chunks = (t->cli.max_sql_bytes + SQLSPAN_TEXT_CHUNK - 2) / (SQLSPAN_TEXT_CHUNK - 1);
 	if (chunks > SQLSPAN_MAX_CHUNKS - 1)

@@ -62,20 +62,6 @@ void vlog(const struct tracer *t, const char *fmt, ...)
 	va_end(ap);
 }
 
-/* Read a function's code (at most n bytes). Returns bytes, 0 if absent. */
-static size_t func_code(struct elf_file *ef, const char *sym, uint8_t *buf, size_t n, uint64_t *va)
-{
-	uint64_t size;
-	ssize_t r;
-
-	if (elff_sym(ef, sym, va, &size))
-		return 0;
-	if (!size || size > n)
-		size = n;
-	r = elff_read(ef, *va, buf, size);
-	return r > 0 ? (size_t)r : 0;
-}
-
 static void derive_layout(struct tracer *t, struct elf_file *ef, struct lib_target *lt)
 {
 	static const struct {
@@ -95,7 +81,7 @@ static void derive_layout(struct tracer *t, struct elf_file *ef, struct lib_targ
 
 	pq_layout_init(&lt->layout);
 	for (size_t i = 0; i < sizeof(acc) / sizeof(acc[0]); i++) {
-		size_t n = func_code(ef, acc[i].sym, code, sizeof(code), &va);
+		size_t n = elff_func_code(ef, acc[i].sym, code, sizeof(code), &va);
 
 		if (n && acc[i].fn(&lt->layout, code, n))
 			vlog(t, "%s: could not read %s's offsets from %s", lt->shown, "PGconn",
@@ -131,7 +117,7 @@ static int attach_lib(struct tracer *t, struct proc_target *p, struct lib_target
 		struct bpf_link *link;
 		struct x86_insn in;
 
-		n = func_code(ef, sp->sym, code, sizeof(code), &va);
+		n = elff_func_code(ef, sp->sym, code, sizeof(code), &va);
 		if (!n)
 			continue;
 		if (sp->inner) {
@@ -267,6 +253,7 @@ int probes_scan(struct tracer *t, struct proc_target *p)
 	char path[64], line[1024];
 	struct map_entry e;
 	bool changed = false, wire = false;
+	char ssl_path[PATH_MAX + 64] = "", ssl_shown[PATH_MAX] = "";
 	int mapped = 0;
 	FILE *f;
 
@@ -285,6 +272,11 @@ int probes_scan(struct tracer *t, struct proc_target *p)
 		if (!is_libpq_name(e.path)) {
 			if (!p->greenlet && strstr(e.path, "/greenlet/_greenlet."))
 				greenlet_seen(t, p);
+			if (!ssl_path[0] && strstr(e.path, "/libssl.so")) {
+				snprintf(ssl_path, sizeof(ssl_path), "/proc/%d/root%s", p->pid,
+					 e.path);
+				snprintf(ssl_shown, sizeof(ssl_shown), "%s", e.path);
+			}
 			if (!wire && is_wire_driver_name(e.path)) {
 				wire = true;
 				if (!p->wire_shown[0])
@@ -335,6 +327,10 @@ int probes_scan(struct tracer *t, struct proc_target *p)
 					     BPF_ANY);
 		p->wire = true;
 	}
+	if (p->wire && t->use_loop && ssl_path[0] && !p->tls_tried) {
+		p->tls_tried = true;
+		tls_attach(t, p, ssl_path, ssl_shown);
+	}
 	return mapped + (p->wire ? 1 : 0);
 }
 
@@ -376,6 +372,8 @@ void probes_detach(struct tracer *t, struct proc_target *p)
 		p->libs[i].nlinks = 0;
 	}
 	p->nlibs = 0;
+	tls_detach(p);
+	p->tls_tried = false;
 	if (t->skel) {
 		bpf_map__delete_elem(t->skel->maps.libs, &key, sizeof(key), 0);
 		bpf_map__delete_elem(t->skel->maps.pids, &key, sizeof(key), 0);

@@ -18,6 +18,7 @@ struct sqlspan_bpf;
 struct bpf_link;
 
 #define MAX_LINKS 32
+#define TLS_LINKS 4
 
 /* One libpq file attached for one process. */
 struct lib_target {
@@ -42,7 +43,10 @@ struct proc_target {
 	bool wire;	   /* its sockets are followed for the protocol (asyncpg, or --wire) */
 	bool greenlet;	   /* it loaded greenlet: greenlet_spawn is looked for */
 	bool wire_started; /* its sockets are followed (tracepoints attached, open sockets noted) */
-	char wire_shown[PATH_MAX]; /* the driver that made it so ("" for --wire) */
+	char wire_shown[PATH_MAX];	       /* the driver that made it so ("" for --wire) */
+	bool tls_tried;			       /* libssl seen (probed, or found wanting) */
+	struct bpf_link *tls_links[TLS_LINKS]; /* libssl's probes (tlsprobes.c) */
+	int ntls;
 };
 
 struct tracer {
@@ -75,6 +79,9 @@ int probes_scan(struct tracer *t, struct proc_target *p);
 int probes_predict(struct tracer *t, struct proc_target *p);
 /* Remove every probe of a process. */
 void probes_detach(struct tracer *t, struct proc_target *p);
+/* Probe a process's libssl (path: through its root) for its TLS wire connections' plaintext. */
+int tls_attach(struct tracer *t, struct proc_target *p, const char *path, const char *shown);
+void tls_detach(struct proc_target *p);
 /* The PGconn layout for a process (of its first libpq); NULL if none. */
 const struct pq_layout *probes_layout(struct tracer *t, pid_t pid);
 

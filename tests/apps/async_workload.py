@@ -130,6 +130,8 @@ def make_engine(a, **kw):
     # a password the server does not ask for (trust): it must never show in sqlspan's output
     url = "postgresql+%s://%s:%s@/%s?host=%s&port=%s" % (a.driver, a.user, SECRET_PW, a.db,
                                                        a.host, a.port)
+    if a.ssl:  # TLS on TCP: asyncio's ssl (a MemoryBIO over the socket), no verification
+        kw["connect_args"] = dict(kw.get("connect_args", {}), ssl="require")
     engine = create_async_engine(url, **kw)
     sync = engine.sync_engine
     shown_url = sync.url.render_as_string(hide_password=True)
@@ -375,7 +377,8 @@ def tag_rows(status):
 
 async def raw_connect(a):
     import asyncpg
-    return await asyncpg.connect(host=a.host, port=int(a.port), user=a.user, database=a.db)
+    return await asyncpg.connect(host=a.host, port=int(a.port), user=a.user, database=a.db,
+                                 ssl="require" if a.ssl else None)
 
 
 async def scenario_raw(a, conn):
@@ -511,6 +514,7 @@ def main():
                     choices=["async-orm", "async-concurrent", "asyncpg-raw"])
     ap.add_argument("--record", required=True)
     ap.add_argument("--go", action="store_true", help="wait for a line on stdin first")
+    ap.add_argument("--ssl", action="store_true", help="connect with TLS (a TCP --host)")
     ap.add_argument("--driver", default="asyncpg", choices=["asyncpg", "psycopg"],
                     help="the AsyncEngine's driver (psycopg: SQLAlchemy 2.0's psycopg async)")
     ap.add_argument("--connect-first", action="store_true",

@@ -19,3 +19,11 @@ def cluster():
     c = Cluster()
     yield c
     c.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_cluster():
+    """A cluster with TLS on TCP (a self-signed certificate)."""
+    c = Cluster(ssl=True)
+    yield c
+    c.stop()

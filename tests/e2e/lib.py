@@ -19,10 +19,10 @@ PGCLUSTER = os.path.join(ROOT, "scripts", "pgcluster.sh")
 class Cluster:
     """A PostgreSQL cluster started by scripts/pgcluster.sh, every statement logged as JSON."""
 
-    def __init__(self):
+    def __init__(self, ssl=False):
         self.dir = tempfile.mkdtemp(prefix="sqlspan-pg-")
-        out = subprocess.run([PGCLUSTER, "start", self.dir], check=True, capture_output=True,
-                             text=True).stdout.split()
+        out = subprocess.run([PGCLUSTER, "start", self.dir] + (["ssl"] if ssl else []),
+                             check=True, capture_output=True, text=True).stdout.split()
         self.port, self.sockdir = out[0], out[1]
         self.log = os.path.join(self.dir, "data", "log", "postgresql.json")
         self.sockpath = os.path.join(self.sockdir, ".s.PGSQL.%s" % self.port)

@@ -1,0 +1,126 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * TLS connections of drivers that speak the protocol themselves: asyncpg over Python's ssl,
+ * which encrypts in memory (ssl.MemoryBIO), so no socket is ever handed to libssl. The plaintext
+ * is read where libssl takes it (SSL_write_ex, at entry) and gives it (SSL_read_ex, at its
+ * return), and walked like a socket's bytes, as the stream fd | SQLSPAN_TLS_FD. Which socket an
+ * SSL object serves is learnt at the handshake: the thread that calls SSL_do_handshake next
+ * sends the ClientHello on the socket (front_startup calls tls_bind). Connections whose handshake
+ * happened before sqlspan attached stay encrypted (marked, not read). bpf_loop kernels only.
+ */
+#ifndef SQLSPAN_TLS_BPF_H
+#define SQLSPAN_TLS_BPF_H
+
+struct ssl_key {
+	__u32 tgid;
+	__u32 _pad;
+	__u64 ssl; /* SSL * */
+};
+
+/* SSL object -> the socket it encrypts for */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct ssl_key);
+	__type(value, __s32);
+} ssl_fds SEC(".maps");
+
+/* socket -> its SSL object (to forget the binding when the socket closes) */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct fd_key);
+	__type(value, __u64);
+} fd_ssls SEC(".maps");
+
+/* per thread: the SSL object of its last SSL_do_handshake */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u64);
+} ssl_last SEC(".maps");
+
+/* per thread: an SSL_read_ex in progress on a bound SSL object */
+struct ssl_read {
+	__u64 buf;
+	__u64 nread; /* size_t *readbytes */
+	__s32 fd;    /* fd | SQLSPAN_TLS_FD */
+	__u32 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct ssl_read);
+} ssl_reads SEC(".maps");
+
+static __always_inline bool tls_process(__u32 tgid)
+{
+	__u8 *pv = bpf_map_lookup_elem(&pids, &tgid);
+
+	return pv && (*pv & PID_WIRE);
+}
+
+/* The socket a bound SSL object serves, as its plaintext stream (fd | SQLSPAN_TLS_FD); -1 if none
+ */
+static __always_inline __s32 tls_stream(__u32 tgid, __u64 ssl)
+{
+	struct ssl_key k = {.tgid = tgid, .ssl = ssl};
+	__s32 *fd = bpf_map_lookup_elem(&ssl_fds, &k);
+
+	return fd ? *fd | SQLSPAN_TLS_FD : -1;
+}
+
+/*
+ * The ClientHello went out on w's socket: the SSL object this thread just shook hands with is
+ * that socket's. Its plaintext stream starts with the StartupMessage.
+ */
+static __noinline void tls_bind(struct fwalk *w)
+{
+	__u32 tid = (__u32)w->pid_tgid, zero = 0;
+	__u64 *ssl = bpf_map_lookup_elem(&ssl_last, &tid);
+	struct ssl_key k = {.tgid = w->key.tgid};
+	struct fd_key pk = {.tgid = w->key.tgid, .fd = w->fd | SQLSPAN_TLS_FD};
+	struct front_state *fs;
+	struct fd_state *st;
+	void *z;
+
+	if (!ssl || !*ssl)
+		return;
+	k.ssl = *ssl;
+	z = bpf_map_lookup_elem(&zeroes, &zero);
+	if (!z || bpf_map_update_elem(&ssl_fds, &k, &w->fd, BPF_ANY) ||
+	    bpf_map_update_elem(&fd_ssls, &w->key, &k.ssl, BPF_ANY) ||
+	    bpf_map_update_elem(&fds, &pk, z, BPF_ANY) ||
+	    bpf_map_update_elem(&fronts, &pk, z, BPF_ANY)) {
+		stat_add(ST_FD_FULL, 1);
+		return;
+	}
+	st = bpf_map_lookup_elem(&fds, &pk);
+	fs = bpf_map_lookup_elem(&fronts, &pk);
+	if (st)
+		st->flags = FS_WIRE;
+	if (fs)
+		fs->flags = FR_STARTUP;
+	bpf_map_delete_elem(&ssl_last, &tid);
+}
+
+/* A socket closes: its TLS stream and binding go with it. */
+static __always_inline void tls_close(struct fd_key *k)
+{
+	struct fd_key pk = {.tgid = k->tgid, .fd = k->fd | SQLSPAN_TLS_FD};
+	__u64 *ssl = bpf_map_lookup_elem(&fd_ssls, k);
+	struct ssl_key sk = {.tgid = k->tgid};
+
+	if (!ssl)
+		return;
+	sk.ssl = *ssl;
+	bpf_map_delete_elem(&ssl_fds, &sk);
+	bpf_map_delete_elem(&fd_ssls, k);
+	bpf_map_delete_elem(&fds, &pk);
+	bpf_map_delete_elem(&fronts, &pk);
+}
+
+#endif
