@@ -35,6 +35,11 @@ struct stack_buf {
 	__u32 flags;
 	__u64 sa_type;
 	__u64 sa_engine;
+	__u64 task_handle_type;
+	__u64 task_num;
+	__u32 task_kind;
+	__u32 task_len;
+	char task_name[SQLSPAN_TASK_NAME];
 	struct ev_frame frames[SQLSPAN_MAX_FRAMES];
 	/* not sent: */
 	__u64 frame;	/* the frame being read */
@@ -276,6 +281,63 @@ static __noinline void sa_engine_read(struct py_cfg *cfg, struct stack_buf *sb)
 		sb->sa_engine = rd64(values + cfg->sa_slot);
 }
 
+/*
+ * asyncio's Handle._run frame (just added): the Handle's callback holds the Task it steps or
+ * wakes up; the Task's name is copied now (the Task may be gone by the time userspace reads the
+ * record). Only what userspace has learnt and said in cfg is followed; anything else, nothing.
+ */
+static __noinline void task_read(struct py_cfg *cfg, struct stack_buf *sb)
+{
+	__u64 handle = sb->frames[(sb->nframes - 1) & (SQLSPAN_MAX_FRAMES - 1)].local[0];
+	__u64 cb, type, task, name, state = 0, len = 0;
+
+	if (cfg->code_tagged)
+		handle &= ~3ULL;
+	sb->task_handle_type = handle ? rd64(handle + 8) : 0;
+	if (!sb->task_handle_type || sb->task_handle_type != cfg->task_handle_type ||
+	    cfg->task_cb_off <= 0)
+		return;
+	cb = rd64(handle + (cfg->task_cb_off & 0xfff));
+	type = cb ? rd64(cb + 8) : 0;
+	if (!type)
+		return;
+	if (type == cfg->task_step_type && cfg->task_step_off > 0)
+		task = rd64(cb + (cfg->task_step_off & 0xff));
+	else if (type == cfg->task_meth_type && cfg->task_meth_off > 0)
+		task = rd64(cb + (cfg->task_meth_off & 0xff));
+	else
+		return;
+	if (!task || rd64(task + 8) != cfg->task_type || cfg->task_name_off <= 0)
+		return;
+	name = rd64(task + (cfg->task_name_off & 0xfff));
+	type = name ? rd64(name + 8) : 0;
+	if (type && type == cfg->str_type) {
+		/* compact ASCII only (state bits: compact 5, ascii 6); others are left unnamed */
+		bpf_probe_read_user(&state, 4, (const void *)(name + (cfg->str_state & 0xff)));
+		len = rd64(name + (cfg->str_length & 0xff));
+		if ((state & 0x60) != 0x60 || len > (1u << 20))
+			return;
+		/* at most SQLSPAN_TASK_NAME - 1 bytes: the mask keeps the verifier sure */
+		len = len < SQLSPAN_TASK_NAME - 1 ? len : SQLSPAN_TASK_NAME - 1;
+		len &= SQLSPAN_TASK_NAME - 1;
+		if (bpf_probe_read_user(sb->task_name, len,
+					(const void *)(name + (cfg->str_ascii & 0xff))))
+			return;
+		sb->task_len = len;
+		sb->task_kind = TASK_NAME_STR;
+	} else if (type && type == cfg->int_type) {
+		/* one 30-bit digit, positive: a task counter */
+		__u64 tag = rd64(name + (cfg->long_tag & 0xff));
+		__u32 digit = 0;
+
+		if (cfg->long_tagged ? (tag >> 3) != 1 || (tag & 3) != 0 : tag != 1)
+			return;
+		bpf_probe_read_user(&digit, 4, (const void *)(name + (cfg->long_digits & 0xff)));
+		sb->task_num = digit & 0x3fffffff;
+		sb->task_kind = TASK_NAME_NUM;
+	}
+}
+
 /* Does the frame object at sb->gtmp belong to a greenlet's saved state? One candidate per call. */
 static long gl_scan_cb(__u32 i, void *data)
 {
@@ -374,6 +436,10 @@ static __noinline void greenlet_check(struct py_cfg *cfg, struct stack_buf *sb)
 			greenlet_check(wc->cfg, sb);                                               \
 		if (r == 0 && !sb->sa_type && sa_frame(wc->cfg, sb))                               \
 			sa_engine_read(wc->cfg, sb);                                               \
+		if (r == 0 && !sb->task_handle_type && wc->cfg->task_run_code &&                   \
+		    sb->frames[(sb->nframes - 1) & (SQLSPAN_MAX_FRAMES - 1)].code ==               \
+			    wc->cfg->task_run_code)                                                \
+			task_read(wc->cfg, sb);                                                    \
 		sb->frame = fb64(sb, wc->cfg->frame_previous);                                     \
 		return 0;                                                                          \
 	}
@@ -427,6 +493,10 @@ DEFINE_FRAME_CB(frame_cb_loop, 1)
 		sb->glet = 0;                                                                      \
 		sb->sa_type = 0;                                                                   \
 		sb->sa_engine = 0;                                                                 \
+		sb->task_handle_type = 0;                                                          \
+		sb->task_num = 0;                                                                  \
+		sb->task_kind = 0;                                                                 \
+		sb->task_len = 0;                                                                  \
 		TSTATE(cfg, sb);                                                                   \
 		sb->frame = 0;                                                                     \
 		if (!sb->tstate) {                                                                 \

@@ -174,6 +174,7 @@ struct ev_connect {
 #define SQLSPAN_SA_CODES   3 /* SQLAlchemy Connection methods recognised by the BPF side */
 /* Records of a TLS connection's plaintext (read where libssl takes and gives it) carry fd | this */
 #define SQLSPAN_TLS_FD	     (1 << 30)
+#define SQLSPAN_TASK_NAME    32 /* bytes of an asyncio task's name kept */
 #define SQLSPAN_FRAME_READ   128
 #define SQLSPAN_FRAME_LOCALS 4
 
@@ -209,8 +210,23 @@ struct ev_stack {
 	 */
 	__u64 sa_type;
 	__u64 sa_engine;
+	/*
+	 * The asyncio Task running the statement (its Handle._run frame is on the stack): its name,
+	 * copied at the statement (TASK_NAME_STR: task_name, cut to fit), or its number (3.12+
+	 * keep an unnamed task's number until asked: "Task-<task_num>"); task_handle_type: the
+	 * Handle's type, for userspace to learn from.
+	 */
+	__u64 task_handle_type;
+	__u64 task_num;
+	__u32 task_kind; /* TASK_NAME_* */
+	__u32 task_len;	 /* bytes of task_name (the name may be longer: cut) */
+	char task_name[SQLSPAN_TASK_NAME];
 	struct ev_frame frames[]; /* innermost first */
 };
+
+#define TASK_NAME_NONE 0
+#define TASK_NAME_STR  1
+#define TASK_NAME_NUM  2
 
 /* Per traced CPython process: where things are (from pylayout, set by the loader). */
 struct py_cfg {
@@ -255,7 +271,28 @@ struct py_cfg {
 	 * Connections while they live, and learns the above from them (0 once learnt).
 	 */
 	__u32 sa_wake_left;
-	__u32 _pad2;
+	/*
+	 * asyncio's running Task (set by userspace as it learns): the code of Handle._run, the
+	 * Handle type and where it keeps _callback; the callback's types that hold the Task (the
+	 * C task-step wrapper, or a builtin method bound to the task) and where; the Task type and
+	 * where it keeps its name; the str and int types. 0 / -1: not known.
+	 */
+	__s32 task_cb_off;
+	__u64 task_run_code;
+	__u64 task_handle_type;
+	__u64 task_step_type;
+	__u64 task_meth_type;
+	__u64 task_type;
+	__u64 str_type;
+	__u64 int_type;
+	__s32 task_step_off;
+	__s32 task_meth_off;
+	__s32 task_name_off;
+	__s32 str_length; /* PyASCIIObject.length */
+	__s32 str_state;  /* PyASCIIObject.state */
+	__s32 long_tag;	  /* int: lv_tag (3.12+) or ob_size */
+	__s32 long_digits;
+	__u32 long_tagged;
 };
 
 /* py_cfg.sa_mode: where an instance's attribute values are */
@@ -338,7 +375,7 @@ SQLSPAN_ASSERT(sizeof(struct ev_fmsg) == 48, "ev_fmsg size");
 SQLSPAN_ASSERT(sizeof(struct ev_connect) == 144, "ev_connect size");
 SQLSPAN_ASSERT(sizeof(struct lib_range) == 48, "lib_range size");
 SQLSPAN_ASSERT(sizeof(struct ev_frame) == 56, "ev_frame size");
-SQLSPAN_ASSERT(sizeof(struct ev_stack) == 56, "ev_stack size");
-SQLSPAN_ASSERT(sizeof(struct py_cfg) == 184, "py_cfg size");
+SQLSPAN_ASSERT(sizeof(struct ev_stack) == 56 + 24 + SQLSPAN_TASK_NAME, "ev_stack size");
+SQLSPAN_ASSERT(sizeof(struct py_cfg) == 272, "py_cfg size");
 
 #endif

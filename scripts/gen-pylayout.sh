@@ -16,6 +16,7 @@ cat >"$tmp/gen.c" <<'EOC'
 #include <internal/pycore_frame.h>
 #include <internal/pycore_code.h>
 #include <internal/pycore_dict.h>
+#include <structmember.h>
 #if PY_VERSION_HEX >= 0x030E0000
 #include <internal/pycore_interpframe_structs.h>
 #include <internal/pycore_debug_offsets.h>
@@ -75,6 +76,10 @@ int main(void)
 	printf("\t\t.type_basicsize = %d,\n", O(PyTypeObject, tp_basicsize));
 	printf("\t\t.type_flags = %d,\n", O(PyTypeObject, tp_flags));
 	printf("\t\t.type_dictoffset = %d,\n", O(PyTypeObject, tp_dictoffset));
+	printf("\t\t.type_members = %d,\n", O(PyTypeObject, tp_members));
+	printf("\t\t.member_size = %d,\n", (int)sizeof(PyMemberDef));
+	printf("\t\t.member_offset = %d,\n", O(PyMemberDef, offset));
+	printf("\t\t.cfunc_self = %d,\n", O(PyCFunctionObject, m_self));
 	printf("\t\t.heaptype_cached_keys = %d,\n", O(PyHeapTypeObject, ht_cached_keys));
 	printf("\t\t.dict_keys = %d,\n", O(PyDictObject, ma_keys));
 	printf("\t\t.dict_values = %d,\n", O(PyDictObject, ma_values));

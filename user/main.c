@@ -157,13 +157,40 @@ static void hook_sa_learn(void *arg, const struct pyproc *pp)
 	cfg.sa_type = pp->sa_type;
 	cfg.sa_slot = pp->sa_slot;
 	cfg.sa_valid = pp->sa_valid;
-	if (pp->sa_type && pp->sa_slot >= 0)
-		cfg.sa_wake_left = 0; /* learnt: the engine comes with the stack */
+	if (pp->sa_type && pp->sa_slot >= 0 && pp->task.task_type && pp->task.step_type)
+		cfg.sa_wake_left = 0; /* learnt: the engine and the task come with the stack */
 	bpf_map__update_elem(t->skel->maps.pyprocs, &key, sizeof(key), &cfg, sizeof(cfg),
 			     BPF_EXIST);
 	vlog(t,
 	     "PID %d: SQLAlchemy's Connection.engine read at each statement (type %#lx, slot %d)",
 	     pp->pid, (unsigned long)pp->sa_type, pp->sa_slot);
+}
+
+/* How to find a process's running asyncio Task and its name, for the BPF side. */
+static void hook_task_learn(void *arg, const struct pyproc *pp)
+{
+	struct tracer *t = arg;
+	uint32_t key = pp->pid;
+	struct py_cfg cfg;
+
+	if (bpf_map__lookup_elem(t->skel->maps.pyprocs, &key, sizeof(key), &cfg, sizeof(cfg), 0))
+		return;
+	cfg.task_run_code = pp->task.run_code;
+	cfg.task_handle_type = pp->task.handle_type;
+	cfg.task_cb_off = pp->task.cb_off;
+	cfg.task_step_type = pp->task.step_type;
+	cfg.task_step_off = pp->task.step_off;
+	cfg.task_meth_type = pp->task.meth_type;
+	cfg.task_meth_off = pp->task.meth_off;
+	cfg.task_type = pp->task.task_type;
+	cfg.task_name_off = pp->task.name_off;
+	if (pp->sa_type && pp->sa_slot >= 0 && pp->task.task_type && pp->task.step_type)
+		cfg.sa_wake_left = 0;
+	bpf_map__update_elem(t->skel->maps.pyprocs, &key, sizeof(key), &cfg, sizeof(cfg),
+			     BPF_EXIST);
+	vlog(t, "PID %d: asyncio tasks: Handle._run %#lx, Task type %#lx, name at +%d", pp->pid,
+	     (unsigned long)pp->task.run_code, (unsigned long)pp->task.task_type,
+	     pp->task.name_off);
 }
 
 /* A CPython process: tell the BPF side where its structures are, so it reads its stacks. */
@@ -220,6 +247,18 @@ static void python_setup(struct tracer *t, struct proc_target *p)
 	cfg.sa_managed_values = l->managed_values;
 	cfg.sa_dict_values = l->dict_values;
 	cfg.sa_wake_left = 64;
+	/* asyncio task names: str and int objects as the BPF side copies them */
+	cfg.task_cb_off = -1;
+	cfg.task_step_off = -1;
+	cfg.task_meth_off = -1;
+	cfg.task_name_off = -1;
+	cfg.str_type = pt.str_type;
+	cfg.int_type = pt.int_type;
+	cfg.str_length = l->unicode_length;
+	cfg.str_state = l->unicode_state;
+	cfg.long_tag = l->long_tag;
+	cfg.long_digits = l->long_digits;
+	cfg.long_tagged = l->long_tagged;
 	/* one read gives both pointers of a frame's code identity where they are 8 bytes apart */
 	cfg.code_ident =
 		l->code_name - l->code_filename == 8 && l->code_qualname - l->code_name == 8
@@ -773,6 +812,7 @@ int main(int argc, char **argv)
 	t->py.app_paths = t->cli.napp_paths ? t->cli.app_paths : NULL;
 	t->py.want_stack = t->cli.stack;
 	t->py.sa_learn = hook_sa_learn;
+	t->py.task_learn = hook_task_learn;
 	t->py.arg = t;
 	t->as = asm_new(&hooks, t->cli.max_sql_bytes, seed);
 	if (!t->as)

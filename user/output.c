@@ -242,6 +242,8 @@ void out_json(FILE *f, const struct span *s, int64_t mono_to_real)
 				(unsigned long long)s->py.sa_conn);
 		if (s->py.sa_url)
 			kv_str(f, "sqlalchemy.engine.url", s->py.sa_url);
+		if (s->py.task_name[0])
+			kv_str(f, "asyncio.task.name", s->py.task_name);
 		if (s->py.pool_reset)
 			fputs(",\"sqlalchemy.pool_reset\":true", f);
 		if (s->py.problem)

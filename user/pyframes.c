@@ -63,6 +63,12 @@ bool py_is_sa_do_execute(const char *file, const char *qualname)
 	return !strcmp(dot, "do_execute") || !strcmp(dot, "do_execute_no_params");
 }
 
+bool py_is_asyncio_handle_run(const char *file, const char *qualname)
+{
+	return file && qualname && ends_with(file, "/asyncio/events.py") &&
+	       !strcmp(qualname, "Handle._run");
+}
+
 bool py_is_sa_pool_reset(const char *file, const char *qualname)
 {
 	return file && qualname && ends_with(file, "sqlalchemy/pool/base.py") &&

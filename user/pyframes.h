@@ -17,6 +17,8 @@ bool py_is_app_file(const char *file, const char *const *app_paths);
 bool py_is_sa_connection_frame(const char *file, const char *qualname);
 /* The dialect's do_execute / do_executemany, whose third local is the statement text. */
 bool py_is_sa_do_execute(const char *file, const char *qualname);
+/* asyncio's Handle._run, whose `self` holds the callback of the Task it runs. */
+bool py_is_asyncio_handle_run(const char *file, const char *qualname);
 /* Frames of SQLAlchemy's pool returning a connection (its reset rollback). */
 bool py_is_sa_pool_reset(const char *file, const char *qualname);
 

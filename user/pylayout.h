@@ -36,6 +36,8 @@ struct py_layout {
 	int32_t bytes_size, bytes_sval;
 	/* objects: types, instance attributes (dicts and their split values), tuples, ints */
 	int32_t type_name, type_basicsize, type_flags, type_dictoffset, heaptype_cached_keys;
+	int32_t type_members, member_size, member_offset; /* tp_members: PyMemberDef[] */
+	int32_t cfunc_self; /* PyCFunctionObject.m_self: a builtin method's object */
 	int32_t dict_keys, dict_values;
 	int32_t keys_log2_size, keys_log2_index_bytes, keys_kind, keys_nentries, keys_indices;
 	int32_t values_items;	/* PyDictValues.values */

@@ -246,6 +246,33 @@ int pyobj_type_key_index(const struct pyobj_src *s, uint64_t type, const char *n
 		       : 0;
 }
 
+uint64_t pyobj_type(const struct pyobj_src *s, uint64_t obj)
+{
+	uint64_t type;
+
+	return type_of(s, obj, &type) ? 0 : type;
+}
+
+int pyobj_member_offset(const struct pyobj_src *s, uint64_t type, const char *name, int64_t *off)
+{
+	const struct py_layout *l = s->l;
+	size_t n = strlen(name) + 1;
+	uint64_t members;
+	char buf[MAX_NAME];
+
+	if (n > sizeof(buf) || rd_ptr(s, type + l->type_members, &members) || !members)
+		return -1;
+	for (int i = 0; i < 64; i++) {
+		uint64_t m = members + (uint64_t)i * l->member_size, mname;
+
+		if (rd_ptr(s, m, &mname) || !mname)
+			return -1; /* the end of the array, or unreadable */
+		if (!rd(s, mname, buf, n) && !memcmp(buf, name, n))
+			return rd(s, m + l->member_offset, off, 8) || *off <= 0 ? -1 : 0;
+	}
+	return -1;
+}
+
 int64_t pyobj_type_basicsize(const struct pyobj_src *s, uint64_t type)
 {
 	int64_t n;

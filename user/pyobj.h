@@ -33,6 +33,12 @@ int pyobj_attr(const struct pyobj_src *s, uint64_t obj, const char *name, uint64
 int pyobj_type_key_index(const struct pyobj_src *s, uint64_t type, const char *name,
 			 int64_t *index);
 
+/* Where a type's member (a __slots__ entry, tp_members) `name` sits in its objects. 0 if found. */
+int pyobj_member_offset(const struct pyobj_src *s, uint64_t type, const char *name, int64_t *off);
+
+/* The object's type; 0 if not readable. */
+uint64_t pyobj_type(const struct pyobj_src *s, uint64_t obj);
+
 /* A type's tp_basicsize; -1 if not readable. */
 int64_t pyobj_type_basicsize(const struct pyobj_src *s, uint64_t type);
 

@@ -143,11 +143,19 @@ enum py_detect_result py_detect(pid_t pid, struct py_target *t, char *why, size_
 	t->version = ver;
 	t->runtime = rt_va - elff_first_load(ef) + base;
 	{
-		uint64_t ft_va;
+		uint64_t va;
 
 		/* to recognise frame objects held by suspended greenlets */
-		if (!elff_sym(ef, "PyFrame_Type", &ft_va, NULL))
-			t->frame_type = ft_va - elff_first_load(ef) + base;
+		if (!elff_sym(ef, "PyFrame_Type", &va, NULL))
+			t->frame_type = va - elff_first_load(ef) + base;
+		/* and the str and int objects naming asyncio tasks */
+		if (!elff_sym(ef, "PyUnicode_Type", &va, NULL))
+			t->str_type = va - elff_first_load(ef) + base;
+		if (!elff_sym(ef, "PyLong_Type", &va, NULL))
+			t->int_type = va - elff_first_load(ef) + base;
+		/* builtin methods: asyncio's Task.__wakeup bound to its task */
+		if (!elff_sym(ef, "PyCFunction_Type", &va, NULL))
+			t->cfunc_type = va - elff_first_load(ef) + base;
 	}
 	table = py_layout_table(ver);
 	if (!table) {

@@ -343,6 +343,88 @@ static const char *engine_url(struct pyproc *pp, const struct ev_stack *st, uint
 	return s;
 }
 
+/* Where a Task keeps its name: right after its coroutine (TaskObj: task_coro, task_name). */
+static int32_t task_name_offset(struct pyobj_src *src, uint64_t task)
+{
+	for (int32_t off = 16; off < 400; off += 8) {
+		uint64_t v = 0;
+
+		if (proc_read(src->pid, task + off, &v, 8) != 8)
+			return -1;
+		if (v && pyobj_type_is(src, v, "coroutine"))
+			return off + 8;
+	}
+	return -1;
+}
+
+/*
+ * Teach the BPF side to find the running asyncio Task (py_cfg.task_*): the code of
+ * Handle._run; from its Handle's type, where _callback is; from a live Handle (records read
+ * while the statement runs: the first ones wake sqlspan), the task-step wrapper's type and the
+ * Task's type and where it keeps its name. Builtin methods (Task.__wakeup) are PyCFunction_Type.
+ */
+static void task_learn(struct pystacks *ps, struct pyproc *pp, const struct ev_stack *st,
+		       const struct ev_frame *f)
+{
+	struct pyobj_src src = {pp->pid, &pp->t.layout, &pp->slots};
+	const struct py_layout *l = &pp->t.layout;
+	struct task_learnt *tl = &pp->task, before = pp->task;
+	uint64_t handle = f->local[0] & (l->code_tagged ? ~3ULL : ~0ULL), type, cb = 0, task = 0;
+	int64_t off;
+
+	tl->run_code = f->code;
+	if (!tl->meth_type && pp->t.cfunc_type) {
+		tl->meth_type = pp->t.cfunc_type;
+		tl->meth_off = l->cfunc_self;
+	}
+	type = st->task_handle_type ? st->task_handle_type : pyobj_type(&src, handle);
+	if (type && type != tl->handle_type &&
+	    !pyobj_member_offset(&src, type, "_callback", &off)) {
+		tl->handle_type = type;
+		tl->cb_off = off;
+	}
+	if (type && type == tl->handle_type && pyobj_type(&src, handle) == type &&
+	    proc_read(pp->pid, handle + tl->cb_off, &cb, 8) == 8 && cb) {
+		type = pyobj_type(&src, cb);
+		if (type == tl->meth_type) {
+			proc_read(pp->pid, cb + tl->meth_off, &task, 8);
+		} else if (pyobj_type_is(&src, cb, "TaskStepMethWrapper") ||
+			   pyobj_type_is(&src, cb, "_asyncio.TaskStepMethWrapper")) {
+			tl->step_type = type;
+			tl->step_off = 16; /* {PyObject_HEAD; TaskObj *sw_task; ...} */
+			proc_read(pp->pid, cb + tl->step_off, &task, 8);
+		}
+	}
+	if (task && !tl->task_type && pyobj_type_is(&src, task, "_asyncio.Task")) {
+		int32_t name_off = task_name_offset(&src, task);
+
+		if (name_off > 0) {
+			tl->task_type = pyobj_type(&src, task);
+			tl->name_off = name_off;
+		}
+	}
+	if (memcmp(&before, tl, sizeof(before)) && ps->task_learn)
+		ps->task_learn(ps->arg, pp);
+}
+
+/* The task's name the BPF side copied (or its number: 3.12+ name unnamed tasks when asked). */
+static void task_name(const struct ev_stack *st, char *out, size_t n)
+{
+	out[0] = 0;
+	if (st->task_kind == TASK_NAME_STR && st->task_len < SQLSPAN_TASK_NAME) {
+		size_t len = st->task_len < n - 1 ? st->task_len : n - 1;
+
+		memcpy(out, st->task_name, len);
+		out[len] = 0;
+		for (size_t i = 0; i < len; i++) {
+			if ((unsigned char)out[i] < 0x20 || (unsigned char)out[i] > 0x7e)
+				out[i] = '?'; /* ASCII only is copied; keep it printable */
+		}
+	} else if (st->task_kind == TASK_NAME_NUM) {
+		snprintf(out, n, "Task-%llu", (unsigned long long)st->task_num);
+	}
+}
+
 void pystacks_prefetch(struct pystacks *ps, const struct ev_stack *st, size_t size)
 {
 	struct pyproc *pp = proc_of(ps, st->h.pid);
@@ -355,13 +437,18 @@ void pystacks_prefetch(struct pystacks *ps, const struct ev_stack *st, size_t si
 		const struct ev_frame *f = &st->frames[i];
 		struct pycode *c = frame_code(pp, f);
 
-		if (c && py_is_sa_connection_frame(c->file, c->qualname)) {
-			sa_learn(ps, pp, st, f->code);
+		if (!c)
+			continue;
+		if (py_is_sa_connection_frame(c->file, c->qualname)) {
 			enum url_from from;
 
+			sa_learn(ps, pp, st, f->code);
 			engine_url(pp, st, f->local[0] & tag_mask, f->local[1] & tag_mask, &from);
-			return;
 		}
+		if (py_is_asyncio_handle_run(c->file, c->qualname) &&
+		    (!pp->task.task_type || !pp->task.step_type || pp->task.run_code != f->code ||
+		     st->task_handle_type != pp->task.handle_type))
+			task_learn(ps, pp, st, f);
 	}
 }
 
@@ -434,6 +521,7 @@ void pystacks_resolve(struct pystacks *ps, const struct ev_stack *st, size_t siz
 		out->sa_url = engine_url(pp, st, out->sa_conn, dialect, &from);
 		ps->urls_from[from]++;
 	}
+	task_name(st, out->task_name, sizeof(out->task_name));
 	if (ps->want_stack) {
 		if (out->cut) {
 			if (js.len > 1)

@@ -24,6 +24,11 @@ struct pyproc {
 	uint64_t sa_code[SQLSPAN_SA_CODES];
 	uint64_t sa_type;
 	int32_t sa_slot, sa_valid;
+	/* what the BPF side was told to find asyncio's running Task with (see py_cfg) */
+	struct task_learnt {
+		uint64_t run_code, handle_type, step_type, meth_type, task_type;
+		int32_t cb_off, step_off, meth_off, name_off;
+	} task;
 	struct hmap codes;	  /* code object address -> struct pycode * */
 	struct hmap slots;	  /* where instance attributes sit (pyobj_attr's cache) */
 	struct hmap urls;	  /* (engine, URL object) -> the rendered URL */
@@ -46,6 +51,8 @@ struct pystacks {
 	bool want_stack;	      /* --stack */
 	/* tell the BPF side where a process's Connection.engine is (pp->sa_*) */
 	void (*sa_learn)(void *arg, const struct pyproc *pp);
+	/* tell the BPF side how to find a process's running asyncio Task (pp->task) */
+	void (*task_learn)(void *arg, const struct pyproc *pp);
 	void *arg;
 	uint64_t urls_from[URL__COUNT]; /* spans with a SQLAlchemy Connection, by URL source */
 };

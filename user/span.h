@@ -61,6 +61,7 @@ struct span_py {
 	char *stack;	    /* --stack: a JSON array of "qualname (file:line)", innermost first */
 	uint64_t sa_conn;   /* the SQLAlchemy Connection (id(conn)), 0 if none on the stack */
 	const char *sa_url; /* its engine's URL, password hidden (owned by the stack resolver) */
+	char task_name[48]; /* asyncio.task.name: the running Task's name ("" if none) */
 	bool pool_reset;    /* issued by SQLAlchemy's pool when a connection is returned */
 	char *sa_statement; /* the statement text SQLAlchemy holds, if read */
 	char *problem;	    /* why the stack could not be read, if it could not */

@@ -198,6 +198,7 @@ def check_sync_side(record, spans, learning=0):
                       key=lambda s: s["start_time_unix_nano"]) for b in record["backends"]}
     pos = {b: 0 for b in record["backends"]}
     total = with_conn = with_url = sites = 0
+    named, unnamed_first = 0, []
     for r in record["records"]:
         if r.get("text") is None or r.get("conn_id") is None:
             continue
@@ -216,12 +217,23 @@ def check_sync_side(record, spans, learning=0):
                 # as the app's own url.render_as_string(hide_password=True) shows it
                 assert s["sqlalchemy.engine.url"] == r["url"] and ":***@" in r["url"], (r, s)
                 with_url += 1
+            if r.get("task") is not None:
+                # asyncio.task.name: the app's own current_task().get_name() (cut as sqlspan
+                # keeps it); none wrong, none missing once sqlspan has learnt where Tasks keep
+                # their names (from the first statements)
+                if "asyncio.task.name" in s:
+                    assert s["asyncio.task.name"] == r["task"][:31], (r, s)
+                    named += 1
+                else:
+                    assert not named, ("a task name missing after others were read", r, s)
+                    unnamed_first.append(r["task"])
             if r.get("await_line") is not None:
                 assert s.get("code.line.number") == r["await_line"] and \
                     s.get("code.function.name", "").endswith(r["await_func"]), (r, s)
                 sites += 1
     assert total > 20 and with_conn >= total - learning, (with_conn, total)
     assert with_url >= total - learning, (with_url, total)
+    assert named > 20 and len(unnamed_first) <= 5, (named, unnamed_first)
     assert sites > 20
     return total
 

@@ -5,7 +5,8 @@
 #   tier 1: every BPF program loads and attaches; records through the ring buffer and the perf
 #           buffer; the socket walker with bpf_loop and with tail calls; detach leaves no probe
 #   tier 2: real apps end to end (SQLAlchemy + psycopg2, psycopg 3 pipelines, pgbench, AsyncEngine
-#           + asyncpg on the wire) against the server's statement log; Python call sites,
+#           + asyncpg on the wire, asyncpg over TLS: libssl probes and a return probe) against
+#           the server's statement log; Python call sites,
 #           transactions and async SQLAlchemy connections against the app's record (before 5.17:
 #           asyncpg refused with its message, a documented degraded mode)
 set -u
@@ -26,7 +27,8 @@ for tier in "$@"; do
 		tests/e2e/test_capture.py::test_psycopg3_pipeline_prepared
 		tests/e2e/test_clients.py::test_pgbench_select_only
 		tests/e2e/test_async.py::test_async_orm
-		tests/e2e/test_async.py::test_asyncpg_raw" ;;
+		tests/e2e/test_async.py::test_asyncpg_raw
+		tests/e2e/test_async.py::test_asyncpg_over_tls[asyncpg-raw]" ;;
 	*) echo "guest: unknown tier $tier" >&2; exit 2 ;;
 	esac
 done
