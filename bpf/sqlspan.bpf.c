@@ -184,15 +184,8 @@ static __always_inline struct walk *walk_begin(struct trace_event_raw_sys_exit *
 		bpf_map_delete_elem(&recvs, &tid);
 		return NULL;
 	}
-	w->buf = a->buf;
-	w->fd = a->fd;
-	w->pid_tgid = pid_tgid;
-	w->n = ret;
-	w->pos = 0;
-	w->tails = 0;
-	w->ts = bpf_ktime_get_ns();
+	walk_init(w, a->buf, a->fd, pid_tgid, ret);
 	bpf_map_delete_elem(&recvs, &tid);
-	stat_add(ST_RECVS, 1);
 	return w;
 }
 
@@ -234,14 +227,7 @@ int tp_exit_recvfrom_loop(struct trace_event_raw_sys_exit *ctx)
 	w = thread_entry(&walks);
 	if (!w)
 		return 0;
-	w->buf = PT_REGS_PARM2_CORE(regs);
-	w->fd = k.fd;
-	w->pid_tgid = pid_tgid;
-	w->n = ret;
-	w->pos = 0;
-	w->tails = 0;
-	w->ts = bpf_ktime_get_ns();
-	stat_add(ST_RECVS, 1);
+	walk_init(w, PT_REGS_PARM2_CORE(regs), k.fd, pid_tgid, ret);
 	walk_run_loop(ctx, w);
 	return 0;
 }
@@ -371,15 +357,8 @@ int BPF_KRETPROBE(ur_ssl_read, int ok)
 		bpf_map_delete_elem(&ssl_reads, &tid);
 		return 0;
 	}
-	w->buf = r->buf;
-	w->fd = r->fd;
-	w->pid_tgid = pid_tgid;
-	w->n = n;
-	w->pos = 0;
-	w->tails = 0;
-	w->ts = bpf_ktime_get_ns();
+	walk_init(w, r->buf, r->fd, pid_tgid, n);
 	bpf_map_delete_elem(&ssl_reads, &tid);
-	stat_add(ST_RECVS, 1);
 	walk_run_loop(ctx, w);
 	return 0;
 }

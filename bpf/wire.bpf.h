@@ -298,6 +298,19 @@ static __noinline int walk_step(void *ctx, struct walk *w, struct fd_state *st)
 	return walk_header(ctx, w, st);
 }
 
+/* A walk of n bytes read at buf from stream fd (a socket, or a TLS stream), starting now. */
+static __always_inline void walk_init(struct walk *w, __u64 buf, __s32 fd, __u64 pid_tgid, __u32 n)
+{
+	w->buf = buf;
+	w->fd = fd;
+	w->pid_tgid = pid_tgid;
+	w->n = n;
+	w->pos = 0;
+	w->tails = 0;
+	w->ts = bpf_ktime_get_ns();
+	stat_add(ST_RECVS, 1);
+}
+
 static __always_inline struct fd_state *walk_state(struct walk *w)
 {
 	struct fd_state *st;

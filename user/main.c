@@ -144,8 +144,12 @@ static void hook_py(void *arg, const struct ev_stack *st, size_t size, struct sp
 	pystacks_resolve(&t->py, st, size, out);
 }
 
-/* Where SQLAlchemy's Connection keeps its engine in this process, for the BPF side to read. */
-static void hook_sa_learn(void *arg, const struct pyproc *pp)
+/*
+ * What userspace learnt of a process's Python objects, for the BPF side to read at each
+ * statement: where SQLAlchemy's Connection keeps its engine, how to find the running asyncio
+ * Task's name. The rest of the process's py_cfg (some of it written by the BPF side) is kept.
+ */
+static void hook_py_learnt(void *arg, const struct pyproc *pp)
 {
 	struct tracer *t = arg;
 	uint32_t key = pp->pid;
@@ -157,24 +161,6 @@ static void hook_sa_learn(void *arg, const struct pyproc *pp)
 	cfg.sa_type = pp->sa_type;
 	cfg.sa_slot = pp->sa_slot;
 	cfg.sa_valid = pp->sa_valid;
-	if (pp->sa_type && pp->sa_slot >= 0 && pp->task.task_type && pp->task.step_type)
-		cfg.sa_wake_left = 0; /* learnt: the engine and the task come with the stack */
-	bpf_map__update_elem(t->skel->maps.pyprocs, &key, sizeof(key), &cfg, sizeof(cfg),
-			     BPF_EXIST);
-	vlog(t,
-	     "PID %d: SQLAlchemy's Connection.engine read at each statement (type %#lx, slot %d)",
-	     pp->pid, (unsigned long)pp->sa_type, pp->sa_slot);
-}
-
-/* How to find a process's running asyncio Task and its name, for the BPF side. */
-static void hook_task_learn(void *arg, const struct pyproc *pp)
-{
-	struct tracer *t = arg;
-	uint32_t key = pp->pid;
-	struct py_cfg cfg;
-
-	if (bpf_map__lookup_elem(t->skel->maps.pyprocs, &key, sizeof(key), &cfg, sizeof(cfg), 0))
-		return;
 	cfg.task_run_code = pp->task.run_code;
 	cfg.task_handle_type = pp->task.handle_type;
 	cfg.task_cb_off = pp->task.cb_off;
@@ -185,11 +171,13 @@ static void hook_task_learn(void *arg, const struct pyproc *pp)
 	cfg.task_type = pp->task.task_type;
 	cfg.task_name_off = pp->task.name_off;
 	if (pp->sa_type && pp->sa_slot >= 0 && pp->task.task_type && pp->task.step_type)
-		cfg.sa_wake_left = 0;
+		cfg.sa_wake_left = 0; /* learnt: the engine and the task come with the stack */
 	bpf_map__update_elem(t->skel->maps.pyprocs, &key, sizeof(key), &cfg, sizeof(cfg),
 			     BPF_EXIST);
-	vlog(t, "PID %d: asyncio tasks: Handle._run %#lx, Task type %#lx, name at +%d", pp->pid,
-	     (unsigned long)pp->task.run_code, (unsigned long)pp->task.task_type,
+	vlog(t,
+	     "PID %d: read at each statement: Connection.engine (type %#lx, slot %d), asyncio "
+	     "Task names (Task type %#lx, name at +%d)",
+	     pp->pid, (unsigned long)pp->sa_type, pp->sa_slot, (unsigned long)pp->task.task_type,
 	     pp->task.name_off);
 }
 
@@ -237,7 +225,7 @@ static void python_setup(struct tracer *t, struct proc_target *p)
 	cfg.code_name = l->code_name;
 	cfg.str_ascii = l->unicode_ascii_data;
 	cfg.gs_search = 0; /* until greenlet is seen loaded (probes_scan) */
-	/* SQLAlchemy's Connection.engine: userspace learns the rest (pystacks' sa_learn) */
+	/* SQLAlchemy's Connection.engine: userspace learns the rest (pystacks' learnt hook) */
 	cfg.sa_slot = -1;
 	cfg.sa_mode = l->values_valid >= 0 ? SA_VALUES_INLINE
 		      : l->managed_tagged  ? SA_VALUES_312
@@ -279,11 +267,17 @@ static void hook_txn(void *arg, const struct txn_span *txn)
 {
 	struct tracer *t = arg;
 
-	if (!t->cli.json)
+	char *text = NULL;
+	size_t len = 0;
+	FILE *f;
+
+	if (!t->cli.json || !(f = open_memstream(&text, &len)))
 		return;
-	out_json_txn(stdout, txn, t->mono2real);
-	if (fflush(stdout) == EOF && errno == EPIPE)
-		exiting = 1;
+	out_json_txn(f, txn, t->mono2real);
+	if (fclose(f) == 0)
+		outq_push(&t->held, text, len, false); /* after its statements, in order */
+	else
+		free(text);
 }
 
 static const char *hook_exe(void *arg, uint32_t pid)
@@ -300,17 +294,35 @@ static const char *hook_exe(void *arg, uint32_t pid)
 static void hook_span(void *arg, const struct span *s)
 {
 	struct tracer *t = arg;
+	char *text = NULL;
+	size_t len = 0;
+	FILE *f;
 
 	if (s->end_ns - s->start_ns < t->cli.min_duration_ns) {
 		t->filtered++;
 		return;
 	}
 	t->shown++;
+	f = open_memstream(&text, &len);
+	if (!f)
+		return;
 	if (t->cli.json)
-		out_json(stdout, s, t->mono2real);
+		out_json(f, s, t->mono2real);
 	else
-		out_table_row(stdout, s, t->mono2real, t->width);
-	if (fflush(stdout) == EOF && errno == EPIPE)
+		out_table_row(f, s, t->mono2real, t->width);
+	if (fclose(f) == 0)
+		outq_push(&t->held, text, len, t->cli.json);
+	else
+		free(text);
+}
+
+/*
+ * Write out what was held since the last read of the kernel's skipped-run count (see outq.h);
+ * near_loss: it grew since.
+ */
+static void release_held(struct tracer *t, bool near_loss)
+{
+	if (outq_flush(&t->held, stdout, near_loss) && errno == EPIPE)
 		exiting = 1; /* the reader went away (| head): stop cleanly */
 }
 
@@ -768,7 +780,7 @@ int main(int argc, char **argv)
 	struct ring_buffer *rb = NULL;
 	struct perf_buffer *pb = NULL;
 	unsigned long long start, last_check = 0, last_lost_report = 0;
-	uint64_t seed, last_lost = 0, open_at_end = 0;
+	uint64_t seed, last_lost = 0, open_at_end = 0, misses;
 	struct utsname un;
 	char msg[512];
 	int r, rc = 1;
@@ -811,8 +823,7 @@ int main(int argc, char **argv)
 		seed = mono_now_ns() ^ ((uint64_t)getpid() << 32);
 	t->py.app_paths = t->cli.napp_paths ? t->cli.app_paths : NULL;
 	t->py.want_stack = t->cli.stack;
-	t->py.sa_learn = hook_sa_learn;
-	t->py.task_learn = hook_task_learn;
+	t->py.learnt = hook_py_learnt;
 	t->py.arg = t;
 	t->as = asm_new(&hooks, t->cli.max_sql_bytes, seed);
 	if (!t->as)
@@ -908,7 +919,6 @@ int main(int argc, char **argv)
 	start = mono_now_ns();
 	while (!exiting) {
 		unsigned long long now;
-		uint64_t misses;
 
 		/* records arrive without waking us (see buffer.bpf.h): poll, then take what is
 		 * there */
@@ -917,8 +927,10 @@ int main(int argc, char **argv)
 			fprintf(stderr, "sqlspan: polling failed: %s\n", strerror(-r));
 			break;
 		}
-		/* runs the kernel skipped (7.x) before these records were read: see asm_suspect */
+		/* runs the kernel skipped (7.x) before these records were read: see asm_suspect;
+		 * what was held since the last look may have been touched by them too (outq.h) */
 		misses = kernel_misses(t, false);
+		release_held(t, misses != t->misses_seen);
 		asm_suspect(t->as, misses != t->misses_seen);
 		if (rb)
 			ring_buffer__consume(rb);
@@ -973,6 +985,9 @@ int main(int argc, char **argv)
 		if (t->cli.duration_s > 0 && now - start >= t->cli.duration_s * 1e9)
 			break;
 	}
+	misses = kernel_misses(t, false);
+	release_held(t, misses != t->misses_seen);
+	asm_suspect(t->as, misses != t->misses_seen);
 	if (rb)
 		ring_buffer__consume(rb);
 	if (pb) {
@@ -980,6 +995,7 @@ int main(int argc, char **argv)
 		release_ordered(t, true);
 	}
 	open_at_end = asm_close_all(t->as, mono_now_ns());
+	release_held(t, kernel_misses(t, false) != misses);
 	rc = 0;
 
 cleanup:
@@ -1004,6 +1020,7 @@ cleanup:
 	sqlspan_bpf__destroy(t->skel);
 	reorder_free(ro);
 	asm_free(t->as);
+	outq_free(&t->held);
 	pystacks_free(&t->py);
 	return rc;
 }

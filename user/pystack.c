@@ -8,6 +8,7 @@
 #include "pyline.h"
 #include "pyobj.h"
 #include "pystack.h"
+#include "strbuf.h"
 
 #define MAX_LINETABLE 65536
 
@@ -177,58 +178,6 @@ static int frame_line(struct pyproc *pp, const struct pycode *c, const struct ev
 	return py_line_at(c->lt, c->ltlen, c->firstlineno, (uint32_t)idx);
 }
 
-/* A growing JSON text. */
-struct jbuf {
-	char *p;
-	size_t len, cap;
-	bool oom;
-};
-
-static bool jb_room(struct jbuf *b, size_t more)
-{
-	if (b->oom)
-		return false;
-	if (b->len + more + 1 > b->cap) {
-		size_t nc = (b->len + more + 1) * 2;
-		char *np = realloc(b->p, nc);
-
-		if (!np) {
-			b->oom = true;
-			return false;
-		}
-		b->p = np;
-		b->cap = nc;
-	}
-	return true;
-}
-
-static void jb_char(struct jbuf *b, char c)
-{
-	if (jb_room(b, 1)) {
-		b->p[b->len++] = c;
-		b->p[b->len] = 0;
-	}
-}
-
-static void jb_str(struct jbuf *b, const char *s)
-{
-	if (!jb_room(b, strlen(s) * 6 + 2))
-		return;
-	b->p[b->len++] = '"';
-	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-		if (*p == '"' || *p == '\\') {
-			b->p[b->len++] = '\\';
-			b->p[b->len++] = *p;
-		} else if (*p < 0x20) {
-			b->len += sprintf(b->p + b->len, "\\u%04x", *p);
-		} else {
-			b->p[b->len++] = *p;
-		}
-	}
-	b->p[b->len++] = '"';
-	b->p[b->len] = 0;
-}
-
 /* The code object a frame ran, cached; NULL if it is gone (unnamed, never misnamed). */
 static struct pycode *frame_code(struct pyproc *pp, const struct ev_frame *f)
 {
@@ -300,8 +249,8 @@ static void sa_learn(struct pystacks *ps, struct pyproc *pp, const struct ev_sta
 		}
 		changed = true;
 	}
-	if (changed && ps->sa_learn)
-		ps->sa_learn(ps->arg, pp);
+	if (changed && ps->learnt)
+		ps->learnt(ps->arg, pp);
 }
 
 /*
@@ -403,8 +352,8 @@ static void task_learn(struct pystacks *ps, struct pyproc *pp, const struct ev_s
 			tl->name_off = name_off;
 		}
 	}
-	if (memcmp(&before, tl, sizeof(before)) && ps->task_learn)
-		ps->task_learn(ps->arg, pp);
+	if (memcmp(&before, tl, sizeof(before)) && ps->learnt)
+		ps->learnt(ps->arg, pp);
 }
 
 /* The task's name the BPF side copied (or its number: 3.12+ name unnamed tasks when asked). */
@@ -456,7 +405,7 @@ void pystacks_resolve(struct pystacks *ps, const struct ev_stack *st, size_t siz
 		      struct span_py *out)
 {
 	struct pyproc *pp = proc_of(ps, st->h.pid);
-	struct jbuf js = {0};
+	struct strbuf js = {0};
 	bool found_site = false;
 	uint64_t tag_mask, dialect = 0, sa_code = 0;
 
@@ -473,7 +422,7 @@ void pystacks_resolve(struct pystacks *ps, const struct ev_stack *st, size_t siz
 		return;
 	}
 	if (ps->want_stack)
-		jb_char(&js, '[');
+		sb_char(&js, '[');
 	for (uint32_t i = 0; i < st->nframes; i++) {
 		const struct ev_frame *f = &st->frames[i];
 		bool app, glet;
@@ -510,8 +459,8 @@ void pystacks_resolve(struct pystacks *ps, const struct ev_stack *st, size_t siz
 			snprintf(item, sizeof(item), "%s (%s:%d)", c->qualname, c->file,
 				 frame_line(pp, c, f, f->code));
 			if (js.len > 1)
-				jb_char(&js, ',');
-			jb_str(&js, item);
+				sb_char(&js, ',');
+			sb_json(&js, item);
 		}
 	}
 	if (out->sa_conn) {
@@ -525,13 +474,10 @@ void pystacks_resolve(struct pystacks *ps, const struct ev_stack *st, size_t siz
 	if (ps->want_stack) {
 		if (out->cut) {
 			if (js.len > 1)
-				jb_char(&js, ',');
-			jb_str(&js, "...");
+				sb_char(&js, ',');
+			sb_json(&js, "...");
 		}
-		jb_char(&js, ']');
-		if (js.oom)
-			free(js.p);
-		else
-			out->stack = js.p;
+		sb_char(&js, ']');
+		out->stack = sb_take(&js);
 	}
 }

@@ -49,10 +49,8 @@ struct pystacks {
 	int nprocs;
 	const char *const *app_paths; /* --app-path, NULL-terminated; NULL: the default rule */
 	bool want_stack;	      /* --stack */
-	/* tell the BPF side where a process's Connection.engine is (pp->sa_*) */
-	void (*sa_learn)(void *arg, const struct pyproc *pp);
-	/* tell the BPF side how to find a process's running asyncio Task (pp->task) */
-	void (*task_learn)(void *arg, const struct pyproc *pp);
+	/* tell the BPF side what was learnt of a process's objects (pp->sa_*, pp->task) */
+	void (*learnt)(void *arg, const struct pyproc *pp);
 	void *arg;
 	uint64_t urls_from[URL__COUNT]; /* spans with a SQLAlchemy Connection, by URL source */
 };

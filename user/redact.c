@@ -5,43 +5,7 @@
 #include <strings.h>
 #include "redact.h"
 #include "sqllex.h"
-
-struct out {
-	char *p;
-	size_t n, cap;
-	bool oom;
-};
-
-static void put(struct out *o, const char *s, size_t n)
-{
-	if (o->oom)
-		return;
-	if (o->n + n + 1 > o->cap) {
-		size_t nc = (o->n + n + 1) * 2;
-		char *np = realloc(o->p, nc);
-
-		if (!np) {
-			o->oom = true;
-			return;
-		}
-		o->p = np;
-		o->cap = nc;
-	}
-	memcpy(o->p + o->n, s, n);
-	o->n += n;
-	o->p[o->n] = 0;
-}
-
-static char *finish(struct out *o)
-{
-	if (o->oom) {
-		free(o->p);
-		return NULL;
-	}
-	if (!o->p)
-		put(o, "", 0);
-	return o->p;
-}
+#include "strbuf.h"
 
 static bool has_word_ci(const char *s, size_t n, const char *w)
 {
@@ -56,7 +20,7 @@ static bool has_word_ci(const char *s, size_t n, const char *w)
 
 char *redact_sql(const char *sql, size_t n, size_t *out_n)
 {
-	struct out o = {0};
+	struct strbuf o = {0};
 	struct sql_lexer lx;
 	struct sql_tok t;
 	const char *copied = sql;
@@ -67,8 +31,8 @@ char *redact_sql(const char *sql, size_t n, size_t *out_n)
 	sql_lex_init(&lx, sql, n);
 	while ((t = sql_lex_next(&lx)).type != TK_END) {
 		if (after_pw && t.type == TK_STRING) {
-			put(&o, copied, t.s - copied);
-			put(&o, "'" REDACTED "'", strlen(REDACTED) + 2);
+			sb_add(&o, copied, t.s - copied);
+			sb_add(&o, "'" REDACTED "'", strlen(REDACTED) + 2);
 			copied = t.s + t.n;
 			any = true;
 		}
@@ -78,18 +42,14 @@ char *redact_sql(const char *sql, size_t n, size_t *out_n)
 		free(o.p);
 		return NULL;
 	}
-	put(&o, copied, sql + n - copied);
-	if (o.oom) {
-		free(o.p);
-		return NULL;
-	}
-	*out_n = o.n;
-	return o.p;
+	sb_add(&o, copied, sql + n - copied);
+	*out_n = o.len;
+	return sb_take(&o);
 }
 
 char *redact_conninfo(const char *s)
 {
-	struct out o = {0};
+	struct strbuf o = {0};
 	const char *p = s;
 
 	while (*p) {
@@ -97,7 +57,7 @@ char *redact_conninfo(const char *s)
 		bool secret;
 
 		if (isspace((unsigned char)*p)) {
-			put(&o, p, 1);
+			sb_add(&o, p, 1);
 			p++;
 			continue;
 		}
@@ -108,7 +68,7 @@ char *redact_conninfo(const char *s)
 		while (isspace((unsigned char)*p))
 			p++;
 		if (*p != '=') { /* not key=value: copy as is */
-			put(&o, ks, p - ks);
+			sb_add(&o, ks, p - ks);
 			continue;
 		}
 		p++;
@@ -133,18 +93,18 @@ char *redact_conninfo(const char *s)
 		}
 		ve = p;
 		secret = (size_t)(ke - ks) == 8 && !strncasecmp(ks, "password", 8);
-		put(&o, ks, vs - ks);
+		sb_add(&o, ks, vs - ks);
 		if (secret)
-			put(&o, REDACTED, strlen(REDACTED));
+			sb_add(&o, REDACTED, strlen(REDACTED));
 		else
-			put(&o, vs, ve - vs);
+			sb_add(&o, vs, ve - vs);
 	}
-	return finish(&o);
+	return sb_take(&o);
 }
 
 char *redact_url(const char *s)
 {
-	struct out o = {0};
+	struct strbuf o = {0};
 	const char *scheme_end = strstr(s, "://"), *auth, *at, *path, *p;
 
 	if (!scheme_end)
@@ -161,33 +121,33 @@ char *redact_url(const char *s)
 		const char *colon = memchr(auth, ':', at - auth);
 
 		if (colon) {
-			put(&o, s, colon + 1 - s);
-			put(&o, REDACTED, strlen(REDACTED));
-			put(&o, at, path - at);
+			sb_add(&o, s, colon + 1 - s);
+			sb_add(&o, REDACTED, strlen(REDACTED));
+			sb_add(&o, at, path - at);
 		} else {
-			put(&o, s, path - s);
+			sb_add(&o, s, path - s);
 		}
 	} else {
-		put(&o, s, path - s);
+		sb_add(&o, s, path - s);
 	}
 	/* query parameters */
 	p = path;
 	while (*p) {
 		const char *q = p + strcspn(p, "?&");
 
-		put(&o, p, q - p);
+		sb_add(&o, p, q - p);
 		if (!*q)
 			break;
-		put(&o, q, 1);
+		sb_add(&o, q, 1);
 		p = q + 1;
 		if (!strncasecmp(p, "password=", 9)) {
-			put(&o, p, 9);
-			put(&o, REDACTED, strlen(REDACTED));
+			sb_add(&o, p, 9);
+			sb_add(&o, REDACTED, strlen(REDACTED));
 			p += 9;
 			p += strcspn(p, "&#");
 		}
 	}
-	return finish(&o);
+	return sb_take(&o);
 }
 
 char *redact_dsn(const char *s)

@@ -4,43 +4,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include "pyobj.h"
+#include "strbuf.h"
 
 #define MAX_QUERY 32
 #define MAX_PART  1024
 
-struct sbuf {
-	char *p;
-	size_t len, cap;
-	bool oom;
-};
-
-static void sb_add(struct sbuf *b, const char *s, size_t n)
-{
-	if (b->oom)
-		return;
-	if (b->len + n + 1 > b->cap) {
-		size_t nc = (b->len + n + 1) * 2;
-		char *np = realloc(b->p, nc);
-
-		if (!np) {
-			b->oom = true;
-			return;
-		}
-		b->p = np;
-		b->cap = nc;
-	}
-	memcpy(b->p + b->len, s, n);
-	b->len += n;
-	b->p[b->len] = 0;
-}
-
-static void sb_str(struct sbuf *b, const char *s)
-{
-	sb_add(b, s, strlen(s));
-}
-
 /* urllib.parse.quote(s, safe=" +") (plus=false) or quote_plus(s) (plus=true). */
-static void sb_quoted(struct sbuf *b, const char *s, bool plus)
+static void sb_quoted(struct strbuf *b, const char *s, bool plus)
 {
 	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
 		char esc[4];
@@ -73,7 +43,7 @@ static int qpair_cmp(const void *a, const void *b)
 
 char *sa_url_render(const struct sa_url *u)
 {
-	struct sbuf b = {0};
+	struct strbuf b = {0};
 
 	if (!u->drivername)
 		return NULL;
@@ -123,11 +93,7 @@ char *sa_url_render(const struct sa_url *u)
 		}
 		free(q);
 	}
-	if (b.oom) {
-		free(b.p);
-		return NULL;
-	}
-	return b.p;
+	return sb_take(&b);
 }
 
 /* A str item, or NULL for None; -1 for anything else. */

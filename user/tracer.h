@@ -10,6 +10,7 @@
 #include "assemble.h"
 #include "cli.h"
 #include "hmap.h"
+#include "outq.h"
 #include "pqlayout.h"
 #include "pystack.h"
 #include "../bpf/sqlspan.h"
@@ -66,6 +67,7 @@ struct tracer {
 	uint64_t shown, filtered;
 	uint64_t perf_lost;
 	uint64_t misses_seen; /* kernel-skipped runs already acted on (asm_realign) */
+	struct outq held;     /* output lines until the next look at that count (outq.h) */
 	bool rescan;
 };
 

@@ -5,6 +5,7 @@
 #include "check.h"
 #include "cli.h"
 #include "hmap.h"
+#include "outq.h"
 #include "output.h"
 #include "procmaps.h"
 #include "reorder.h"
@@ -290,11 +291,46 @@ TEST(reorder_by_time)
 	reorder_free(r);
 }
 
+static int push(struct outq *q, const char *s, bool json_span)
+{
+	return outq_push(q, strdup(s), strlen(s), json_span);
+}
+
+TEST(held_output)
+{
+	struct outq q = {0};
+	char *buf = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&buf, &len);
+
+	/* no loss seen: written as they were */
+	CHECK_EQ(push(&q, "{\"a\":1}\n", true), 0);
+	CHECK_EQ(outq_flush(&q, f, false), 0);
+	/* a loss seen: JSON spans marked once, other lines as they were */
+	push(&q, "{\"a\":2}\n", true);
+	push(&q, "{\"a\":3,\"sqlspan.events_lost\":true}\n", true);
+	push(&q, "{\"txn\":1}\n", false);
+	push(&q, "12:00 row\n", false);
+	CHECK_EQ(q.n, 4);
+	CHECK_EQ(outq_flush(&q, f, true), 0);
+	CHECK_EQ(q.n, 0);
+	fclose(f);
+	CHECK_STR(buf, "{\"a\":1}\n"
+		       "{\"a\":2,\"sqlspan.events_lost\":true}\n"
+		       "{\"a\":3,\"sqlspan.events_lost\":true}\n"
+		       "{\"txn\":1}\n"
+		       "12:00 row\n");
+	free(buf);
+	push(&q, "left\n", false);
+	outq_free(&q); /* freed, never written */
+	CHECK_EQ(q.n, 0);
+}
+
 int main(void)
 {
 	static const struct test_case cases[] = {
 		CASE(hash_map),	   CASE(command_line), CASE(system_checks),   CASE(proc_maps),
-		CASE(json_output), CASE(table_output), CASE(reorder_by_time),
+		CASE(json_output), CASE(table_output), CASE(reorder_by_time), CASE(held_output),
 	};
 	return RUN("misc", cases);
 }
