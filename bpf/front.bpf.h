@@ -329,7 +329,7 @@ static __noinline int front_startup(void *ctx, struct fwalk *w, struct front_sta
 		st = bpf_map_lookup_elem(&fds, &w->key);
 		if (st) /* the replies are TLS records: not walked */
 			st->flags = (st->flags & ~FS_SYNCED) | FS_TLS;
-		tls_bind(w); /* the plaintext, where libssl has it */
+		tls_bind(w, 0); /* the plaintext, where libssl has it */
 		return front_bad(ctx, w, fs, DESYNC_TLS);
 	}
 	len = be32(w->hdr);
@@ -542,10 +542,17 @@ static __noinline int front_socket(struct fwalk *w)
 {
 	struct fd_state *st = bpf_map_lookup_elem(&fds, &w->key);
 
+	__u8 first = 0;
+
 	w->how = 0;
 	if (st && (!(st->flags & FS_WIRE) || (st->flags & FS_TLS)))
 		return 0;
 	if (!st) {
+		/* a TLS record (application data) right after this thread's libssl took whole
+		 * frontend messages: a database connection from before the attach, encrypted */
+		if (!bpf_probe_read_user(&first, 1, (const void *)w->buf) && first == 23 &&
+		    tls_bind(w, 1))
+			return 0;
 		w->how = front_probe(w);
 		return w->how;
 	}

@@ -283,7 +283,7 @@ int BPF_KPROBE(up_ssl_handshake, void *ssl)
 	return 0;
 }
 
-/* The walk of an SSL_write_ex's buffer, if its SSL object is bound to a database socket. */
+/* The walk of an SSL_write_ex's buffer (w->fd: its TLS stream, -1 if not bound to a socket). */
 static __noinline struct fwalk *tls_write_walk(struct pt_regs *ctx)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid(), num = PT_REGS_PARM3(ctx);
@@ -293,9 +293,7 @@ static __noinline struct fwalk *tls_write_walk(struct pt_regs *ctx)
 
 	if (!num || !tls_process(tgid))
 		return NULL;
-	fd = tls_stream(tgid, PT_REGS_PARM1(ctx));
-	if (fd < 0)
-		return NULL;
+	fd = tls_stream(tgid, PT_REGS_PARM1(ctx)); /* -1: not bound yet */
 	w = thread_entry(&fwalks);
 	if (!w)
 		return NULL;
@@ -309,8 +307,24 @@ static __noinline struct fwalk *tls_write_walk(struct pt_regs *ctx)
 	w->iov = 0;
 	w->vec[0] = w->arg;
 	w->vec[1] = num;
-	/* a stream lost track of stays so until its socket is closed: never probed again */
-	return bpf_map_lookup_elem(&fds, &w->key) ? w : NULL;
+	return w;
+}
+
+/*
+ * An SSL object not bound to a socket yet: if what it takes is whole frontend messages, the
+ * thread's next TLS record sent names its socket (front_socket, tls_bind).
+ */
+static __noinline void tls_probe_unbound(struct fwalk *w, __u64 ssl)
+{
+	__u32 tid = (__u32)w->pid_tgid;
+
+	w->buf = w->vec[0];
+	w->n = w->vec[1];
+	w->pos = 0;
+	if (front_probe(w) == 2) {
+		ssl |= 1;
+		bpf_map_update_elem(&ssl_last, &tid, &ssl, BPF_ANY);
+	}
 }
 
 SEC("uprobe")
@@ -318,7 +332,12 @@ int up_ssl_write(struct pt_regs *ctx)
 {
 	struct fwalk *w = tls_write_walk(ctx);
 
-	if (w)
+	if (!w)
+		return 0;
+	if (w->fd < 0)
+		tls_probe_unbound(w, PT_REGS_PARM1(ctx));
+	/* a stream lost track of stays so until its socket is closed: never probed again */
+	else if (bpf_map_lookup_elem(&fds, &w->key))
 		front_send(ctx, w, 1);
 	return 0;
 }

@@ -33,7 +33,11 @@ struct {
 	__type(value, __u64);
 } fd_ssls SEC(".maps");
 
-/* per thread: the SSL object of its last SSL_do_handshake */
+/*
+ * per thread: the SSL object of its last SSL_do_handshake, or (| 1) of its last SSL_write_ex
+ * whose plaintext was whole frontend messages on an SSL object not bound yet (a connection
+ * whose handshake was before sqlspan attached)
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 4096);
@@ -74,37 +78,46 @@ static __always_inline __s32 tls_stream(__u32 tgid, __u64 ssl)
 }
 
 /*
- * The ClientHello went out on w's socket: the SSL object this thread just shook hands with is
- * that socket's. Its plaintext stream starts with the StartupMessage.
+ * The thread's SSL object (ssl_last) is the one of w's socket: at the ClientHello that follows
+ * its handshake (`established` 0: the plaintext starts with the StartupMessage), or at the first
+ * TLS record sent after a write of whole protocol messages (`established` 1: a connection from
+ * before sqlspan attached; its plaintext is followed from the next message on). 1 if bound.
  */
-static __noinline void tls_bind(struct fwalk *w)
+static __noinline int tls_bind(struct fwalk *w, int established)
 {
 	__u32 tid = (__u32)w->pid_tgid, zero = 0;
-	__u64 *ssl = bpf_map_lookup_elem(&ssl_last, &tid);
+	__u64 *last = bpf_map_lookup_elem(&ssl_last, &tid);
 	struct ssl_key k = {.tgid = w->key.tgid};
 	struct fd_key pk = {.tgid = w->key.tgid, .fd = w->fd | SQLSPAN_TLS_FD};
 	struct front_state *fs;
 	struct fd_state *st;
 	void *z;
 
-	if (!ssl || !*ssl)
-		return;
-	k.ssl = *ssl;
+	if (!last || !*last || (*last & 1) != (__u64)established)
+		return 0;
+	k.ssl = *last & ~1ULL;
+	bpf_map_delete_elem(&ssl_last, &tid);
 	z = bpf_map_lookup_elem(&zeroes, &zero);
 	if (!z || bpf_map_update_elem(&ssl_fds, &k, &w->fd, BPF_ANY) ||
 	    bpf_map_update_elem(&fd_ssls, &w->key, &k.ssl, BPF_ANY) ||
 	    bpf_map_update_elem(&fds, &pk, z, BPF_ANY) ||
-	    bpf_map_update_elem(&fronts, &pk, z, BPF_ANY)) {
+	    bpf_map_update_elem(&fronts, &pk, z, BPF_ANY) ||
+	    (established && bpf_map_update_elem(&fds, &w->key, z, BPF_ANY))) {
 		stat_add(ST_FD_FULL, 1);
-		return;
+		return 0;
 	}
 	st = bpf_map_lookup_elem(&fds, &pk);
 	fs = bpf_map_lookup_elem(&fronts, &pk);
 	if (st)
-		st->flags = FS_WIRE;
+		st->flags = established ? FS_WIRE | FS_SYNCED : FS_WIRE;
 	if (fs)
-		fs->flags = FR_STARTUP;
-	bpf_map_delete_elem(&ssl_last, &tid);
+		fs->flags = established ? 0 : FR_STARTUP;
+	if (established) { /* the socket itself: known as encrypted, its bytes not walked */
+		st = bpf_map_lookup_elem(&fds, &w->key);
+		if (st)
+			st->flags = FS_WIRE | FS_TLS;
+	}
+	return 1;
 }
 
 /* A socket closes: its TLS stream and binding go with it. */
