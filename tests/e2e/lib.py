@@ -183,8 +183,48 @@ class Tracer:
         raise AssertionError("no summary from sqlspan: %s" % self.stderr)
 
 
-def trace_app(cluster, scenario, tmpdir, args=(), host=None, threads=8, sql=(), json_out=True):
-    """Start an app, attach sqlspan, let the app run, return (record, spans, tracer)."""
+def skipped_runs(tr):
+    """Kernels 7.x run syscall tracepoint programs preemptible and skip a run of a program while
+    another run of it is preempted on that CPU (its recursion_misses): sqlspan counts those as
+    lost events and says so. There, statements may be missing, but never silently: returns the
+    events lost on such a kernel (0 elsewhere, where none may be lost)."""
+    lost = tr.summary()["lost"]
+    return lost if int(os.uname().release.split(".")[0]) >= 7 else 0
+
+
+def check_counted(cluster, spans, backends, lost):
+    """With `lost` events reported (a 7.x kernel skipped runs): what sqlspan shows is what the
+    server ran, in order; spans it marks as near a loss (sqlspan.events_lost) may carry another
+    statement's result, or none (unknown), or no text, and all others are exact; and nothing is
+    missing unless losses were reported. (How many statements one lost event hides is not
+    bounded: a skipped send can carry many pipelined ones.)"""
+    truth = cluster.statements(backends)
+    mine = spans_by_backend(spans, backends)
+    missing = 0
+    for b in backends:
+        want = [(e["text"], e["sqlstate"]) for e in truth[b]]
+        got = [s for s in mine[b] if s.get("sqlspan.request") in STATEMENT_REQUESTS and
+               (s.get("sqlspan.result") in ("ok", "error") or s.get("sqlspan.events_lost"))]
+        it = iter(want)
+        shown = 0
+        for s in got:
+            text, status = s.get("db.query.text"), s.get("db.response.status_code")
+            marked = bool(s.get("sqlspan.events_lost"))
+            if text is None:
+                assert marked, ("a span without its text, not marked", s)
+                continue
+            shown += 1
+            assert any(w[0] == text and (marked or w[1] == status) for w in it), \
+                "backend %d: a span the server did not run: %s" % (b, (text[:80], status, marked))
+        missing += len(want) - shown
+    assert missing >= 0 and (missing == 0 or lost > 0), (missing, lost)
+
+
+def trace_app(cluster, scenario, tmpdir, args=(), host=None, threads=8, sql=(), json_out=True,
+              lossy_ok=False):
+    """Start an app, attach sqlspan, let the app run, return (record, spans, tracer). Where a
+    7.x kernel skipped runs, the test is skipped unless it says it checks that case itself
+    (lossy_ok: see skipped_runs and check_counted)."""
     app = App(cluster, scenario, tmpdir, host=host, threads=threads, sql=sql)
     tr = Tracer([app.pid], args, json_out=json_out)
     try:
@@ -197,7 +237,8 @@ def trace_app(cluster, scenario, tmpdir, args=(), host=None, threads=8, sql=(), 
         raise
     rc = tr.finish()
     assert rc == 0, tr.stderr
-    skip_if_kernel_skipped_runs(tr)
+    if not lossy_ok:
+        skip_if_kernel_skipped_runs(tr)
     return record, tr.spans() if json_out else None, tr
 
 

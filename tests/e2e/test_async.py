@@ -18,8 +18,8 @@ import time
 
 import pytest
 
-from lib import (PY, ROOT, App, Tracer, check_against_record, check_against_server, executed,
-                 run_in_rootfs, short, spans_by_backend)
+from lib import (PY, ROOT, App, Tracer, check_against_record, check_against_server,
+                 check_counted, executed, run_in_rootfs, short, skipped_runs, spans_by_backend)
 
 ASYNC_APP = os.path.join(ROOT, "tests", "apps", "async_workload.py")
 
@@ -101,35 +101,6 @@ def recorded(record):
 
 def app_errors(record):
     return sorted(r["sqlstate"] for r in record["records"] if r.get("outcome") == "error")
-
-
-def skipped_runs(tr):
-    """Kernels 7.x run syscall tracepoint programs preemptible and skip a run of a program while
-    another run of it is preempted on that CPU (its recursion_misses): sqlspan counts those as
-    lost events and says so. There, statements may be missing, but never silently: returns the
-    events lost on such a kernel (0 elsewhere, where none may be lost)."""
-    lost = tr.summary()["lost"]
-    return lost if int(os.uname().release.split(".")[0]) >= 7 else 0
-
-
-def check_counted(cluster, spans, backends, lost):
-    """With `lost` events reported: what sqlspan shows is what the server ran, in order, with
-    gaps no larger than the losses it reported. A span sqlspan marks as near a loss
-    (sqlspan.events_lost: read around a run the kernel skipped) must be a statement the server
-    ran, in order, but its result may be another's; unmarked spans are exact."""
-    truth = cluster.statements(backends)
-    mine = spans_by_backend(spans, backends)
-    missing = 0
-    for b in backends:
-        want = [(e["text"], e["sqlstate"]) for e in truth[b]]
-        got = [(x["db.query.text"], x.get("db.response.status_code"),
-                bool(x.get("sqlspan.events_lost"))) for x in executed(mine[b])]
-        it = iter(want)
-        for text, status, marked in got:
-            assert any(w[0] == text and (marked or w[1] == status) for w in it), \
-                "backend %d: a span the server did not run: %s" % (b, (text[:80], status, marked))
-        missing += len(want) - len(got)
-    assert 0 <= missing <= lost, (missing, lost)
 
 
 def check_clean(tr, spans, lost=0):

@@ -1,6 +1,7 @@
 """End to end: real apps with Debian's SQLAlchemy, psycopg2 and psycopg against a real
 PostgreSQL, traced by PID. Ground truth: the server's statement log and the app's own record."""
-from lib import check_against_record, check_against_server, executed, trace_app
+from lib import (check_against_record, check_against_server, check_counted, executed, skipped_runs,
+                 trace_app)
 
 
 def check_identity(spans, cluster, backends, address, port=None, transport="unix"):
@@ -31,10 +32,16 @@ def check_clean(tr, spans):
 
 def test_sqlalchemy_psycopg2(cluster, tmp_path):
     """SQLAlchemy 1.4 ORM and Core over psycopg2, 8 threads on their own connections."""
-    record, spans, tr = trace_app(cluster, "sqlalchemy", str(tmp_path))
-    check_clean(tr, spans)
+    record, spans, tr = trace_app(cluster, "sqlalchemy", str(tmp_path), lossy_ok=True)
     backends = record["backends"]
     assert len(backends) >= 8  # threads on connections of their own
+    lost = skipped_runs(tr)
+    if lost:  # a 7.x kernel skipped runs: what is shown is right, what is missing was counted
+        assert tr.summary()["open"] == 0, tr.stderr
+        check_counted(cluster, spans, backends, lost)
+        check_identity(spans, cluster, backends, cluster.sockpath)
+        return
+    check_clean(tr, spans)
     n = check_against_server(cluster, spans, backends)
     assert n > 300
     assert check_against_record(record, spans) > 250

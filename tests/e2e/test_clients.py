@@ -2,7 +2,7 @@
 import re
 import subprocess
 
-from lib import Tracer, check_against_server, executed
+from lib import Tracer, check_against_server, check_counted, executed, skipped_runs
 
 
 def paused(cmd):
@@ -49,14 +49,18 @@ def test_pgbench_select_only(cluster):
     txns = int(m.group(1))
     assert txns > 100
     spans = tr.spans()
+    backends = sorted(pgbench_backends(cluster, "bench") - before)
+    assert all(s["process.executable.name"] == "pgbench" for s in spans)
+    lost = skipped_runs(tr)
+    if lost:  # a 7.x kernel skipped runs: what is shown is right, what is missing was counted
+        check_counted(cluster, spans, backends, lost)
+        return
     assert tr.summary()["lost"] == 0
     selects = [s for s in executed(spans) if s["db.query.text"].startswith("SELECT abalance")]
     # pgbench counts finished transactions; one more per client may be cut off by -T
     assert txns <= len(selects) <= txns + 4, (txns, len(selects))
-    backends = sorted(pgbench_backends(cluster, "bench") - before)
     assert len(backends) >= 4  # the clients and the one that reads the scale
     assert check_against_server(cluster, spans, backends) == len(executed(spans))
-    assert all(s["process.executable.name"] == "pgbench" for s in spans)
     assert all(s["db.namespace"] == "bench" for s in spans)
 
 

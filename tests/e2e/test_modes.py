@@ -2,13 +2,18 @@
 import os
 import re
 
-from lib import check_against_record, check_against_server, executed, trace_app
+from lib import (check_against_record, check_against_server, check_counted, executed, skipped_runs,
+                 trace_app)
 
 
 def test_perf_buffer(cluster, tmp_path):
     """--perf-buffer: per-CPU buffers merged back in time order; same spans as the ring buffer."""
     record, spans, tr = trace_app(cluster, "psycopg", str(tmp_path), args=["--perf-buffer"],
-                                  host="127.0.0.1")
+                                  host="127.0.0.1", lossy_ok=True)
+    lost = skipped_runs(tr)
+    if lost:  # a 7.x kernel skipped runs: what is shown is right, what is missing was counted
+        check_counted(cluster, spans, record["backends"], lost)
+        return
     assert tr.summary()["lost"] == 0
     n = check_against_server(cluster, spans, record["backends"])
     assert n == len(executed(spans)) > 250
@@ -20,8 +25,19 @@ def test_walker_without_bpf_loop(cluster, tmp_path):
     record, spans, tr = trace_app(cluster, "sql", str(tmp_path), args=["--no-bpf-loop", "-v"],
                                   sql=["SELECT generate_series(1, 20000)",
                                        "SELECT repeat('z', g) FROM generate_series(1, 300) g",
-                                       "SELECT 1"])
+                                       "SELECT 1"], lossy_ok=True)
     assert "bounded loops and tail calls" in tr.stderr
+    if skipped_runs(tr):
+        # a 7.x kernel skipped runs (long walks are preempted most): every span not marked as
+        # near a loss has its rows exact, and what is missing was counted
+        want = {"SELECT generate_series(1, 20000)": 20000,
+                "SELECT repeat('z', g) FROM generate_series(1, 300) g": 300, "SELECT 1": 1}
+        for s in spans:
+            if not s.get("sqlspan.events_lost"):
+                assert s.get("db.query.text") in want, s
+                assert s.get("db.response.returned_rows") == want[s["db.query.text"]], s
+        check_counted(cluster, spans, record["backends"], skipped_runs(tr))
+        return
     assert tr.summary()["lost"] == 0
     rows = [s.get("db.response.returned_rows") for s in spans]
     assert rows == [20000, 300, 1], rows

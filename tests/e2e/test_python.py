@@ -297,6 +297,7 @@ def test_code_objects_torn_down(cluster, tmp_path):
                 wrong += f.groups() != m.groups()
     # a code object freed and another allocated at its address, with its strings at the
     # addresses of the old one's (same sizes: this test's pattern), cannot be told apart by the
-    # pointers sqlspan compares; most reuse is caught and left unnamed (README: Limits)
+    # pointers sqlspan compares; most reuse is caught and left unnamed (README: Limits: up to
+    # about 2% here, more when the machine is loaded and sqlspan reads the stacks later)
     assert named > 300, named
-    assert wrong * 50 <= named, (named, wrong)
+    assert wrong * 33 <= named, (named, wrong)

@@ -34,22 +34,19 @@ for tier in "$@"; do
 done
 # Kernels 7.x skip some runs of uprobe and syscall-tracepoint programs while another run of the
 # same program is preempted (the programs' recursion_misses count): sqlspan counts those as lost
-# events and says so, which the tests asserting no loss reject (the multi-threaded ones, and the
-# tail-call walker, whose long runs are preempted most; 7.x kernels use the bpf_loop walker).
-# Until there is a way around it they are skipped there, with this reason (the table shows
-# SKIPPED); the async tests instead check that what is missing was counted.
+# events, marks the spans read around them, and says so. The tests check that case themselves
+# where they can (what is shown is what the server ran, unmarked results exact, what is missing
+# counted); two cannot and are skipped there with this reason (the table shows SKIPPED): libpq
+# pipelines (a reply delayed past sqlspan's look can land on a later pipelined request: a
+# documented limit) and the call-site test (it joins every statement to the app's record).
 desel=""
 case "$(uname -r)" in
 7.*)
-	for t in tests/e2e/test_modes.py::test_perf_buffer \
-		tests/e2e/test_modes.py::test_walker_without_bpf_loop \
-		tests/e2e/test_capture.py::test_sqlalchemy_psycopg2 \
-		tests/e2e/test_capture.py::test_psycopg3_pipeline_prepared \
-		tests/e2e/test_clients.py::test_pgbench_select_only \
+	for t in tests/e2e/test_capture.py::test_psycopg3_pipeline_prepared \
 		"tests/e2e/test_python.py::test_call_sites[debian-3.11-sa1.4-psycopg2]"; do
 		case "$sel" in *"$t"*)
 			desel="$desel --deselect $t"
-			echo "SKIPPED $t (7.x kernel skips preempted uprobe program runs: reported as lost)"
+			echo "SKIPPED $t (7.x kernel skips preempted program runs: reported as lost)"
 			;;
 		esac
 	done
