@@ -328,7 +328,8 @@ static void release_held(struct tracer *t, bool near_loss)
 
 /* ---- records ---- */
 
-static struct reorder *ro; /* perf buffers only: per-CPU streams merged by time */
+static struct reorder *ro;	      /* perf buffers only: per-CPU streams merged by time */
+#define REORDER_WINDOW_NS 50000000ULL /* how long a record waits there for earlier ones */
 
 /* A stack record, as soon as it is read (perf buffers: before it waits to be put in order). */
 static void stack_early(struct tracer *t, const void *data, size_t size)
@@ -396,7 +397,7 @@ static void release_ordered(struct tracer *t, bool all)
 {
 	const void *rec;
 	size_t size;
-	uint64_t horizon = all ? UINT64_MAX : mono_now_ns() - 50000000ULL;
+	uint64_t horizon = all ? UINT64_MAX : mono_now_ns() - REORDER_WINDOW_NS;
 
 	while ((rec = reorder_pop(ro, horizon, &size))) {
 		on_record(t, (void *)rec, size);
@@ -780,7 +781,8 @@ int main(int argc, char **argv)
 	struct ring_buffer *rb = NULL;
 	struct perf_buffer *pb = NULL;
 	unsigned long long start, last_check = 0, last_lost_report = 0;
-	uint64_t seed, last_lost = 0, open_at_end = 0, misses;
+	uint64_t seed, last_lost = 0, open_at_end = 0, misses, suspect_until = 0;
+	bool grew, suspect;
 	struct utsname un;
 	char msg[512];
 	int r, rc = 1;
@@ -930,8 +932,14 @@ int main(int argc, char **argv)
 		/* runs the kernel skipped (7.x) before these records were read: see asm_suspect;
 		 * what was held since the last look may have been touched by them too (outq.h) */
 		misses = kernel_misses(t, false);
-		release_held(t, misses != t->misses_seen);
-		asm_suspect(t->as, misses != t->misses_seen);
+		grew = misses != t->misses_seen;
+		/* perf buffers: records made before now leave the reorder buffer within its window
+		 */
+		if (grew && pb)
+			suspect_until = mono_now_ns() + REORDER_WINDOW_NS + 10000000ULL;
+		suspect = grew || (pb && mono_now_ns() <= suspect_until);
+		release_held(t, grew);
+		asm_suspect(t->as, suspect);
 		if (rb)
 			ring_buffer__consume(rb);
 		else
@@ -939,13 +947,15 @@ int main(int argc, char **argv)
 		if (pb)
 			release_ordered(t, false);
 		now = mono_now_ns();
-		if (misses != t->misses_seen) {
+		if (suspect) {
 			uint64_t n = asm_realign(t->as, now);
 
-			vlog(t,
-			     "the kernel skipped %llu program runs: %llu pending requests ended as "
-			     "unknown",
-			     (unsigned long long)(misses - t->misses_seen), (unsigned long long)n);
+			if (grew)
+				vlog(t,
+				     "the kernel skipped %llu program runs: %llu pending requests "
+				     "ended as unknown",
+				     (unsigned long long)(misses - t->misses_seen),
+				     (unsigned long long)n);
 			t->misses_seen = misses;
 			asm_suspect(t->as, false);
 		}

@@ -12,7 +12,7 @@ def test_perf_buffer(cluster, tmp_path):
                                   host="127.0.0.1", lossy_ok=True)
     lost = skipped_runs(tr)
     if lost:  # a 7.x kernel skipped runs: what is shown is right, what is missing was counted
-        check_counted(cluster, spans, record["backends"], lost)
+        check_counted(cluster, spans, record["backends"], lost, pipelines_unsure=True)
         return
     assert tr.summary()["lost"] == 0
     n = check_against_server(cluster, spans, record["backends"])
@@ -62,28 +62,55 @@ def test_large_results(cluster, tmp_path):
     assert all(s["sqlspan.result"] == "ok" for s in spans)
 
 
+def check_texts(record, spans, limit):
+    """Where a 7.x kernel skipped runs (statements may be missing, counted): each span shown
+    that is not marked as near a loss has the app's text, whole up to the limit, cut (and
+    marked so) past it."""
+    texts = [r["text"] for r in record["records"]]
+    for s in spans:
+        if s.get("sqlspan.events_lost"):
+            continue
+        t = s.get("db.query.text") or ""
+        assert t and any(x.startswith(t) for x in texts), t[:80]
+        if s["sqlspan.query.text_state"] == "full":
+            assert t in texts and len(t) <= limit
+        else:
+            assert s["sqlspan.query.text_state"] == "cut" and len(t) == limit
+
+
 def test_statement_text_limits(cluster, tmp_path):
     """Full text up to the limit (default 64 KiB, read in chunks); longer text is cut, marked."""
     big, huge = 50000, 300000
-    record, spans, _ = trace_app(cluster, "sql", str(tmp_path), sql=["@%d" % big, "@%d" % huge])
-    s50, s300 = spans
-    assert len(s50["db.query.text"]) == big and s50["sqlspan.query.text_state"] == "full"
-    assert s50["db.query.text"] == record["records"][0]["text"]
-    assert len(s300["db.query.text"]) == 65536 and s300["sqlspan.query.text_state"] == "cut"
-    assert record["records"][1]["text"].startswith(s300["db.query.text"])
-    assert s300["sqlspan.result"] == "ok" and s300["postgresql.command_rows"] == 1
+    record, spans, tr = trace_app(cluster, "sql", str(tmp_path), sql=["@%d" % big, "@%d" % huge],
+                                  lossy_ok=True)
+    if skipped_runs(tr):
+        check_texts(record, spans, 65536)
+    else:
+        s50, s300 = spans
+        assert len(s50["db.query.text"]) == big and s50["sqlspan.query.text_state"] == "full"
+        assert s50["db.query.text"] == record["records"][0]["text"]
+        assert len(s300["db.query.text"]) == 65536 and s300["sqlspan.query.text_state"] == "cut"
+        assert record["records"][1]["text"].startswith(s300["db.query.text"])
+        assert s300["sqlspan.result"] == "ok" and s300["postgresql.command_rows"] == 1
 
-    record, spans, _ = trace_app(cluster, "sql", str(tmp_path), args=["--max-sql-bytes", "1000000"],
-                                 sql=["@%d" % huge])
-    assert spans[0]["db.query.text"] == record["records"][0]["text"]
-    assert spans[0]["sqlspan.query.text_state"] == "full"
+    record, spans, tr = trace_app(cluster, "sql", str(tmp_path),
+                                  args=["--max-sql-bytes", "1000000"], sql=["@%d" % huge],
+                                  lossy_ok=True)
+    if skipped_runs(tr):
+        check_texts(record, spans, 1000000)
+    else:
+        assert spans[0]["db.query.text"] == record["records"][0]["text"]
+        assert spans[0]["sqlspan.query.text_state"] == "full"
 
-    record, spans, _ = trace_app(cluster, "sql", str(tmp_path), args=["--max-sql-bytes", "100"],
-                                 sql=["@%d" % big, "SELECT 'short'"])
-    assert spans[0]["db.query.text"] == record["records"][0]["text"][:100]
-    assert spans[0]["sqlspan.query.text_state"] == "cut"
-    assert spans[1]["db.query.text"] == "SELECT 'short'"
-    assert spans[1]["sqlspan.query.text_state"] == "full"
+    record, spans, tr = trace_app(cluster, "sql", str(tmp_path), args=["--max-sql-bytes", "100"],
+                                  sql=["@%d" % big, "SELECT 'short'"], lossy_ok=True)
+    if skipped_runs(tr):
+        check_texts(record, spans, 100)
+    else:
+        assert spans[0]["db.query.text"] == record["records"][0]["text"][:100]
+        assert spans[0]["sqlspan.query.text_state"] == "cut"
+        assert spans[1]["db.query.text"] == "SELECT 'short'"
+        assert spans[1]["sqlspan.query.text_state"] == "full"
 
 
 def test_min_duration(cluster, tmp_path):
@@ -95,14 +122,22 @@ def test_min_duration(cluster, tmp_path):
 
 
 def test_errors_and_secrets(cluster, tmp_path):
-    record, spans, _ = trace_app(cluster, "sql", str(tmp_path), sql=[
+    record, spans, tr = trace_app(cluster, "sql", str(tmp_path), sql=[
         "SELECT 1/0",
         "SELEC oops",
         "CREATE ROLE sqlspan_secret_role LOGIN PASSWORD 'hunter2'",
         "DROP ROLE sqlspan_secret_role",
         "SELECT 'multi\nline' AS x, 'ünïcödé' AS y",
         "SELECT 1; SELECT 2, 3",
-    ])
+    ], lossy_ok=True)
+    # the password never shows, whatever was lost
+    assert "hunter2" not in "".join(tr.out_lines + tr.err_lines)
+    lost = skipped_runs(tr)
+    if lost:  # a 7.x kernel skipped runs: what is shown is right, what is missing was counted
+        # (the server's log has the password the span does not: that one is left out)
+        shown = [s for s in spans if "PASSWORD" not in (s.get("db.query.text") or "")]
+        check_counted(cluster, shown, record["backends"], lost)
+        return
     div, syn, role, drop, multi, two = spans
     assert div["sqlspan.result"] == "error" and div["db.response.status_code"] == "22012"
     assert div["error.type"] == "22012" and div["error.message"] == "division by zero"

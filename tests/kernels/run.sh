@@ -91,7 +91,7 @@ for name in $all; do
 	failed=$((failed + f))
 	if [ "$f" != 0 ] || [ "$rc" != 0 ]; then
 		echo "--- $name ($kver): exit $rc; failures:"
-		sed -n '/^=* FAILURES =*$/,/^=* short test summary/p' "$logs/$name.log" | tail -n 60
+		sed -n '/^=* FAILURES =*$/,/^=* short test summary/p' "$logs/$name.log" | tail -n 400
 		[ "$f" = 0 ] && failed=$((failed + 1))
 	fi
 done
