@@ -36,6 +36,7 @@ struct stack_buf {
 	__u64 sa_type;
 	__u64 sa_engine;
 	__u64 task_handle_type;
+	__u64 task_cb_type;
 	__u64 task_num;
 	__u32 task_kind;
 	__u32 task_len;
@@ -301,12 +302,14 @@ static __noinline void task_read(struct py_cfg *cfg, struct stack_buf *sb)
 	type = cb ? rd64(cb + 8) : 0;
 	if (!type)
 		return;
-	if (type == cfg->task_step_type && cfg->task_step_off > 0)
+	if (type == cfg->task_step_type && cfg->task_step_off > 0) {
 		task = rd64(cb + (cfg->task_step_off & 0xff));
-	else if (type == cfg->task_meth_type && cfg->task_meth_off > 0)
+	} else if (type == cfg->task_meth_type && cfg->task_meth_off > 0) {
 		task = rd64(cb + (cfg->task_meth_off & 0xff));
-	else
+	} else {
+		sb->task_cb_type = type; /* for userspace to learn from (types live long) */
 		return;
+	}
 	if (!task || rd64(task + 8) != cfg->task_type || cfg->task_name_off <= 0)
 		return;
 	name = rd64(task + (cfg->task_name_off & 0xfff));
@@ -494,6 +497,7 @@ DEFINE_FRAME_CB(frame_cb_loop, 1)
 		sb->sa_type = 0;                                                                   \
 		sb->sa_engine = 0;                                                                 \
 		sb->task_handle_type = 0;                                                          \
+		sb->task_cb_type = 0;                                                              \
 		sb->task_num = 0;                                                                  \
 		sb->task_kind = 0;                                                                 \
 		sb->task_len = 0;                                                                  \

@@ -217,6 +217,7 @@ struct ev_stack {
 	 * Handle's type, for userspace to learn from.
 	 */
 	__u64 task_handle_type;
+	__u64 task_cb_type; /* the Handle's callback's type, when not one cfg names (to learn) */
 	__u64 task_num;
 	__u32 task_kind; /* TASK_NAME_* */
 	__u32 task_len;	 /* bytes of task_name (the name may be longer: cut) */
@@ -375,7 +376,7 @@ SQLSPAN_ASSERT(sizeof(struct ev_fmsg) == 48, "ev_fmsg size");
 SQLSPAN_ASSERT(sizeof(struct ev_connect) == 144, "ev_connect size");
 SQLSPAN_ASSERT(sizeof(struct lib_range) == 48, "lib_range size");
 SQLSPAN_ASSERT(sizeof(struct ev_frame) == 56, "ev_frame size");
-SQLSPAN_ASSERT(sizeof(struct ev_stack) == 56 + 24 + SQLSPAN_TASK_NAME, "ev_stack size");
+SQLSPAN_ASSERT(sizeof(struct ev_stack) == 56 + 32 + SQLSPAN_TASK_NAME, "ev_stack size");
 SQLSPAN_ASSERT(sizeof(struct py_cfg) == 272, "py_cfg size");
 
 #endif

@@ -102,16 +102,23 @@ static int type_of(const struct pyobj_src *s, uint64_t obj, uint64_t *type)
 	return rd_ptr(s, obj + 8, type) || !*type ? -1 : 0;
 }
 
-bool pyobj_type_is(const struct pyobj_src *s, uint64_t obj, const char *name)
+bool pyobj_type_is_type(const struct pyobj_src *s, uint64_t type, const char *name)
 {
-	uint64_t type, tp_name;
+	uint64_t tp_name;
 	char buf[MAX_NAME];
 	size_t n = strlen(name) + 1;
 
-	if (n > sizeof(buf) || type_of(s, obj, &type) ||
-	    rd_ptr(s, type + s->l->type_name, &tp_name) || rd(s, tp_name, buf, n))
+	if (n > sizeof(buf) || rd_ptr(s, type + s->l->type_name, &tp_name) ||
+	    rd(s, tp_name, buf, n))
 		return false;
 	return memcmp(buf, name, n) == 0;
+}
+
+bool pyobj_type_is(const struct pyobj_src *s, uint64_t obj, const char *name)
+{
+	uint64_t type;
+
+	return !type_of(s, obj, &type) && pyobj_type_is_type(s, type, name);
 }
 
 /* Is the str at addr exactly `name`? */

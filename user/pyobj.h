@@ -25,6 +25,8 @@ char *py_read_str(pid_t pid, uint64_t addr, const struct py_layout *l, size_t ma
 
 /* Does the object's type have this tp_name? */
 bool pyobj_type_is(const struct pyobj_src *s, uint64_t obj, const char *name);
+/* Has this type object this tp_name? */
+bool pyobj_type_is_type(const struct pyobj_src *s, uint64_t type, const char *name);
 
 /* The instance attribute `name` (a string constant: its address keys the cache). 0 if found. */
 int pyobj_attr(const struct pyobj_src *s, uint64_t obj, const char *name, uint64_t *value);

@@ -34,10 +34,12 @@ struct pyproc *pystacks_add(struct pystacks *ps, pid_t pid, const struct py_targ
 	np->pid = pid;
 	np->t = *t;
 	np->sa_slot = -1;
+	np->prefetch_left = 256;
 	hmap_init(&np->codes);
 	hmap_init(&np->slots);
 	hmap_init(&np->urls);
 	hmap_init(&np->dialect_urls);
+	hmap_init(&np->engine_urls);
 	return np;
 }
 
@@ -70,6 +72,7 @@ void pystacks_free(struct pystacks *ps)
 			free(p);
 		hmap_free(&ps->procs[i].urls);
 		hmap_free(&ps->procs[i].dialect_urls); /* its strings are the urls' */
+		hmap_free(&ps->procs[i].engine_urls);
 	}
 	free(ps->procs);
 	ps->procs = NULL;
@@ -272,6 +275,12 @@ static const char *engine_url(struct pyproc *pp, const struct ev_stack *st, uint
 	*from = URL_NONE;
 	if (!dialect)
 		return NULL;
+	/* an engine already checked with this dialect (engines and dialects live long): no reads */
+	s = st->sa_engine ? hmap_get(&pp->engine_urls, hkey2(st->sa_engine, dialect)) : NULL;
+	if (s) {
+		*from = URL_STATEMENT;
+		return s;
+	}
 	if (st->sa_engine && !pyobj_attr(&src, st->sa_engine, "dialect", &d) && d == dialect) {
 		engine = st->sa_engine;
 		*from = URL_STATEMENT;
@@ -289,6 +298,8 @@ static const char *engine_url(struct pyproc *pp, const struct ev_stack *st, uint
 		return s;
 	}
 	hmap_put(&pp->dialect_urls, hkey2(dialect, 0), (void *)s);
+	if (*from == URL_STATEMENT)
+		hmap_put(&pp->engine_urls, hkey2(engine, dialect), (void *)s);
 	return s;
 }
 
@@ -331,6 +342,13 @@ static void task_learn(struct pystacks *ps, struct pyproc *pp, const struct ev_s
 	    !pyobj_member_offset(&src, type, "_callback", &off)) {
 		tl->handle_type = type;
 		tl->cb_off = off;
+	}
+	/* the task-step wrapper's type, from the type the BPF side saw (no live object needed) */
+	if (st->task_cb_type && !tl->step_type &&
+	    (pyobj_type_is_type(&src, st->task_cb_type, "TaskStepMethWrapper") ||
+	     pyobj_type_is_type(&src, st->task_cb_type, "_asyncio.TaskStepMethWrapper"))) {
+		tl->step_type = st->task_cb_type;
+		tl->step_off = 16; /* {PyObject_HEAD; TaskObj *sw_task; ...} */
 	}
 	if (type && type == tl->handle_type && pyobj_type(&src, handle) == type &&
 	    proc_read(pp->pid, handle + tl->cb_off, &cb, 8) == 8 && cb) {
@@ -381,6 +399,16 @@ void pystacks_prefetch(struct pystacks *ps, const struct ev_stack *st, size_t si
 
 	if (!pp || size < sizeof(*st) + (size_t)st->nframes * sizeof(struct ev_frame))
 		return;
+	/*
+	 * Only while there is something to learn or to read live: the first stacks of a process,
+	 * a Connection whose engine the BPF side could not read, a Task it cannot name yet.
+	 */
+	if (!pp->prefetch_left && !(st->sa_type && !st->sa_engine) &&
+	    !(st->task_handle_type && !(pp->task.task_type && pp->task.step_type)) &&
+	    !(st->task_cb_type && !pp->task.step_type))
+		return;
+	if (pp->prefetch_left)
+		pp->prefetch_left--;
 	tag_mask = pp->t.layout.code_tagged ? ~3ULL : ~0ULL;
 	for (uint32_t i = 0; i < st->nframes; i++) {
 		const struct ev_frame *f = &st->frames[i];

@@ -33,6 +33,8 @@ struct pyproc {
 	struct hmap slots;	  /* where instance attributes sit (pyobj_attr's cache) */
 	struct hmap urls;	  /* (engine, URL object) -> the rendered URL */
 	struct hmap dialect_urls; /* dialect -> the last URL seen for it (a string of urls) */
+	struct hmap engine_urls;  /* (engine, dialect) checked -> its URL (a string of urls) */
+	int prefetch_left;	  /* stacks still read at arrival whatever they hold */
 };
 
 /* Where a span's sqlalchemy.engine.url came from */
