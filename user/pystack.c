@@ -35,6 +35,7 @@ struct pyproc *pystacks_add(struct pystacks *ps, pid_t pid, const struct py_targ
 	np->t = *t;
 	np->sa_slot = -1;
 	np->prefetch_left = 256;
+	np->retry_left = 256;
 	hmap_init(&np->codes);
 	hmap_init(&np->slots);
 	hmap_init(&np->urls);
@@ -281,6 +282,11 @@ static const char *engine_url(struct pyproc *pp, const struct ev_stack *st, uint
 		*from = URL_STATEMENT;
 		return s;
 	}
+	/* no engine read at the statement: the dialect's URL, if known, without reads */
+	if (!st->sa_engine && (s = hmap_get(&pp->dialect_urls, hkey2(dialect, 0)))) {
+		*from = URL_REMEMBERED;
+		return s;
+	}
 	if (st->sa_engine && !pyobj_attr(&src, st->sa_engine, "dialect", &d) && d == dialect) {
 		engine = st->sa_engine;
 		*from = URL_STATEMENT;
@@ -403,12 +409,16 @@ void pystacks_prefetch(struct pystacks *ps, const struct ev_stack *st, size_t si
 	 * Only while there is something to learn or to read live: the first stacks of a process,
 	 * a Connection whose engine the BPF side could not read, a Task it cannot name yet.
 	 */
-	if (!pp->prefetch_left && !(st->sa_type && !st->sa_engine) &&
-	    !(st->task_handle_type && !(pp->task.task_type && pp->task.step_type)) &&
-	    !(st->task_cb_type && !pp->task.step_type))
-		return;
-	if (pp->prefetch_left)
+	if (pp->prefetch_left) {
 		pp->prefetch_left--;
+	} else if (pp->retry_left &&
+		   ((st->sa_type && !st->sa_engine) ||
+		    (st->task_handle_type && !(pp->task.task_type && pp->task.step_type)) ||
+		    (st->task_cb_type && !pp->task.step_type))) {
+		pp->retry_left--; /* bounded: what cannot be learnt must not cost every statement */
+	} else {
+		return;
+	}
 	tag_mask = pp->t.layout.code_tagged ? ~3ULL : ~0ULL;
 	for (uint32_t i = 0; i < st->nframes; i++) {
 		const struct ev_frame *f = &st->frames[i];

@@ -35,6 +35,7 @@ struct pyproc {
 	struct hmap dialect_urls; /* dialect -> the last URL seen for it (a string of urls) */
 	struct hmap engine_urls;  /* (engine, dialect) checked -> its URL (a string of urls) */
 	int prefetch_left;	  /* stacks still read at arrival whatever they hold */
+	int retry_left;		  /* later stacks still read at arrival to learn what is missing */
 };
 
 /* Where a span's sqlalchemy.engine.url came from */

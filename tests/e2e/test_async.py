@@ -422,11 +422,11 @@ def expected_checksum(statements, tasks):
 
 
 def test_attach_detach_under_load(cluster):
-    """A greenlet-heavy AsyncEngine app runs 100k statements while sqlspan attaches and detaches
+    """A greenlet-heavy AsyncEngine app runs 200k statements while sqlspan attaches and detaches
     over and over (greenlets switch C stacks; sqlspan's only return probe is on libssl's
     SSL_read_ex, which never switches them): the app finishes with every result right, and
     every sqlspan run ends cleanly."""
-    statements, tasks = 100000, 20
+    statements, tasks = 200000, 20
     app = subprocess.Popen([PY, os.path.join(ROOT, "tests", "apps", "async_stress.py"), "--host",
                             cluster.sockdir, "--port", cluster.port, "--statements",
                             str(statements), "--tasks", str(tasks)],
@@ -453,6 +453,7 @@ def test_attach_detach_under_load(cluster):
             app.kill()
     assert app.returncode == 0, err[-3000:]
     assert out.split() == ["OK", *map(str, expected_checksum(statements, tasks))], out
+    print("attach/detach runs:", runs, "spans:", spans)
     assert runs >= 5 and spans > 1000, (runs, spans)
 
 
