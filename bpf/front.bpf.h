@@ -499,12 +499,8 @@ static __always_inline struct fwalk *front_entry(struct trace_event_raw_sys_exit
 	__u32 tgid = pid_tgid >> 32;
 	struct pt_regs *regs;
 	struct fwalk *w;
-	__u8 *pv;
 
-	if (ctx->ret <= 0)
-		return NULL;
-	pv = bpf_map_lookup_elem(&pids, &tgid);
-	if (!pv || !(*pv & PID_WIRE))
+	if (ctx->ret <= 0 || !wire_process(tgid))
 		return NULL;
 	w = thread_entry(&fwalks);
 	if (!w)

@@ -92,4 +92,12 @@ static __always_inline bool traced(__u32 tgid)
 	return bpf_map_lookup_elem(&pids, &tgid) != NULL;
 }
 
+/* A traced process whose sockets are followed for the protocol (asyncpg, --wire)? */
+static __always_inline bool wire_process(__u32 tgid)
+{
+	__u8 *pv = bpf_map_lookup_elem(&pids, &tgid);
+
+	return pv && (*pv & PID_WIRE);
+}
+
 #endif

@@ -55,6 +55,13 @@ struct stack_buf {
 };
 
 _Static_assert(sizeof(struct stack_buf) <= sizeof(struct scratch), "stack_buf fits");
+/* its first bytes are sent as they are: an ev_stack, field for field */
+_Static_assert(__builtin_offsetof(struct stack_buf, frames) == sizeof(struct ev_stack) &&
+		       __builtin_offsetof(struct stack_buf, task_name) ==
+			       __builtin_offsetof(struct ev_stack, task_name) &&
+		       __builtin_offsetof(struct stack_buf, sa_type) ==
+			       __builtin_offsetof(struct ev_stack, sa_type),
+	       "stack_buf starts as an ev_stack");
 
 /* per thread, like the scratch space (see buffer.bpf.h) */
 struct {

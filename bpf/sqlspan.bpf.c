@@ -278,7 +278,7 @@ int BPF_KPROBE(up_ssl_handshake, void *ssl)
 	__u32 tid = (__u32)pid_tgid;
 	__u64 s = (__u64)ssl;
 
-	if (tls_process(pid_tgid >> 32))
+	if (wire_process(pid_tgid >> 32))
 		bpf_map_update_elem(&ssl_last, &tid, &s, BPF_ANY);
 	return 0;
 }
@@ -291,7 +291,7 @@ static __noinline struct fwalk *tls_write_walk(struct pt_regs *ctx)
 	struct fwalk *w;
 	__s32 fd;
 
-	if (!num || !tls_process(tgid))
+	if (!num || !wire_process(tgid))
 		return NULL;
 	fd = tls_stream(tgid, PT_REGS_PARM1(ctx)); /* -1: not bound yet */
 	w = thread_entry(&fwalks);
@@ -349,7 +349,7 @@ int BPF_KPROBE(up_ssl_read, void *ssl, void *buf, __u64 num, __u64 *nread)
 	__u32 tgid = pid_tgid >> 32, tid = (__u32)pid_tgid;
 	struct ssl_read r = {};
 
-	if (!tls_process(tgid))
+	if (!wire_process(tgid))
 		return 0;
 	r.fd = tls_stream(tgid, (__u64)ssl);
 	if (r.fd < 0)
@@ -390,12 +390,10 @@ int BPF_KRETPROBE(ur_ssl_read, int ok)
 SEC("tracepoint/syscalls/sys_enter_connect")
 int tp_enter_connect(struct trace_event_raw_sys_enter *ctx)
 {
-	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	__u8 *pv = bpf_map_lookup_elem(&pids, &tgid);
 	struct ev_connect *e;
 	__u64 len = ctx->args[2];
 
-	if (!pv || !(*pv & PID_WIRE))
+	if (!wire_process(bpf_get_current_pid_tgid() >> 32))
 		return 0;
 	e = rec_reserve(sizeof(*e));
 	if (!e) {

@@ -5,8 +5,9 @@
  * is read where libssl takes it (SSL_write_ex, at entry) and gives it (SSL_read_ex, at its
  * return), and walked like a socket's bytes, as the stream fd | SQLSPAN_TLS_FD. Which socket an
  * SSL object serves is learnt at the handshake: the thread that calls SSL_do_handshake next
- * sends the ClientHello on the socket (front_startup calls tls_bind). Connections whose handshake
- * happened before sqlspan attached stay encrypted (marked, not read). bpf_loop kernels only.
+ * sends the ClientHello on the socket (front_startup calls tls_bind); for a connection whose
+ * handshake was before sqlspan attached, at the first TLS record the thread sends after libssl
+ * took whole frontend messages (front_socket calls tls_bind). bpf_loop kernels only.
  */
 #ifndef SQLSPAN_TLS_BPF_H
 #define SQLSPAN_TLS_BPF_H
@@ -59,13 +60,6 @@ struct {
 	__type(key, __u32);
 	__type(value, struct ssl_read);
 } ssl_reads SEC(".maps");
-
-static __always_inline bool tls_process(__u32 tgid)
-{
-	__u8 *pv = bpf_map_lookup_elem(&pids, &tgid);
-
-	return pv && (*pv & PID_WIRE);
-}
 
 /* The socket a bound SSL object serves, as its plaintext stream (fd | SQLSPAN_TLS_FD); -1 if none
  */
