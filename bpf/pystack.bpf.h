@@ -251,7 +251,8 @@ static __always_inline bool sa_frame(struct py_cfg *cfg, struct stack_buf *sb)
 {
 	__u64 code = sb->frames[(sb->nframes - 1) & (SQLSPAN_MAX_FRAMES - 1)].code;
 
-	return code == cfg->sa_code[0] || code == cfg->sa_code[1] || code == cfg->sa_code[2];
+	return code == cfg->lr.sa_code[0] || code == cfg->lr.sa_code[1] ||
+	       code == cfg->lr.sa_code[2];
 }
 
 /*
@@ -268,12 +269,12 @@ static __noinline void sa_engine_read(struct py_cfg *cfg, struct stack_buf *sb)
 	if (!conn)
 		return;
 	sb->sa_type = rd64(conn + 8);
-	if (!sb->sa_type || sb->sa_type != cfg->sa_type || cfg->sa_slot < 0)
+	if (!sb->sa_type || sb->sa_type != cfg->lr.sa_type || cfg->lr.sa_slot < 0)
 		return;
 	if (cfg->sa_mode == SA_VALUES_INLINE) {
 		__u8 valid = 0;
 
-		bpf_probe_read_user(&valid, 1, (const void *)(conn + cfg->sa_valid));
+		bpf_probe_read_user(&valid, 1, (const void *)(conn + cfg->lr.sa_valid));
 		values = valid ? conn : 0;
 	} else if (cfg->sa_mode == SA_VALUES_312) {
 		d = rd64(conn + cfg->sa_managed_dict);
@@ -286,7 +287,7 @@ static __noinline void sa_engine_read(struct py_cfg *cfg, struct stack_buf *sb)
 		}
 	}
 	if (values)
-		sb->sa_engine = rd64(values + cfg->sa_slot);
+		sb->sa_engine = rd64(values + cfg->lr.sa_slot);
 }
 
 /*
@@ -302,24 +303,24 @@ static __noinline void task_read(struct py_cfg *cfg, struct stack_buf *sb)
 	if (cfg->code_tagged)
 		handle &= ~3ULL;
 	sb->task_handle_type = handle ? rd64(handle + 8) : 0;
-	if (!sb->task_handle_type || sb->task_handle_type != cfg->task_handle_type ||
-	    cfg->task_cb_off <= 0)
+	if (!sb->task_handle_type || sb->task_handle_type != cfg->lr.task_handle_type ||
+	    cfg->lr.task_cb_off <= 0)
 		return;
-	cb = rd64(handle + (cfg->task_cb_off & 0xfff));
+	cb = rd64(handle + (cfg->lr.task_cb_off & 0xfff));
 	type = cb ? rd64(cb + 8) : 0;
 	if (!type)
 		return;
-	if (type == cfg->task_step_type && cfg->task_step_off > 0) {
-		task = rd64(cb + (cfg->task_step_off & 0xff));
-	} else if (type == cfg->task_meth_type && cfg->task_meth_off > 0) {
-		task = rd64(cb + (cfg->task_meth_off & 0xff));
+	if (type == cfg->lr.task_step_type && cfg->lr.task_step_off > 0) {
+		task = rd64(cb + (cfg->lr.task_step_off & 0xff));
+	} else if (type == cfg->lr.task_meth_type && cfg->lr.task_meth_off > 0) {
+		task = rd64(cb + (cfg->lr.task_meth_off & 0xff));
 	} else {
 		sb->task_cb_type = type; /* for userspace to learn from (types live long) */
 		return;
 	}
-	if (!task || rd64(task + 8) != cfg->task_type || cfg->task_name_off <= 0)
+	if (!task || rd64(task + 8) != cfg->lr.task_type || cfg->lr.task_name_off <= 0)
 		return;
-	name = rd64(task + (cfg->task_name_off & 0xfff));
+	name = rd64(task + (cfg->lr.task_name_off & 0xfff));
 	type = name ? rd64(name + 8) : 0;
 	if (type && type == cfg->str_type) {
 		/* compact ASCII only (state bits: compact 5, ascii 6); others are left unnamed */
@@ -446,9 +447,9 @@ static __noinline void greenlet_check(struct py_cfg *cfg, struct stack_buf *sb)
 			greenlet_check(wc->cfg, sb);                                               \
 		if (r == 0 && !sb->sa_type && sa_frame(wc->cfg, sb))                               \
 			sa_engine_read(wc->cfg, sb);                                               \
-		if (r == 0 && !sb->task_handle_type && wc->cfg->task_run_code &&                   \
+		if (r == 0 && !sb->task_handle_type && wc->cfg->lr.task_run_code &&                \
 		    sb->frames[(sb->nframes - 1) & (SQLSPAN_MAX_FRAMES - 1)].code ==               \
-			    wc->cfg->task_run_code)                                                \
+			    wc->cfg->lr.task_run_code)                                             \
 			task_read(wc->cfg, sb);                                                    \
 		sb->frame = fb64(sb, wc->cfg->frame_previous);                                     \
 		return 0;                                                                          \

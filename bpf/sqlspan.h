@@ -229,6 +229,24 @@ struct ev_stack {
 #define TASK_NAME_STR  1
 #define TASK_NAME_NUM  2
 
+/*
+ * What userspace learns of a process's Python objects from its first statements, for the BPF
+ * side to read at each statement (0 / -1: not known yet):
+ * - SQLAlchemy's Connection.engine: the code objects of the Connection methods whose first local
+ *   is the Connection, its type, and where the type keeps `engine` among an instance's values
+ *   (sa_slot: in the values; inline values: from the object, sa_valid their valid flag);
+ * - asyncio's running Task: the code of Handle._run, the Handle type and where it keeps
+ *   _callback; the callback types that hold the Task (the C task-step wrapper, a builtin method
+ *   bound to the task) and where; the Task type and where it keeps its name.
+ */
+struct py_learnt {
+	__u64 sa_code[SQLSPAN_SA_CODES];
+	__u64 sa_type;
+	__u64 task_run_code, task_handle_type, task_step_type, task_meth_type, task_type;
+	__s32 sa_slot, sa_valid;
+	__s32 task_cb_off, task_step_off, task_meth_off, task_name_off;
+};
+
 /* Per traced CPython process: where things are (from pylayout, set by the loader). */
 struct py_cfg {
 	__u64 runtime; /* &_PyRuntime */
@@ -254,46 +272,23 @@ struct py_cfg {
 	__s32 str_ascii;    /* where a compact ASCII str's characters start */
 	__u32 gs_search;    /* look for greenlet_spawn among coroutine frames */
 	__s32 code_ident; /* co_filename, then co_name and co_qualname (8 bytes apart); -1: none */
-	/*
-	 * SQLAlchemy's Connection.engine, read at the statement (set by userspace as it learns):
-	 * the code objects of the Connection methods whose first local is the Connection, its
-	 * type, and where the type keeps `engine` among an instance's attribute values.
-	 */
-	__u64 sa_code[SQLSPAN_SA_CODES];
-	__u64 sa_type;
-	__s32 sa_slot; /* the value's offset in the values (inline: from the object); -1 unknown */
-	__s32 sa_mode; /* SA_VALUES_* */
+	struct py_learnt lr;	 /* set by userspace as it learns */
+	__s32 sa_mode;		 /* SA_VALUES_* */
 	__s32 sa_managed_dict;	 /* offset of the managed dict (or 3.12 dict-or-values) pointer */
 	__s32 sa_managed_values; /* 3.11: offset of the values pointer */
 	__s32 sa_dict_values;	 /* PyDictObject.ma_values */
-	__s32 sa_valid;		 /* 3.13+: the inline values' valid flag, from the object */
 	/*
 	 * Stacks still sent with a wakeup of the reader, so that it reads the first statements'
-	 * Connections while they live, and learns the above from them (0 once learnt).
+	 * objects while they live, and learns lr from them (0 once learnt).
 	 */
 	__u32 sa_wake_left;
-	/*
-	 * asyncio's running Task (set by userspace as it learns): the code of Handle._run, the
-	 * Handle type and where it keeps _callback; the callback's types that hold the Task (the
-	 * C task-step wrapper, or a builtin method bound to the task) and where; the Task type and
-	 * where it keeps its name; the str and int types. 0 / -1: not known.
-	 */
-	__s32 task_cb_off;
-	__u64 task_run_code;
-	__u64 task_handle_type;
-	__u64 task_step_type;
-	__u64 task_meth_type;
-	__u64 task_type;
-	__u64 str_type;
+	__u32 long_tagged; /* int: lv_tag (3.12+) or ob_size */
+	__u64 str_type;	   /* the str and int types (task names) */
 	__u64 int_type;
-	__s32 task_step_off;
-	__s32 task_meth_off;
-	__s32 task_name_off;
 	__s32 str_length; /* PyASCIIObject.length */
 	__s32 str_state;  /* PyASCIIObject.state */
-	__s32 long_tag;	  /* int: lv_tag (3.12+) or ob_size */
+	__s32 long_tag;
 	__s32 long_digits;
-	__u32 long_tagged;
 };
 
 /* py_cfg.sa_mode: where an instance's attribute values are */
@@ -377,6 +372,7 @@ SQLSPAN_ASSERT(sizeof(struct ev_connect) == 144, "ev_connect size");
 SQLSPAN_ASSERT(sizeof(struct lib_range) == 48, "lib_range size");
 SQLSPAN_ASSERT(sizeof(struct ev_frame) == 56, "ev_frame size");
 SQLSPAN_ASSERT(sizeof(struct ev_stack) == 56 + 32 + SQLSPAN_TASK_NAME, "ev_stack size");
+SQLSPAN_ASSERT(sizeof(struct py_learnt) == 96, "py_learnt size");
 SQLSPAN_ASSERT(sizeof(struct py_cfg) == 272, "py_cfg size");
 
 #endif

@@ -157,28 +157,16 @@ static void hook_py_learnt(void *arg, const struct pyproc *pp)
 
 	if (bpf_map__lookup_elem(t->skel->maps.pyprocs, &key, sizeof(key), &cfg, sizeof(cfg), 0))
 		return;
-	memcpy(cfg.sa_code, pp->sa_code, sizeof(cfg.sa_code));
-	cfg.sa_type = pp->sa_type;
-	cfg.sa_slot = pp->sa_slot;
-	cfg.sa_valid = pp->sa_valid;
-	cfg.task_run_code = pp->task.run_code;
-	cfg.task_handle_type = pp->task.handle_type;
-	cfg.task_cb_off = pp->task.cb_off;
-	cfg.task_step_type = pp->task.step_type;
-	cfg.task_step_off = pp->task.step_off;
-	cfg.task_meth_type = pp->task.meth_type;
-	cfg.task_meth_off = pp->task.meth_off;
-	cfg.task_type = pp->task.task_type;
-	cfg.task_name_off = pp->task.name_off;
-	if (pp->sa_type && pp->sa_slot >= 0 && pp->task.task_type && pp->task.step_type)
+	cfg.lr = pp->lr;
+	if (pystacks_all_learnt(pp))
 		cfg.sa_wake_left = 0; /* learnt: the engine and the task come with the stack */
 	bpf_map__update_elem(t->skel->maps.pyprocs, &key, sizeof(key), &cfg, sizeof(cfg),
 			     BPF_EXIST);
 	vlog(t,
 	     "PID %d: read at each statement: Connection.engine (type %#lx, slot %d), asyncio "
 	     "Task names (Task type %#lx, name at +%d)",
-	     pp->pid, (unsigned long)pp->sa_type, pp->sa_slot, (unsigned long)pp->task.task_type,
-	     pp->task.name_off);
+	     pp->pid, (unsigned long)pp->lr.sa_type, pp->lr.sa_slot,
+	     (unsigned long)pp->lr.task_type, pp->lr.task_name_off);
 }
 
 /* A CPython process: tell the BPF side where its structures are, so it reads its stacks. */
@@ -186,6 +174,7 @@ static void python_setup(struct tracer *t, struct proc_target *p)
 {
 	struct py_target pt;
 	struct py_cfg cfg;
+	struct pyproc *pp;
 	const struct py_layout *l = &pt.layout;
 	uint32_t key = p->pid;
 	char why[256];
@@ -225,8 +214,7 @@ static void python_setup(struct tracer *t, struct proc_target *p)
 	cfg.code_name = l->code_name;
 	cfg.str_ascii = l->unicode_ascii_data;
 	cfg.gs_search = 0; /* until greenlet is seen loaded (probes_scan) */
-	/* SQLAlchemy's Connection.engine: userspace learns the rest (pystacks' learnt hook) */
-	cfg.sa_slot = -1;
+	/* SQLAlchemy's Connection.engine, asyncio task names: the rest is learnt (cfg.lr) */
 	cfg.sa_mode = l->values_valid >= 0 ? SA_VALUES_INLINE
 		      : l->managed_tagged  ? SA_VALUES_312
 		      : l->managed_values  ? SA_VALUES_311
@@ -236,10 +224,6 @@ static void python_setup(struct tracer *t, struct proc_target *p)
 	cfg.sa_dict_values = l->dict_values;
 	cfg.sa_wake_left = 64;
 	/* asyncio task names: str and int objects as the BPF side copies them */
-	cfg.task_cb_off = -1;
-	cfg.task_step_off = -1;
-	cfg.task_meth_off = -1;
-	cfg.task_name_off = -1;
 	cfg.str_type = pt.str_type;
 	cfg.int_type = pt.int_type;
 	cfg.str_length = l->unicode_length;
@@ -252,9 +236,11 @@ static void python_setup(struct tracer *t, struct proc_target *p)
 		l->code_name - l->code_filename == 8 && l->code_qualname - l->code_name == 8
 			? l->code_filename
 			: -1;
-	if (!pystacks_add(&t->py, p->pid, &pt) ||
-	    bpf_map__update_elem(t->skel->maps.pyprocs, &key, sizeof(key), &cfg, sizeof(cfg),
-				 BPF_ANY)) {
+	pp = pystacks_add(&t->py, p->pid, &pt);
+	if (pp)
+		cfg.lr = pp->lr;
+	if (!pp || bpf_map__update_elem(t->skel->maps.pyprocs, &key, sizeof(key), &cfg, sizeof(cfg),
+					BPF_ANY)) {
 		fprintf(stderr, "sqlspan: warning: PID %d: cannot set up Python stacks\n", p->pid);
 		return;
 	}

@@ -33,7 +33,13 @@ struct pyproc *pystacks_add(struct pystacks *ps, pid_t pid, const struct py_targ
 	memset(np, 0, sizeof(*np));
 	np->pid = pid;
 	np->t = *t;
-	np->sa_slot = -1;
+	np->lr.sa_slot = -1;
+	np->lr.task_cb_off = -1;
+	np->lr.task_step_off = -1;
+	np->lr.task_name_off = -1;
+	/* Task.__wakeup, a builtin method bound to its task: known from the interpreter itself */
+	np->lr.task_meth_type = t->cfunc_type;
+	np->lr.task_meth_off = t->cfunc_type ? t->layout.cfunc_self : -1;
 	np->prefetch_left = 256;
 	np->retry_left = 256;
 	hmap_init(&np->codes);
@@ -222,39 +228,32 @@ static const char *url_of_engine(struct pyproc *pp, uint64_t engine)
  * Connection methods on the stack (long-lived: readable whenever the record is), then, from the
  * type the BPF side saw there, where that type keeps `engine` among an instance's values.
  */
-static void sa_learn(struct pystacks *ps, struct pyproc *pp, const struct ev_stack *st,
-		     uint64_t code)
+static void sa_learn(struct pyproc *pp, const struct ev_stack *st, uint64_t code)
 {
 	struct pyobj_src src = {pp->pid, &pp->t.layout, &pp->slots};
 	const struct py_layout *l = &pp->t.layout;
-	bool changed = false;
 	int free_slot = -1;
 	int64_t idx, basic;
 
 	for (int i = 0; i < SQLSPAN_SA_CODES && code; i++) {
-		if (pp->sa_code[i] == code)
+		if (pp->lr.sa_code[i] == code)
 			code = 0;
-		else if (!pp->sa_code[i] && free_slot < 0)
+		else if (!pp->lr.sa_code[i] && free_slot < 0)
 			free_slot = i;
 	}
-	if (code && free_slot >= 0) {
-		pp->sa_code[free_slot] = code;
-		changed = true;
-	}
-	if (st->sa_type && st->sa_type != pp->sa_type &&
+	if (code && free_slot >= 0)
+		pp->lr.sa_code[free_slot] = code;
+	if (st->sa_type && st->sa_type != pp->lr.sa_type &&
 	    !pyobj_type_key_index(&src, st->sa_type, "engine", &idx)) {
-		pp->sa_type = st->sa_type;
-		pp->sa_slot = l->values_items + 8 * idx;
-		pp->sa_valid = 0;
+		pp->lr.sa_type = st->sa_type;
+		pp->lr.sa_slot = l->values_items + 8 * idx;
+		pp->lr.sa_valid = 0;
 		if (l->values_valid >= 0) { /* inline values, after the object's basic size */
 			basic = pyobj_type_basicsize(&src, st->sa_type);
-			pp->sa_slot = basic < 0 ? -1 : basic + pp->sa_slot;
-			pp->sa_valid = basic < 0 ? 0 : basic + l->values_valid;
+			pp->lr.sa_slot = basic < 0 ? -1 : basic + pp->lr.sa_slot;
+			pp->lr.sa_valid = basic < 0 ? 0 : basic + l->values_valid;
 		}
-		changed = true;
 	}
-	if (changed && ps->learnt)
-		ps->learnt(ps->arg, pp);
 }
 
 /*
@@ -323,61 +322,61 @@ static int32_t task_name_offset(struct pyobj_src *src, uint64_t task)
 	return -1;
 }
 
+/* asyncio's C task-step wrapper (in 3.12+ a heap type named after its module)? */
+static bool step_wrapper_type(const struct pyobj_src *src, uint64_t type)
+{
+	return pyobj_type_is_type(src, type, "TaskStepMethWrapper") ||
+	       pyobj_type_is_type(src, type, "_asyncio.TaskStepMethWrapper");
+}
+
+#define STEP_WRAPPER_TASK 16 /* TaskStepMethWrapper{PyObject_HEAD; TaskObj *sw_task; ...} */
+
 /*
- * Teach the BPF side to find the running asyncio Task (py_cfg.task_*): the code of
- * Handle._run; from its Handle's type, where _callback is; from a live Handle (records read
- * while the statement runs: the first ones wake sqlspan), the task-step wrapper's type and the
- * Task's type and where it keeps its name. Builtin methods (Task.__wakeup) are PyCFunction_Type.
+ * Teach the BPF side to find the running asyncio Task (py_learnt.task_*): the code of
+ * Handle._run; from its Handle's type, where _callback is; from the callback's type (as the BPF
+ * side saw it, or live), the task-step wrapper's type; from a live Task (records read while the
+ * statement runs: the first ones wake sqlspan), the Task's type and where it keeps its name.
+ * Builtin methods (Task.__wakeup) are PyCFunction_Type, known from the start.
  */
-static void task_learn(struct pystacks *ps, struct pyproc *pp, const struct ev_stack *st,
-		       const struct ev_frame *f)
+static void task_learn(struct pyproc *pp, const struct ev_stack *st, const struct ev_frame *f)
 {
 	struct pyobj_src src = {pp->pid, &pp->t.layout, &pp->slots};
 	const struct py_layout *l = &pp->t.layout;
-	struct task_learnt *tl = &pp->task, before = pp->task;
+	struct py_learnt *lr = &pp->lr;
 	uint64_t handle = f->local[0] & (l->code_tagged ? ~3ULL : ~0ULL), type, cb = 0, task = 0;
 	int64_t off;
 
-	tl->run_code = f->code;
-	if (!tl->meth_type && pp->t.cfunc_type) {
-		tl->meth_type = pp->t.cfunc_type;
-		tl->meth_off = l->cfunc_self;
-	}
+	lr->task_run_code = f->code;
 	type = st->task_handle_type ? st->task_handle_type : pyobj_type(&src, handle);
-	if (type && type != tl->handle_type &&
+	if (type && type != lr->task_handle_type &&
 	    !pyobj_member_offset(&src, type, "_callback", &off)) {
-		tl->handle_type = type;
-		tl->cb_off = off;
+		lr->task_handle_type = type;
+		lr->task_cb_off = off;
 	}
-	/* the task-step wrapper's type, from the type the BPF side saw (no live object needed) */
-	if (st->task_cb_type && !tl->step_type &&
-	    (pyobj_type_is_type(&src, st->task_cb_type, "TaskStepMethWrapper") ||
-	     pyobj_type_is_type(&src, st->task_cb_type, "_asyncio.TaskStepMethWrapper"))) {
-		tl->step_type = st->task_cb_type;
-		tl->step_off = 16; /* {PyObject_HEAD; TaskObj *sw_task; ...} */
+	/* the callback: its type as the BPF side saw it (types live long), or the live one */
+	if (type && type == lr->task_handle_type && pyobj_type(&src, handle) == type)
+		proc_read(pp->pid, handle + lr->task_cb_off, &cb, 8);
+	type = st->task_cb_type ? st->task_cb_type : cb ? pyobj_type(&src, cb) : 0;
+	if (type && !lr->task_step_type && step_wrapper_type(&src, type)) {
+		lr->task_step_type = type;
+		lr->task_step_off = STEP_WRAPPER_TASK;
 	}
-	if (type && type == tl->handle_type && pyobj_type(&src, handle) == type &&
-	    proc_read(pp->pid, handle + tl->cb_off, &cb, 8) == 8 && cb) {
+	/* the Task, live, to find where it keeps its name */
+	if (cb && !lr->task_type) {
 		type = pyobj_type(&src, cb);
-		if (type == tl->meth_type) {
-			proc_read(pp->pid, cb + tl->meth_off, &task, 8);
-		} else if (pyobj_type_is(&src, cb, "TaskStepMethWrapper") ||
-			   pyobj_type_is(&src, cb, "_asyncio.TaskStepMethWrapper")) {
-			tl->step_type = type;
-			tl->step_off = 16; /* {PyObject_HEAD; TaskObj *sw_task; ...} */
-			proc_read(pp->pid, cb + tl->step_off, &task, 8);
-		}
+		if (type && type == lr->task_meth_type)
+			proc_read(pp->pid, cb + lr->task_meth_off, &task, 8);
+		else if (type && type == lr->task_step_type)
+			proc_read(pp->pid, cb + lr->task_step_off, &task, 8);
 	}
-	if (task && !tl->task_type && pyobj_type_is(&src, task, "_asyncio.Task")) {
+	if (task && pyobj_type_is(&src, task, "_asyncio.Task")) {
 		int32_t name_off = task_name_offset(&src, task);
 
 		if (name_off > 0) {
-			tl->task_type = pyobj_type(&src, task);
-			tl->name_off = name_off;
+			lr->task_type = pyobj_type(&src, task);
+			lr->task_name_off = name_off;
 		}
 	}
-	if (memcmp(&before, tl, sizeof(before)) && ps->learnt)
-		ps->learnt(ps->arg, pp);
 }
 
 /* The task's name the BPF side copied (or its number: 3.12+ name unnamed tasks when asked). */
@@ -401,6 +400,7 @@ static void task_name(const struct ev_stack *st, char *out, size_t n)
 void pystacks_prefetch(struct pystacks *ps, const struct ev_stack *st, size_t size)
 {
 	struct pyproc *pp = proc_of(ps, st->h.pid);
+	struct py_learnt before;
 	uint64_t tag_mask;
 
 	if (!pp || size < sizeof(*st) + (size_t)st->nframes * sizeof(struct ev_frame))
@@ -413,13 +413,14 @@ void pystacks_prefetch(struct pystacks *ps, const struct ev_stack *st, size_t si
 		pp->prefetch_left--;
 	} else if (pp->retry_left &&
 		   ((st->sa_type && !st->sa_engine) ||
-		    (st->task_handle_type && !(pp->task.task_type && pp->task.step_type)) ||
-		    (st->task_cb_type && !pp->task.step_type))) {
+		    (st->task_handle_type && !(pp->lr.task_type && pp->lr.task_step_type)) ||
+		    (st->task_cb_type && !pp->lr.task_step_type))) {
 		pp->retry_left--; /* bounded: what cannot be learnt must not cost every statement */
 	} else {
 		return;
 	}
 	tag_mask = pp->t.layout.code_tagged ? ~3ULL : ~0ULL;
+	before = pp->lr;
 	for (uint32_t i = 0; i < st->nframes; i++) {
 		const struct ev_frame *f = &st->frames[i];
 		struct pycode *c = frame_code(pp, f);
@@ -429,14 +430,22 @@ void pystacks_prefetch(struct pystacks *ps, const struct ev_stack *st, size_t si
 		if (py_is_sa_connection_frame(c->file, c->qualname)) {
 			enum url_from from;
 
-			sa_learn(ps, pp, st, f->code);
+			sa_learn(pp, st, f->code);
 			engine_url(pp, st, f->local[0] & tag_mask, f->local[1] & tag_mask, &from);
 		}
 		if (py_is_asyncio_handle_run(c->file, c->qualname) &&
-		    (!pp->task.task_type || !pp->task.step_type || pp->task.run_code != f->code ||
-		     st->task_handle_type != pp->task.handle_type))
-			task_learn(ps, pp, st, f);
+		    (!pp->lr.task_type || !pp->lr.task_step_type ||
+		     pp->lr.task_run_code != f->code ||
+		     st->task_handle_type != pp->lr.task_handle_type))
+			task_learn(pp, st, f);
 	}
+	if (memcmp(&before, &pp->lr, sizeof(before)) && ps->learnt)
+		ps->learnt(ps->arg, pp);
+}
+
+bool pystacks_all_learnt(const struct pyproc *pp)
+{
+	return pp->lr.sa_type && pp->lr.sa_slot >= 0 && pp->lr.task_type && pp->lr.task_step_type;
 }
 
 void pystacks_resolve(struct pystacks *ps, const struct ev_stack *st, size_t size,
@@ -445,7 +454,7 @@ void pystacks_resolve(struct pystacks *ps, const struct ev_stack *st, size_t siz
 	struct pyproc *pp = proc_of(ps, st->h.pid);
 	struct strbuf js = {0};
 	bool found_site = false;
-	uint64_t tag_mask, dialect = 0, sa_code = 0;
+	uint64_t tag_mask, dialect = 0;
 
 	memset(out, 0, sizeof(*out));
 	if (!pp || size < sizeof(*st) + (size_t)st->nframes * sizeof(struct ev_frame))
@@ -484,7 +493,6 @@ void pystacks_resolve(struct pystacks *ps, const struct ev_stack *st, size_t siz
 		if (!out->sa_conn && py_is_sa_connection_frame(c->file, c->qualname)) {
 			out->sa_conn = f->local[0] & tag_mask;
 			dialect = f->local[1] & tag_mask;
-			sa_code = f->code;
 		}
 		if (!out->sa_statement && py_is_sa_do_execute(c->file, c->qualname))
 			out->sa_statement = py_read_str(pp->pid, f->local[2] & tag_mask,
@@ -502,7 +510,6 @@ void pystacks_resolve(struct pystacks *ps, const struct ev_stack *st, size_t siz
 		}
 	}
 	if (out->sa_conn) {
-		sa_learn(ps, pp, st, sa_code);
 		enum url_from from;
 
 		out->sa_url = engine_url(pp, st, out->sa_conn, dialect, &from);

@@ -20,15 +20,7 @@ struct ev_stack;
 struct pyproc {
 	pid_t pid;
 	struct py_target t;
-	/* what the BPF side was told to read SQLAlchemy's Connection.engine with */
-	uint64_t sa_code[SQLSPAN_SA_CODES];
-	uint64_t sa_type;
-	int32_t sa_slot, sa_valid;
-	/* what the BPF side was told to find asyncio's running Task with (see py_cfg) */
-	struct task_learnt {
-		uint64_t run_code, handle_type, step_type, meth_type, task_type;
-		int32_t cb_off, step_off, meth_off, name_off;
-	} task;
+	struct py_learnt lr;	  /* what was learnt of its objects: the BPF side has it too */
 	struct hmap codes;	  /* code object address -> struct pycode * */
 	struct hmap slots;	  /* where instance attributes sit (pyobj_attr's cache) */
 	struct hmap urls;	  /* (engine, URL object) -> the rendered URL */
@@ -52,7 +44,7 @@ struct pystacks {
 	int nprocs;
 	const char *const *app_paths; /* --app-path, NULL-terminated; NULL: the default rule */
 	bool want_stack;	      /* --stack */
-	/* tell the BPF side what was learnt of a process's objects (pp->sa_*, pp->task) */
+	/* tell the BPF side what was learnt of a process's objects (pp->lr) */
 	void (*learnt)(void *arg, const struct pyproc *pp);
 	void *arg;
 	uint64_t urls_from[URL__COUNT]; /* spans with a SQLAlchemy Connection, by URL source */
@@ -61,6 +53,9 @@ struct pystacks {
 /* A process to resolve stacks for. Returns it, or NULL if out of memory. */
 struct pyproc *pystacks_add(struct pystacks *ps, pid_t pid, const struct py_target *t);
 void pystacks_free(struct pystacks *ps);
+
+/* Has everything been learnt there is to learn of this process's objects? */
+bool pystacks_all_learnt(const struct pyproc *pp);
 
 /*
  * A stack record as soon as it is read (before its request pairs with it): what must be read
