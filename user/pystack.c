@@ -46,7 +46,6 @@ struct pyproc *pystacks_add(struct pystacks *ps, pid_t pid, const struct py_targ
 	hmap_init(&np->slots);
 	hmap_init(&np->urls);
 	hmap_init(&np->dialect_urls);
-	hmap_init(&np->engine_urls);
 	return np;
 }
 
@@ -78,8 +77,10 @@ void pystacks_free(struct pystacks *ps)
 		while ((p = hmap_next(&ps->procs[i].urls, &pos, NULL)))
 			free(p);
 		hmap_free(&ps->procs[i].urls);
-		hmap_free(&ps->procs[i].dialect_urls); /* its strings are the urls' */
-		hmap_free(&ps->procs[i].engine_urls);
+		pos = 0;
+		while ((p = hmap_next(&ps->procs[i].dialect_urls, &pos, NULL)))
+			free(p); /* its strings are the urls' */
+		hmap_free(&ps->procs[i].dialect_urls);
 	}
 	free(ps->procs);
 	ps->procs = NULL;
@@ -259,32 +260,28 @@ static void sa_learn(struct pyproc *pp, const struct ev_stack *st, uint64_t code
 /*
  * The URL of the Connection's engine, password hidden. Stacks are resolved a little after the
  * statement (records are read in batches): by then a short-lived Connection may be gone and
- * its memory reused. In order:
- * - the engine the BPF side read at the statement, if it is one whose dialect is the one the
- *   Connection's frame passed along (local 1 of _execute_context and friends);
- * - the Connection itself, if it still has that dialect (so still lives);
- * - the URL last seen with that dialect (one per engine, and as long-lived).
+ * its memory reused. Remembered per dialect (the Connection's frame passes it along: local 1 of
+ * _execute_context and friends; one per engine, as long-lived), with the engine it was checked
+ * with. Read, when not known yet or when the statement names another engine: the engine the BPF
+ * side read at the statement if its dialect is that one, else the Connection itself if it still
+ * has that dialect (so still lives).
  */
 static const char *engine_url(struct pyproc *pp, const struct ev_stack *st, uint64_t conn,
 			      uint64_t dialect, enum url_from *from)
 {
 	struct pyobj_src src = {pp->pid, &pp->t.layout, &pp->slots};
+	struct dialect_url *du;
 	uint64_t d, engine = 0;
 	const char *s = NULL;
 
 	*from = URL_NONE;
 	if (!dialect)
 		return NULL;
-	/* an engine already checked with this dialect (engines and dialects live long): no reads */
-	s = st->sa_engine ? hmap_get(&pp->engine_urls, hkey2(st->sa_engine, dialect)) : NULL;
-	if (s) {
-		*from = URL_STATEMENT;
-		return s;
-	}
-	/* no engine read at the statement: the dialect's URL, if known, without reads */
-	if (!st->sa_engine && (s = hmap_get(&pp->dialect_urls, hkey2(dialect, 0)))) {
-		*from = URL_REMEMBERED;
-		return s;
+	/* known, and the engine read at the statement (if any) is the one checked: no reads */
+	du = hmap_get(&pp->dialect_urls, hkey2(dialect, 0));
+	if (du && (!st->sa_engine || st->sa_engine == du->engine)) {
+		*from = st->sa_engine ? URL_STATEMENT : URL_REMEMBERED;
+		return du->url;
 	}
 	if (st->sa_engine && !pyobj_attr(&src, st->sa_engine, "dialect", &d) && d == dialect) {
 		engine = st->sa_engine;
@@ -298,13 +295,18 @@ static const char *engine_url(struct pyproc *pp, const struct ev_stack *st, uint
 	if (engine)
 		s = url_of_engine(pp, engine);
 	if (!s) {
-		s = hmap_get(&pp->dialect_urls, hkey2(dialect, 0));
-		*from = s ? URL_REMEMBERED : URL_NONE;
-		return s;
+		*from = du ? URL_REMEMBERED : URL_NONE;
+		return du ? du->url : NULL;
 	}
-	hmap_put(&pp->dialect_urls, hkey2(dialect, 0), (void *)s);
-	if (*from == URL_STATEMENT)
-		hmap_put(&pp->engine_urls, hkey2(engine, dialect), (void *)s);
+	if (!du) {
+		du = malloc(sizeof(*du));
+		if (!du || hmap_put(&pp->dialect_urls, hkey2(dialect, 0), du)) {
+			free(du);
+			return s;
+		}
+	}
+	du->engine = engine;
+	du->url = s;
 	return s;
 }
 

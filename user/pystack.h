@@ -17,6 +17,12 @@
 
 struct ev_stack;
 
+/* An engine read and checked with its dialect (one per engine, as long-lived), and its URL. */
+struct dialect_url {
+	uint64_t engine;
+	const char *url; /* a string of pyproc.urls */
+};
+
 struct pyproc {
 	pid_t pid;
 	struct py_target t;
@@ -24,8 +30,7 @@ struct pyproc {
 	struct hmap codes;	  /* code object address -> struct pycode * */
 	struct hmap slots;	  /* where instance attributes sit (pyobj_attr's cache) */
 	struct hmap urls;	  /* (engine, URL object) -> the rendered URL */
-	struct hmap dialect_urls; /* dialect -> the last URL seen for it (a string of urls) */
-	struct hmap engine_urls;  /* (engine, dialect) checked -> its URL (a string of urls) */
+	struct hmap dialect_urls; /* dialect -> struct dialect_url: its engine, checked, and URL */
 	int prefetch_left;	  /* stacks still read at arrival whatever they hold */
 	int retry_left;		  /* later stacks still read at arrival to learn what is missing */
 };
