@@ -313,13 +313,13 @@ static const char *engine_url(struct pyproc *pp, const struct ev_stack *st, uint
 /* Where a Task keeps its name: right after its coroutine (TaskObj: task_coro, task_name). */
 static int32_t task_name_offset(struct pyobj_src *src, uint64_t task)
 {
-	for (int32_t off = 16; off < 400; off += 8) {
-		uint64_t v = 0;
+	uint64_t words[50];
 
-		if (proc_read(src->pid, task + off, &v, 8) != 8)
-			return -1;
-		if (v && pyobj_type_is(src, v, "coroutine"))
-			return off + 8;
+	if (proc_read(src->pid, task, words, sizeof(words)) != (ssize_t)sizeof(words))
+		return -1;
+	for (int32_t i = 2; i + 1 < 50; i++) { /* after PyObject_HEAD */
+		if (words[i] && pyobj_type_is(src, words[i], "coroutine"))
+			return (i + 1) * 8;
 	}
 	return -1;
 }
