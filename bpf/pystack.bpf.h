@@ -27,6 +27,22 @@ struct {
 	__type(value, __u64);
 } tstates SEC(".maps");
 
+/* long-lived code objects and their identity, checked by userspace (sqlspan.h) */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SQLSPAN_HOT_CODES);
+	__type(key, __u32);
+	__type(value, struct hot_code);
+} hot_codes SEC(".maps");
+
+/*
+ * Frames are read through a window: from 3.11 on, the frames of functions called from Python
+ * sit one after the other in the thread's data stack, each caller below its callee, so one read
+ * of the PY_WIN bytes that end with a frame usually holds its callers too (a user memory read
+ * costs about the same for 8 bytes as for 4 KiB). The window lives in the thread's scratch area.
+ */
+#define PY_WIN 4096
+
 /* an ev_stack with room for its frames, and the walk's own variables after them */
 struct stack_buf {
 	struct ev_hdr h;
@@ -48,6 +64,9 @@ struct stack_buf {
 	__u64 gs_frame; /* greenlet_spawn's frame on this stack */
 	__u64 gframe;	/* the innermost frame of the greenlet it holds */
 	__u64 gtmp;
+	__u64 win_lo;  /* the window holds [win_lo, win_lo + win_len) of the process */
+	__u32 win_len; /* 0: no window */
+	__u32 win_try; /* the last frame was on a data stack: read a window for the next */
 	__u32 tid;
 	__u32 glet;		     /* walking the greenlet's frames */
 	char name[24];		     /* a name being compared */
@@ -96,6 +115,13 @@ static __always_inline __u64 rd64(__u64 addr)
 struct walk_ctx {
 	struct py_cfg *cfg;
 	struct stack_buf *sb;
+};
+
+/* the frame walk's: the same, and the frame window */
+struct frames_ctx {
+	struct py_cfg *cfg;
+	struct stack_buf *sb;
+	struct scratch *win;
 };
 
 /* One step through the interpreter's list of thread states (sb->frame); 1 when done. */
@@ -156,9 +182,53 @@ static __always_inline __u64 fb64(struct stack_buf *sb, __s32 off)
 	return *(__u64 *)&sb->fb[off & (SQLSPAN_FRAME_READ - 8)];
 }
 
-/* Read one frame into sb->fb; 0 on success. */
-static __noinline int py_read_frame(struct stack_buf *sb)
+/* The thread's frame window (a call of its own: the walks' stacks stay small). */
+static __noinline struct scratch *py_window(void)
 {
+	return thread_entry(&scratches);
+}
+
+/* Read PY_WIN bytes ending with the frame at sb->frame (or from its page on); 0 on success. */
+static __noinline int py_read_window(struct stack_buf *sb, struct scratch *win)
+{
+	__u64 f = sb->frame, lo = f + SQLSPAN_FRAME_READ - PY_WIN, n;
+
+	sb->win_len = 0;
+	if (!bpf_probe_read_user(win->bytes, PY_WIN, (const void *)lo)) {
+		sb->win_lo = lo;
+		sb->win_len = PY_WIN;
+		return 0;
+	}
+	/* the bytes below may be another mapping's, or none: from the frame's page on */
+	lo = f & ~4095ULL;
+	n = f + SQLSPAN_FRAME_READ - lo;
+	if (n > PY_WIN)
+		return -1;
+	n = ((n - 1) & (PY_WIN - 1)) + 1; /* as it was: 1 to PY_WIN, the verifier sure */
+	if (bpf_probe_read_user(win->bytes, n, (const void *)lo))
+		return -1;
+	sb->win_lo = lo;
+	sb->win_len = n;
+	return 0;
+}
+
+/* Read one frame into sb->fb; 0 on success. */
+static __noinline int py_read_frame(struct stack_buf *sb, struct scratch *win)
+{
+	__u64 off;
+
+	if (!win)
+		goto single;
+	if (sb->win_try &&
+	    (sb->frame < sb->win_lo || sb->frame + SQLSPAN_FRAME_READ > sb->win_lo + sb->win_len))
+		py_read_window(sb, win);
+	if (sb->win_len && sb->frame >= sb->win_lo &&
+	    sb->frame + SQLSPAN_FRAME_READ <= sb->win_lo + sb->win_len) {
+		off = (sb->frame - sb->win_lo) & (PY_WIN - 1);
+		__builtin_memcpy(sb->fb, &win->bytes[off], SQLSPAN_FRAME_READ);
+		return 0;
+	}
+single:
 	if (!bpf_probe_read_user(sb->fb, SQLSPAN_FRAME_READ, (const void *)sb->frame))
 		return 0;
 	/* a small frame at the end of a mapping: read what it surely has */
@@ -212,6 +282,15 @@ static long ctx_find_cb(__u32 i, void *data)
 	return 0;
 }
 
+/* The identity of a long-lived code object as userspace checked it; 0: read it. */
+static __noinline __u32 hot_ident(__u64 code, __u32 tgid)
+{
+	__u32 slot = SQLSPAN_HOT_SLOT(code);
+	struct hot_code *hc = bpf_map_lookup_elem(&hot_codes, &slot);
+
+	return hc && hc->code == code && hc->tgid == tgid ? hc->ident : 0;
+}
+
 /* Add the frame in sb->fb to the record: 0 added, 2 a shim (skipped), 1 the record is full. */
 static __noinline int py_add_frame(struct py_cfg *cfg, struct stack_buf *sb)
 {
@@ -238,11 +317,11 @@ static __noinline int py_add_frame(struct py_cfg *cfg, struct stack_buf *sb)
 	f->local[3] = fb64(sb, cfg->frame_localsplus + 24);
 	f->owner = owner | (sb->glet ? FRAME_GREENLET : 0);
 	f->_pad[0] = f->_pad[1] = f->_pad[2] = 0;
-	f->ident = 0;
-	if (cfg->code_ident >= 0 &&
+	f->ident = hot_ident(code, sb->h.pid);
+	if (!f->ident && cfg->code_ident >= 0 &&
 	    !bpf_probe_read_user(sb->name, 24, (const void *)(code + cfg->code_ident)))
 		f->ident = FRAME_IDENT(*(__u64 *)&sb->name[0], *(__u64 *)&sb->name[16]);
-	sb->nframes = k + 1;
+	sb->nframes++;
 	return 0;
 }
 
@@ -424,7 +503,7 @@ static __noinline void greenlet_check(struct py_cfg *cfg, struct stack_buf *sb)
 #define DEFINE_FRAME_CB(NAME, GREENLETS)                                                           \
 	static long NAME(__u32 i, void *data)                                                      \
 	{                                                                                          \
-		struct walk_ctx *wc = data;                                                        \
+		struct frames_ctx *wc = data;                                                      \
 		struct stack_buf *sb = wc->sb;                                                     \
 		int r;                                                                             \
                                                                                                    \
@@ -435,10 +514,14 @@ static __noinline void greenlet_check(struct py_cfg *cfg, struct stack_buf *sb)
 			sb->frame = 0; /* the greenlet started from there: the rest is known */    \
 			return 1;                                                                  \
 		}                                                                                  \
-		if (py_read_frame(sb)) {                                                           \
+		if (py_read_frame(sb, wc->win)) {                                                  \
 			sb->flags |= STACK_FAULT;                                                  \
 			return 1;                                                                  \
 		}                                                                                  \
+		/* a coroutine's frame lives in its object: its caller is elsewhere */             \
+		sb->win_try =                                                                      \
+			wc->win && sb->fb[wc->cfg->frame_owner & (SQLSPAN_FRAME_READ - 1)] !=      \
+					   PY_OWNED_BY_GENERATOR;                                  \
 		r = py_add_frame(wc->cfg, sb);                                                     \
 		if (r == 1)                                                                        \
 			return 1;                                                                  \
@@ -464,8 +547,13 @@ DEFINE_FRAME_CB(frame_cb_loop, 1)
 #define DEFINE_PY_FRAMES(NAME, LOOPED)                                                             \
 	static __noinline void NAME(struct py_cfg *cfg, struct stack_buf *sb)                      \
 	{                                                                                          \
-		struct walk_ctx wc = {.cfg = cfg, .sb = sb};                                       \
+		struct frames_ctx wc = {.cfg = cfg, .sb = sb};                                     \
                                                                                                    \
+		/* bounded-loop kernels: frame by frame (the verifier's budget) */                 \
+		sb->win_len = 0;                                                                   \
+		sb->win_try = LOOPED;                                                              \
+		if (LOOPED)                                                                        \
+			wc.win = py_window();                                                      \
 		if (LOOPED) {                                                                      \
 			bpf_loop(SQLSPAN_MAX_FRAMES, frame_cb_loop, &wc, 0);                       \
 		} else {                                                                           \

@@ -194,6 +194,22 @@ struct ev_frame {
 
 #define FRAME_IDENT(filename, qualname) ((__u32)((filename) ^ ((qualname) << 1)) | 1u)
 
+/*
+ * Code objects whose identity the BPF side takes from the `hot_codes` map instead of reading it
+ * (one user memory read less per frame): the long-lived ones userspace has seen on stacks for a
+ * while, and checks again before each time it reads records (a code object freed and its address
+ * reused is then caught before the stacks that name it are). Slot: SQLSPAN_HOT_SLOT(code).
+ */
+#define SQLSPAN_HOT_CODES 4096
+#define SQLSPAN_HOT_SLOT(code)                                                                     \
+	((__u32)(((code) >> 4) ^ ((code) >> 16) ^ ((code) >> 28)) & (SQLSPAN_HOT_CODES - 1))
+
+struct hot_code {
+	__u64 code; /* 0: free */
+	__u32 tgid;
+	__u32 ident; /* FRAME_IDENT of the code object, as userspace last checked it */
+};
+
 #define STACK_CUT	(1u << 0) /* deeper than the frames sent */
 #define STACK_NO_THREAD (1u << 1) /* the thread's PyThreadState was not found */
 #define STACK_FAULT	(1u << 2) /* a frame could not be read: the walk stopped there */
@@ -372,6 +388,7 @@ SQLSPAN_ASSERT(sizeof(struct ev_connect) == 144, "ev_connect size");
 SQLSPAN_ASSERT(sizeof(struct lib_range) == 48, "lib_range size");
 SQLSPAN_ASSERT(sizeof(struct ev_frame) == 56, "ev_frame size");
 SQLSPAN_ASSERT(sizeof(struct ev_stack) == 56 + 32 + SQLSPAN_TASK_NAME, "ev_stack size");
+SQLSPAN_ASSERT(sizeof(struct hot_code) == 16, "hot_code size");
 SQLSPAN_ASSERT(sizeof(struct py_learnt) == 96, "py_learnt size");
 SQLSPAN_ASSERT(sizeof(struct py_cfg) == 272, "py_cfg size");
 

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/random.h>
 #include <sys/resource.h>
@@ -167,6 +168,16 @@ static void hook_py_learnt(void *arg, const struct pyproc *pp)
 	     "Task names (Task type %#lx, name at +%d)",
 	     pp->pid, (unsigned long)pp->lr.sa_type, pp->lr.sa_slot,
 	     (unsigned long)pp->lr.task_type, pp->lr.task_name_off);
+}
+
+/* A long-lived code object whose identity the BPF side no longer reads (or a freed slot). */
+static void hook_hot_set(void *arg, uint32_t slot, const struct hot_code *hc)
+{
+	struct tracer *t = arg;
+
+	if (bpf_map__update_elem(t->skel->maps.hot_codes, &slot, sizeof(slot), hc, sizeof(*hc),
+				 BPF_ANY))
+		vlog(t, "cannot write hot_codes[%u]: %s", slot, strerror(errno));
 }
 
 /* A CPython process: tell the BPF side where its structures are, so it reads its stacks. */
@@ -745,6 +756,9 @@ static void summary(struct tracer *t, uint64_t open_at_end)
 		     (unsigned long long)t->py.urls_from[URL_LIVE],
 		     (unsigned long long)t->py.urls_from[URL_REMEMBERED],
 		     (unsigned long long)t->py.urls_from[URL_NONE]);
+	if (t->py.nprocs)
+		vlog(t, "long-lived code objects named without reads: %u, %llu found freed since",
+		     t->py.nhot, (unsigned long long)t->py.hot_dropped);
 	if (st->desyncs)
 		vlog(t,
 		     "streams not followed: %llu bad header, %llu too many messages in one read, "
@@ -812,6 +826,7 @@ int main(int argc, char **argv)
 	t->py.app_paths = t->cli.napp_paths ? t->cli.app_paths : NULL;
 	t->py.want_stack = t->cli.stack;
 	t->py.learnt = hook_py_learnt;
+	t->py.hot_set = hook_hot_set;
 	t->py.arg = t;
 	t->as = asm_new(&hooks, t->cli.max_sql_bytes, seed);
 	if (!t->as)
@@ -907,14 +922,18 @@ int main(int argc, char **argv)
 	start = mono_now_ns();
 	while (!exiting) {
 		unsigned long long now;
+		struct epoll_event ev;
 
-		/* records arrive without waking us (see buffer.bpf.h): poll, then take what is
+		/* records arrive without waking us (see buffer.bpf.h): wait, then take what is
 		 * there */
-		r = rb ? ring_buffer__poll(rb, 100) : perf_buffer__poll(pb, 100);
-		if (r < 0 && r != -EINTR) {
-			fprintf(stderr, "sqlspan: polling failed: %s\n", strerror(-r));
+		r = epoll_wait(rb ? ring_buffer__epoll_fd(rb) : perf_buffer__epoll_fd(pb), &ev, 1,
+			       100);
+		if (r < 0 && errno != EINTR) {
+			fprintf(stderr, "sqlspan: polling failed: %s\n", strerror(errno));
 			break;
 		}
+		/* code objects named without reads must still be those objects (pystack.h) */
+		pystacks_check_hot(&t->py);
 		/* runs the kernel skipped (7.x) before these records were read: see asm_suspect;
 		 * what was held since the last look may have been touched by them too (outq.h) */
 		misses = kernel_misses(t, false);

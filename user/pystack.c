@@ -12,8 +12,17 @@
 
 #define MAX_LINETABLE 65536
 
+/*
+ * A code object seen on this many stacks, always the same object, is taken as long-lived: the
+ * BPF side stops reading its identity (pystacks_check_hot checks it instead). Code objects
+ * compiled for a few uses and freed do not get there.
+ */
+#define HOT_HITS 32
+
 struct pycode {
 	uint32_t ident; /* FRAME_IDENT of its co_filename and co_qualname pointers */
+	uint32_t hits;	/* stacks that named it with that identity, as the BPF side read it */
+	bool hot;	/* in hot_codes */
 	char *file;
 	char *qualname;
 	int firstlineno;
@@ -85,6 +94,9 @@ void pystacks_free(struct pystacks *ps)
 	free(ps->procs);
 	ps->procs = NULL;
 	ps->nprocs = 0;
+	free(ps->hot);
+	ps->hot = NULL;
+	ps->nhot = 0;
 }
 
 static struct pyproc *proc_of(struct pystacks *ps, pid_t pid)
@@ -189,8 +201,26 @@ static int frame_line(struct pyproc *pp, const struct pycode *c, const struct ev
 	return py_line_at(c->lt, c->ltlen, c->firstlineno, (uint32_t)idx);
 }
 
+/* Give the BPF side a long-lived code object's identity (a free slot only). */
+static void hot_add(struct pystacks *ps, struct pyproc *pp, uint64_t code, struct pycode *c)
+{
+	uint32_t slot = SQLSPAN_HOT_SLOT(code);
+	struct hot_code hc = {.code = code, .tgid = (uint32_t)pp->pid, .ident = c->ident};
+
+	if (!ps->hot_set || (!ps->hot && !(ps->hot = calloc(SQLSPAN_HOT_CODES, sizeof(*ps->hot)))))
+		return;
+	if (ps->hot[slot].code)
+		return;
+	ps->hot[slot] = (struct hot_entry){code, pp->pid, c->ident};
+	ps->nhot++;
+	c->hot = true;
+	ps->hot_set(ps->arg, slot, &hc);
+}
+
 /* The code object a frame ran, cached; NULL if it is gone (unnamed, never misnamed). */
-static struct pycode *frame_code(struct pyproc *pp, const struct ev_frame *f)
+/* count: the stack counts towards making the code object hot. */
+static struct pycode *frame_code(struct pystacks *ps, struct pyproc *pp, const struct ev_frame *f,
+				 bool count)
 {
 	struct pycode *c = code_get(pp, f->code, false);
 
@@ -199,7 +229,38 @@ static struct pycode *frame_code(struct pyproc *pp, const struct ev_frame *f)
 		code_free(hmap_del(&pp->codes, hkey2(f->code, 0)));
 		c = code_get(pp, f->code, false);
 	}
-	return c && f->ident && c->ident != f->ident ? NULL : c;
+	if (c && f->ident && c->ident != f->ident)
+		return NULL;
+	if (c && f->ident && count && !c->hot && ++c->hits >= HOT_HITS)
+		hot_add(ps, pp, f->code, c);
+	return c;
+}
+
+void pystacks_check_hot(struct pystacks *ps)
+{
+	for (uint32_t slot = 0; ps->hot && ps->nhot && slot < SQLSPAN_HOT_CODES; slot++) {
+		struct hot_entry *e = &ps->hot[slot];
+		struct hot_code zero = {0};
+		struct pyproc *pp;
+		uint64_t p[3];
+
+		if (!e->code)
+			continue;
+		pp = proc_of(ps, e->pid);
+		/* still that object? (co_filename, co_name, co_qualname, as the BPF side reads
+		 * them) */
+		if (pp &&
+		    proc_read(pp->pid, e->code + pp->t.layout.code_filename, p, sizeof(p)) ==
+			    (ssize_t)sizeof(p) &&
+		    FRAME_IDENT(p[0], p[2]) == e->ident)
+			continue;
+		ps->hot_set(ps->arg, slot, &zero);
+		if (pp) /* named again from what is there now, if anything */
+			code_free(hmap_del(&pp->codes, hkey2(e->code, 0)));
+		memset(e, 0, sizeof(*e));
+		ps->nhot--;
+		ps->hot_dropped++;
+	}
 }
 
 /* The rendered URL of an engine object (engines live long), cached per (engine, URL object). */
@@ -425,7 +486,7 @@ void pystacks_prefetch(struct pystacks *ps, const struct ev_stack *st, size_t si
 	before = pp->lr;
 	for (uint32_t i = 0; i < st->nframes; i++) {
 		const struct ev_frame *f = &st->frames[i];
-		struct pycode *c = frame_code(pp, f);
+		struct pycode *c = frame_code(ps, pp, f, false);
 
 		if (!c)
 			continue;
@@ -475,7 +536,7 @@ void pystacks_resolve(struct pystacks *ps, const struct ev_stack *st, size_t siz
 	for (uint32_t i = 0; i < st->nframes; i++) {
 		const struct ev_frame *f = &st->frames[i];
 		bool app, glet;
-		struct pycode *c = frame_code(pp, f);
+		struct pycode *c = frame_code(ps, pp, f, true);
 
 		if (!c)
 			continue;

@@ -44,6 +44,13 @@ enum url_from {
 	URL__COUNT,
 };
 
+/* A code object the BPF side takes the identity of from hot_codes (sqlspan.h), mirrored. */
+struct hot_entry {
+	uint64_t code; /* 0: the slot is free */
+	pid_t pid;
+	uint32_t ident;
+};
+
 struct pystacks {
 	struct pyproc *procs;
 	int nprocs;
@@ -51,7 +58,12 @@ struct pystacks {
 	bool want_stack;	      /* --stack */
 	/* tell the BPF side what was learnt of a process's objects (pp->lr) */
 	void (*learnt)(void *arg, const struct pyproc *pp);
+	/* write slot `slot` of the BPF side's hot_codes (a zeroed entry frees it) */
+	void (*hot_set)(void *arg, uint32_t slot, const struct hot_code *hc);
 	void *arg;
+	struct hot_entry *hot; /* SQLSPAN_HOT_CODES entries, once one is in use */
+	uint32_t nhot;
+	uint64_t hot_dropped;		/* entries found stale by pystacks_check_hot */
 	uint64_t urls_from[URL__COUNT]; /* spans with a SQLAlchemy Connection, by URL source */
 };
 
@@ -69,6 +81,13 @@ bool pystacks_all_learnt(const struct pyproc *pp);
 void pystacks_prefetch(struct pystacks *ps, const struct ev_stack *st, size_t size);
 
 /* Resolve a stack record into `out` (strings malloc'd). */
+/*
+ * Check the code objects the BPF side names without reading them: each must still be the object
+ * it was (co_filename, co_qualname); a stale one is dropped from the map and the cache. Call it
+ * before reading records: a record that named a dropped one then leaves its frame unnamed.
+ */
+void pystacks_check_hot(struct pystacks *ps);
+
 void pystacks_resolve(struct pystacks *ps, const struct ev_stack *st, size_t size,
 		      struct span_py *out);
 
