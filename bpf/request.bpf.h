@@ -23,11 +23,12 @@ struct req_work {
 	__u64 name; /* address of the statement name, 0 if none */
 	__u64 ip;   /* where the probe hit */
 	__u64 pid_tgid;
-	__u64 hosts;	/* PGconn.connhost, while the identity is read */
-	__u32 which;	/* PGconn.whichhost */
-	__u32 pipeline; /* PGconn.pipelineStatus */
-	__u32 outer;	/* an outer call (PQexec & co.) */
-	__u32 off;	/* text bytes sent */
+	__u64 hosts;		       /* PGconn.connhost, while the identity is read */
+	__u32 which;		       /* PGconn.whichhost */
+	__u32 pipeline;		       /* PGconn.pipelineStatus */
+	__u32 outer;		       /* an outer call (PQexec & co.) */
+	__u32 off;		       /* text bytes sent */
+	__u8 cb[SQLSPAN_CONN_BLK + 8]; /* the PGconn's block (lib_range.blk_lo) */
 };
 
 struct {
@@ -146,6 +147,30 @@ static __noinline void req_ident(void *ctx, struct req_work *rw, struct lib_rang
 		stat_add(ST_DROP_OTHER, 1);
 }
 
+/* The int at PGconn offset `off`, from the block read (off within it: see conn_block). */
+static __always_inline void cb_int(struct req_work *rw, struct lib_range *lib, __s16 off, void *dst)
+{
+	if (off >= 0)
+		*(__u32 *)dst =
+			*(__u32 *)&rw->cb[(__u32)(off - lib->blk_lo) & (SQLSPAN_CONN_BLK - 4)];
+}
+
+/* sock, pipelineStatus and be_pid in one read of the PGconn; 1 if done. */
+static __noinline int req_conn_block(struct req_work *rw, struct lib_range *lib)
+{
+	__u32 n = ((__u32)(lib->blk_len - 1) & (SQLSPAN_CONN_BLK - 1)) + 1;
+
+	if (bpf_probe_read_user(rw->cb, n, (const void *)(rw->r.conn + lib->blk_lo)))
+		return 0;
+	cb_int(rw, lib, lib->sock_off, &rw->r.fd);
+	if (lib->pipe_off >= 0)
+		cb_int(rw, lib, lib->pipe_off, &rw->pipeline);
+	else
+		rw->pipeline = 0;
+	cb_int(rw, lib, lib->be_pid_off, &rw->r.be_pid);
+	return 1;
+}
+
 /*
  * The connection: its socket, pipeline status and backend PID from the PGconn; the socket's
  * walk state (created, or put back at a message boundary when outside pipeline mode).
@@ -159,7 +184,9 @@ static __noinline void req_conn(void *ctx, struct req_work *rw)
 	rw->r.fd = -1;
 	rw->r.be_pid = 0;
 	rw->pipeline = 0xff; /* unknown */
-	if (lib) {
+	if (lib && lib->blk_len > 0 && req_conn_block(rw, lib)) {
+		/* read in one go: sock, pipelineStatus, be_pid */
+	} else if (lib) {
 		if (lib->sock_off >= 0)
 			bpf_probe_read_user(&rw->r.fd, 4, (const void *)(conn + lib->sock_off));
 		if (lib->pipe_off >= 0)

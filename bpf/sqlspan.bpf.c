@@ -210,6 +210,7 @@ int tp_exit_recvfrom_loop(struct trace_event_raw_sys_exit *ctx)
 {
 	__u64 pid_tgid;
 	struct pt_regs *regs;
+	struct fd_state *st;
 	struct fd_key k;
 	struct walk *w;
 	long ret = ctx->ret;
@@ -220,15 +221,18 @@ int tp_exit_recvfrom_loop(struct trace_event_raw_sys_exit *ctx)
 	k.tgid = pid_tgid >> 32;
 	if (!traced(k.tgid))
 		return 0;
-	regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
-	k.fd = (__s32)PT_REGS_PARM1_CORE(regs);
-	if (!bpf_map_lookup_elem(&fds, &k))
+	/* a typed pointer: its fields are loaded directly, not through helper calls */
+	regs = bpf_task_pt_regs(bpf_get_current_task_btf());
+	k.fd = (__s32)regs->di;
+	st = bpf_map_lookup_elem(&fds, &k);
+	if (!st)
 		return 0;
 	w = thread_entry(&walks);
 	if (!w)
 		return 0;
-	walk_init(w, PT_REGS_PARM2_CORE(regs), k.fd, pid_tgid, ret);
-	walk_run_loop(ctx, w);
+	walk_init(w, regs->si, k.fd, pid_tgid, ret);
+	w->key = k;
+	walk_run_loop(ctx, w, st);
 	return 0;
 }
 
@@ -378,7 +382,7 @@ int BPF_KRETPROBE(ur_ssl_read, int ok)
 	}
 	walk_init(w, r->buf, r->fd, pid_tgid, n);
 	bpf_map_delete_elem(&ssl_reads, &tid);
-	walk_run_loop(ctx, w);
+	walk_run_loop(ctx, w, NULL);
 	return 0;
 }
 

@@ -364,8 +364,15 @@ struct lib_range {
 	__s16 host_host;    /* pg_conn_host.host */
 	__s16 host_addr;    /* pg_conn_host.hostaddr */
 	__s16 host_port;    /* pg_conn_host.port */
-	__s16 _pad[2];
+	/*
+	 * The PGconn bytes that hold sock, pipelineStatus and be_pid, read at each request in one
+	 * go (blk_len 0: field by field): [blk_lo, blk_lo + blk_len), blk_len <= SQLSPAN_CONN_BLK.
+	 */
+	__s16 blk_lo;
+	__s16 blk_len;
 };
+
+#define SQLSPAN_CONN_BLK 512
 
 struct proc_libs {
 	struct lib_range lib[SQLSPAN_MAX_LIBS];

@@ -12,6 +12,12 @@
 #define WALK_STEPS 128
 #define WALK_TAILS 32
 
+/*
+ * The first WALK_WIN bytes of a read are copied in one go (a user memory read costs about the same
+ * for 5 bytes as for 256): the headers and short bodies of a typical reply come from the copy.
+ */
+#define WALK_WIN 256
+
 /* The walk of one read, kept per CPU so that a tail call can continue it. */
 struct walk {
 	__u64 buf;
@@ -21,12 +27,33 @@ struct walk {
 	__s32 fd;
 	__u32 tails;
 	struct fd_key key;
-	__u8 hdr[8]; /* the message header being read */
-	__u64 esrc;  /* what walk_emit sends: from here */
-	__u32 ewant; /* this many bytes */
-	__u32 eoff;  /* at this offset in the message body */
-	__u64 ts;    /* when the read returned: the time of every message in it */
+	__u8 hdr[8];   /* the message header being read */
+	__u64 esrc;    /* what walk_emit sends: from here */
+	__u32 ewant;   /* this many bytes */
+	__u32 eoff;    /* at this offset in the message body */
+	__u64 ts;      /* when the read returned: the time of every message in it */
+	__u32 win_len; /* bytes of the read in win (0: none) */
+	__u32 _pad;
+	__u8 win[WALK_WIN + SQLSPAN_MSG_SHORT]; /* room after it: copies from it stay in bounds */
 };
+
+/* n bytes of the read at offset off: from the window if it has them; 0 on success. */
+static __always_inline long walk_bytes(struct walk *w, void *dst, __u32 n, __u32 off)
+{
+	if (off + n <= w->win_len)
+		return bpf_probe_read_kernel(dst, n & (SQLSPAN_MSG_SHORT - 1),
+					     &w->win[off & (WALK_WIN - 1)]);
+	return bpf_probe_read_user(dst, n, (const void *)(w->buf + off));
+}
+
+/* Copy the window: the read's first bytes. */
+static __noinline void walk_window(struct walk *w)
+{
+	__u32 n = w->n < WALK_WIN ? w->n : WALK_WIN;
+
+	n = ((n - 1) & (WALK_WIN - 1)) + 1; /* as it was: 1 to WALK_WIN, the verifier sure */
+	w->win_len = w->n && !bpf_probe_read_user(w->win, n, (const void *)w->buf) ? n : 0;
+}
 
 /* per thread: a program can be preempted mid-walk on recent kernels (see buffer.bpf.h) */
 struct {
@@ -159,8 +186,12 @@ static __always_inline void walk_emit_sz(void *ctx, struct walk *w, struct fd_st
 	 */
 	n = want;
 	asm volatile("%[n] &= %[mask]" : [n] "+r"(n) : [mask] "i"(datasz - 1));
-	if (n && bpf_probe_read_user(m->data, n, (const void *)src))
+	if (datasz == SQLSPAN_MSG_SHORT && n && src - w->buf + n <= w->win_len) {
+		if (bpf_probe_read_kernel(m->data, n, &w->win[(src - w->buf) & (WALK_WIN - 1)]))
+			n = 0;
+	} else if (n && bpf_probe_read_user(m->data, n, (const void *)src)) {
 		n = 0;
+	}
 	m->n = n;
 	if (rec_submit(ctx, m, sizeof(struct ev_msg) + datasz)) {
 		st->flags |= FS_GAP;
@@ -235,7 +266,7 @@ static __always_inline void walk_stash(struct walk *w, struct fd_state *st)
 	for (int i = 0; i < 4; i++) {
 		if (w->pos >= w->n || have >= 4)
 			break;
-		bpf_probe_read_user(&st->hdr[have & 7], 1, (const void *)(w->buf + w->pos));
+		walk_bytes(w, &st->hdr[have & 7], 1, w->pos);
 		have++;
 		w->pos++;
 	}
@@ -253,7 +284,7 @@ static __noinline int walk_resume(void *ctx, struct walk *w, struct fd_state *st
 			return w->pos >= w->n;
 		/* four bytes kept; the fifth is here */
 		__builtin_memcpy(w->hdr, st->hdr, 4);
-		if (bpf_probe_read_user(&w->hdr[4], 1, (const void *)(w->buf + w->pos))) {
+		if (walk_bytes(w, &w->hdr[4], 1, w->pos)) {
 			walk_desync(ctx, w, st, DESYNC_READ_FAULT);
 			return 1;
 		}
@@ -290,7 +321,7 @@ static __noinline int walk_step(void *ctx, struct walk *w, struct fd_state *st)
 		walk_stash(w, st);
 		return 1;
 	}
-	if (bpf_probe_read_user(w->hdr, 5, (const void *)(w->buf + w->pos))) {
+	if (walk_bytes(w, w->hdr, 5, w->pos)) {
 		walk_desync(ctx, w, st, DESYNC_READ_FAULT);
 		return 1;
 	}
@@ -307,28 +338,31 @@ static __always_inline void walk_init(struct walk *w, __u64 buf, __s32 fd, __u64
 	w->n = n;
 	w->pos = 0;
 	w->tails = 0;
+	w->win_len = 0;
 	w->ts = bpf_ktime_get_ns();
 	stat_add(ST_RECVS, 1);
 }
 
-static __always_inline struct fd_state *walk_state(struct walk *w)
+/* The state of the walk's stream, if it is followed: `st` if the caller has it, else looked up. */
+static __always_inline struct fd_state *walk_state(struct walk *w, struct fd_state *st)
 {
-	struct fd_state *st;
-
-	w->key.tgid = w->pid_tgid >> 32;
-	w->key.fd = w->fd;
-	st = bpf_map_lookup_elem(&fds, &w->key);
-
+	if (!st) {
+		w->key.tgid = w->pid_tgid >> 32;
+		w->key.fd = w->fd;
+		st = bpf_map_lookup_elem(&fds, &w->key);
+	}
 	return st && (st->flags & FS_SYNCED) ? st : NULL;
 }
 
 /* Kernels without bpf_loop: WALK_STEPS messages per program run, then a tail call. */
 static __noinline int walk_run(void *ctx, struct walk *w)
 {
-	struct fd_state *st = walk_state(w);
+	struct fd_state *st = walk_state(w, NULL);
 
 	if (!st)
 		return 0;
+	if (w->tails == 0)
+		walk_window(w);
 	if (w->tails == 0 && walk_resume(ctx, w, st))
 		return 0;
 	for (int i = 0; i < WALK_STEPS; i++) {
@@ -359,15 +393,21 @@ static long walk_loop_cb(__u32 i, void *data)
 	return walk_step(lc->ctx, lc->w, lc->st);
 }
 
-/* Kernels with bpf_loop (5.17+): one program run walks up to WALK_LOOP_MAX messages. */
+/*
+ * Kernels with bpf_loop (5.17+): one program run walks up to WALK_LOOP_MAX messages. st: the
+ * stream's state if the caller looked it up, else NULL.
+ */
 #define WALK_LOOP_MAX (1 << 20)
 
-static __noinline void walk_run_loop(void *ctx, struct walk *w)
+static __noinline void walk_run_loop(void *ctx, struct walk *w, struct fd_state *st)
 {
 	struct loop_ctx lc = {.ctx = ctx, .w = w};
 
-	lc.st = walk_state(w);
-	if (!lc.st || walk_resume(ctx, w, lc.st))
+	lc.st = walk_state(w, st);
+	if (!lc.st)
+		return;
+	walk_window(w);
+	if (walk_resume(ctx, w, lc.st))
 		return;
 	bpf_loop(WALK_LOOP_MAX, walk_loop_cb, &lc, 0);
 	if (w->pos < w->n)

@@ -167,6 +167,25 @@ static int attach_lib(struct tracer *t, struct proc_target *p, struct lib_target
 }
 
 /* Tell the BPF side where each libpq of the process lives and how its PGconn is laid out. */
+/* The PGconn fields read at each request in one block, if they are close enough (sqlspan.h). */
+static void conn_block(struct lib_range *r)
+{
+	const int16_t offs[] = {r->sock_off, r->pipe_off, r->be_pid_off};
+	int lo = INT16_MAX, hi = -1;
+
+	for (size_t i = 0; i < sizeof(offs) / sizeof(offs[0]); i++) {
+		if (offs[i] < 0)
+			continue;
+		lo = offs[i] < lo ? offs[i] : lo;
+		hi = offs[i] + 4 > hi ? offs[i] + 4 : hi;
+	}
+	r->blk_lo = r->blk_len = 0;
+	if (r->sock_off >= 0 && hi - lo <= SQLSPAN_CONN_BLK) {
+		r->blk_lo = (int16_t)lo;
+		r->blk_len = (int16_t)(hi - lo);
+	}
+}
+
 static void push_libs(struct tracer *t, struct proc_target *p)
 {
 	struct proc_libs pl;
@@ -192,6 +211,7 @@ static void push_libs(struct tracer *t, struct proc_target *p)
 		pl.lib[i].host_host = lt->layout.host_host;
 		pl.lib[i].host_addr = lt->layout.host_addr;
 		pl.lib[i].host_port = lt->layout.host_port;
+		conn_block(&pl.lib[i]);
 	}
 	bpf_map__update_elem(t->skel->maps.libs, &key, sizeof(key), &pl, sizeof(pl), BPF_ANY);
 }
