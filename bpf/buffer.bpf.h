@@ -121,6 +121,12 @@ static __always_inline void *scratch_get(void)
 	return thread_entry(&scratches);
 }
 
+/* The same, as a call of its own: the caller's stack stays small (see request.bpf.h). */
+static __noinline struct scratch *scratch_area(void)
+{
+	return thread_entry(&scratches);
+}
+
 static __always_inline void rec_discard(void *rec)
 {
 	if (use_ringbuf)

@@ -182,12 +182,6 @@ static __always_inline __u64 fb64(struct stack_buf *sb, __s32 off)
 	return *(__u64 *)&sb->fb[off & (SQLSPAN_FRAME_READ - 8)];
 }
 
-/* The thread's frame window (a call of its own: the walks' stacks stay small). */
-static __noinline struct scratch *py_window(void)
-{
-	return thread_entry(&scratches);
-}
-
 /* Read PY_WIN bytes ending with the frame at sb->frame (or from its page on); 0 on success. */
 static __noinline int py_read_window(struct stack_buf *sb, struct scratch *win)
 {
@@ -553,7 +547,7 @@ DEFINE_FRAME_CB(frame_cb_loop, 1)
 		sb->win_len = 0;                                                                   \
 		sb->win_try = LOOPED;                                                              \
 		if (LOOPED)                                                                        \
-			wc.win = py_window();                                                      \
+			wc.win = scratch_area();                                                   \
 		if (LOOPED) {                                                                      \
 			bpf_loop(SQLSPAN_MAX_FRAMES, frame_cb_loop, &wc, 0);                       \
 		} else {                                                                           \

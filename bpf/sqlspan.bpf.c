@@ -222,7 +222,7 @@ int tp_exit_recvfrom_loop(struct trace_event_raw_sys_exit *ctx)
 	if (!traced(k.tgid))
 		return 0;
 	/* a typed pointer: its fields are loaded directly, not through helper calls */
-	regs = bpf_task_pt_regs(bpf_get_current_task_btf());
+	regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 	k.fd = (__s32)regs->di;
 	st = bpf_map_lookup_elem(&fds, &k);
 	if (!st)

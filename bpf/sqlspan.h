@@ -47,6 +47,7 @@ enum ev_kind {
 		10, /* the Python stack of the thread that made a request, sent before its EV_REQ */
 	EV_FMSG = 11,	 /* a frontend message a process sent on a wire socket (no libpq) */
 	EV_CONNECT = 12, /* a process that may speak the protocol itself connects a socket */
+	EV_MSGS = 13,	 /* the EV_MSG records of one read of a socket, in one record */
 };
 
 /* Header flags. */
@@ -143,6 +144,19 @@ struct ev_msg {
 	__u8 _pad[3];
 	__u8 data[]; /* SQLSPAN_MSG_SHORT or SQLSPAN_MSG_LONG bytes reserved */
 };
+
+/*
+ * EV_MSGS: `count` EV_MSG records back to back after this header, each sizeof(struct ev_msg) +
+ * its n data bytes rounded up to 8 (`len` bytes in all). One record per read of a socket instead
+ * of one per message: a ring buffer record costs the traced thread more than its bytes.
+ */
+struct ev_msgs {
+	struct ev_hdr h;
+	__u32 count;
+	__u32 len;
+};
+
+#define SQLSPAN_MSGS_MAX 4096 /* bytes of EV_MSG records in one EV_MSGS at most */
 
 /*
  * One frontend message (or the part of it in this send) of a wire socket. The BPF side sends at
@@ -389,6 +403,7 @@ SQLSPAN_ASSERT(sizeof(struct ev_req) == 24 + 32 + SQLSPAN_NAME_LEN, "ev_req size
 SQLSPAN_ASSERT(sizeof(struct ev_ident) == 24 + 48 + 2 * SQLSPAN_IDENT_STR + 16 + SQLSPAN_IDENT_HOST,
 	       "ev_ident size");
 SQLSPAN_ASSERT(sizeof(struct ev_msg) == 48, "ev_msg size");
+SQLSPAN_ASSERT(sizeof(struct ev_msgs) == 32, "ev_msgs size");
 SQLSPAN_ASSERT(sizeof(struct ev_conn) == 40, "ev_conn size");
 SQLSPAN_ASSERT(sizeof(struct ev_fmsg) == 48, "ev_fmsg size");
 SQLSPAN_ASSERT(sizeof(struct ev_connect) == 144, "ev_connect size");

@@ -33,6 +33,8 @@ struct walk {
 	__u32 eoff;    /* at this offset in the message body */
 	__u64 ts;      /* when the read returned: the time of every message in it */
 	__u32 win_len; /* bytes of the read in win (0: none) */
+	__u32 bat_n;   /* EV_MSG records in the batch being built (the thread's scratch area) */
+	__u32 bat_len; /* and their bytes */
 	__u32 _pad;
 	__u8 win[WALK_WIN + SQLSPAN_MSG_SHORT]; /* room after it: copies from it stay in bounds */
 };
@@ -139,10 +141,39 @@ static __always_inline int msg_cap(__u8 t, __u32 body)
 	return body < cap ? body : cap;
 }
 
-static __noinline void walk_desync(void *ctx, struct walk *w, struct fd_state *st, __u32 why)
+/*
+ * Send the EV_MSG records of this read built so far, as one EV_MSGS record (bat: the thread's
+ * scratch area, where they are built after room for the EV_MSGS header).
+ */
+static __noinline void walk_flush(void *ctx, struct walk *w, struct fd_state *st,
+				  struct scratch *bat)
+{
+	struct ev_msgs *b = (void *)bat->bytes;
+	__u32 len = w->bat_len, n = w->bat_n;
+
+	if (!n)
+		return;
+	w->bat_n = 0;
+	w->bat_len = 0;
+	if (len > SQLSPAN_MSGS_MAX)
+		return; /* never: walk_emit_sz flushes before */
+	hdr_fill(&b->h, EV_MSGS, w->pid_tgid, w->ts, 0);
+	b->count = n;
+	b->len = len;
+	if (rec_output(ctx, b, sizeof(*b) + len)) {
+		st->flags |= FS_GAP; /* the next record tells userspace */
+		stat_add(ST_DROP_MSG, n);
+		return;
+	}
+	stat_add(ST_MSGS, n);
+}
+
+static __noinline void walk_desync(void *ctx, struct walk *w, struct fd_state *st,
+				   struct scratch *bat, __u32 why)
 {
 	struct ev_conn *e;
 
+	walk_flush(ctx, w, st, bat); /* what came before, first (and the scratch area is free) */
 	st->flags &= ~FS_SYNCED;
 	st->body_left = 0;
 	st->hdr_have = 0;
@@ -161,20 +192,23 @@ static __noinline void walk_desync(void *ctx, struct walk *w, struct fd_state *s
 		stat_add(ST_DROP_OTHER, 1);
 }
 
-/* Send `want` body bytes at `src` (offset `off` in the body) in a record with `datasz` data bytes.
+/*
+ * Add an EV_MSG record of `want` body bytes at `src` (offset `off` in the body) to the batch,
+ * with room for `datasz` data bytes (a power of two) reserved while it is built.
  */
-static __always_inline void walk_emit_sz(void *ctx, struct walk *w, struct fd_state *st, __u64 src,
-					 __u32 want, __u32 off, const __u32 datasz)
+static __always_inline void walk_emit_sz(void *ctx, struct walk *w, struct fd_state *st,
+					 struct scratch *bat, __u64 src, __u32 want, __u32 off,
+					 const __u32 datasz)
 {
-	struct ev_msg *m = rec_reserve(sizeof(struct ev_msg) + datasz);
+	struct ev_msg *m;
 	__u64 n;
 
-	if (!m) {
-		st->flags |= FS_GAP;
-		stat_add(ST_DROP_MSG, 1);
-		return;
-	}
+	if (w->bat_len + sizeof(struct ev_msg) + datasz > SQLSPAN_MSGS_MAX)
+		walk_flush(ctx, w, st, bat);
+	m = (void *)&bat->bytes[sizeof(struct ev_msgs) + (w->bat_len & (SQLSPAN_MSGS_MAX - 1))];
+	/* a gap before this message: it says so, and the flag is taken (set again if lost) */
 	hdr_fill(&m->h, EV_MSG, w->pid_tgid, w->ts, (st->flags & FS_GAP) ? EVF_GAP : 0);
+	st->flags &= ~FS_GAP;
 	m->fd = w->fd;
 	m->len = st->body_len;
 	m->off = off;
@@ -193,30 +227,28 @@ static __always_inline void walk_emit_sz(void *ctx, struct walk *w, struct fd_st
 		n = 0;
 	}
 	m->n = n;
-	if (rec_submit(ctx, m, sizeof(struct ev_msg) + datasz)) {
-		st->flags |= FS_GAP;
-		stat_add(ST_DROP_MSG, 1);
-		return;
-	}
+	/* the rows counted so far travel with this record */
 	if (off == 0)
 		st->rows = 0;
-	st->flags &= ~FS_GAP;
-	stat_add(ST_MSGS, 1);
+	w->bat_len += sizeof(struct ev_msg) + ((n + 7) & ~7ULL);
+	w->bat_n++;
 }
 
-static __noinline void walk_emit(void *ctx, struct walk *w, struct fd_state *st)
+static __noinline void walk_emit(void *ctx, struct walk *w, struct fd_state *st,
+				 struct scratch *bat)
 {
 	if (st->cap >= SQLSPAN_MSG_SHORT)
-		walk_emit_sz(ctx, w, st, w->esrc, w->ewant, w->eoff, SQLSPAN_MSG_LONG);
+		walk_emit_sz(ctx, w, st, bat, w->esrc, w->ewant, w->eoff, SQLSPAN_MSG_LONG);
 	else
-		walk_emit_sz(ctx, w, st, w->esrc, w->ewant, w->eoff, SQLSPAN_MSG_SHORT);
+		walk_emit_sz(ctx, w, st, bat, w->esrc, w->ewant, w->eoff, SQLSPAN_MSG_SHORT);
 }
 
 /*
  * A message header has been read (hdr) and w->pos points at its body: set the walk up for the
  * message, send what is to be sent, skip what is in this read. Returns 1 if the stream is lost.
  */
-static __always_inline int walk_header(void *ctx, struct walk *w, struct fd_state *st)
+static __always_inline int walk_header(void *ctx, struct walk *w, struct fd_state *st,
+				       struct scratch *bat)
 {
 	const __u8 *hdr = w->hdr;
 	__u32 len = ((__u32)hdr[1] << 24) | ((__u32)hdr[2] << 16) | ((__u32)hdr[3] << 8) | hdr[4];
@@ -227,7 +259,7 @@ static __always_inline int walk_header(void *ctx, struct walk *w, struct fd_stat
 		/* a TLS record header: content type 20-24, version 3.x */
 		bool tls = hdr[0] >= 20 && hdr[0] <= 24 && hdr[1] == 3;
 
-		walk_desync(ctx, w, st, tls ? DESYNC_TLS : DESYNC_BAD_HEADER);
+		walk_desync(ctx, w, st, bat, tls ? DESYNC_TLS : DESYNC_BAD_HEADER);
 		return 1;
 	}
 	body = len - 4;
@@ -251,7 +283,7 @@ static __always_inline int walk_header(void *ctx, struct walk *w, struct fd_stat
 		w->esrc = w->buf + w->pos;
 		w->ewant = want;
 		w->eoff = 0;
-		walk_emit(ctx, w, st);
+		walk_emit(ctx, w, st, bat);
 		st->copied = want;
 	}
 	w->pos += take;
@@ -274,7 +306,8 @@ static __always_inline void walk_stash(struct walk *w, struct fd_state *st)
 }
 
 /* Finish what the previous read left: the rest of a split header, or of a message body. */
-static __noinline int walk_resume(void *ctx, struct walk *w, struct fd_state *st)
+static __noinline int walk_resume(void *ctx, struct walk *w, struct fd_state *st,
+				  struct scratch *bat)
 {
 	__u32 avail, take, want;
 
@@ -285,12 +318,12 @@ static __noinline int walk_resume(void *ctx, struct walk *w, struct fd_state *st
 		/* four bytes kept; the fifth is here */
 		__builtin_memcpy(w->hdr, st->hdr, 4);
 		if (walk_bytes(w, &w->hdr[4], 1, w->pos)) {
-			walk_desync(ctx, w, st, DESYNC_READ_FAULT);
+			walk_desync(ctx, w, st, bat, DESYNC_READ_FAULT);
 			return 1;
 		}
 		w->pos++;
 		st->hdr_have = 0;
-		return walk_header(ctx, w, st);
+		return walk_header(ctx, w, st, bat);
 	}
 	if (st->body_left) {
 		avail = w->n - w->pos;
@@ -302,7 +335,7 @@ static __noinline int walk_resume(void *ctx, struct walk *w, struct fd_state *st
 			w->esrc = w->buf + w->pos;
 			w->ewant = want;
 			w->eoff = st->copied;
-			walk_emit(ctx, w, st);
+			walk_emit(ctx, w, st, bat);
 			st->copied += want;
 		}
 		st->body_left -= take;
@@ -312,7 +345,7 @@ static __noinline int walk_resume(void *ctx, struct walk *w, struct fd_state *st
 }
 
 /* One whole message header from this read. Returns 1 when the read is done (or lost). */
-static __noinline int walk_step(void *ctx, struct walk *w, struct fd_state *st)
+static __noinline int walk_step(void *ctx, struct walk *w, struct fd_state *st, struct scratch *bat)
 {
 	if (w->pos >= w->n)
 		return 1;
@@ -322,11 +355,11 @@ static __noinline int walk_step(void *ctx, struct walk *w, struct fd_state *st)
 		return 1;
 	}
 	if (walk_bytes(w, w->hdr, 5, w->pos)) {
-		walk_desync(ctx, w, st, DESYNC_READ_FAULT);
+		walk_desync(ctx, w, st, bat, DESYNC_READ_FAULT);
 		return 1;
 	}
 	w->pos += 5;
-	return walk_header(ctx, w, st);
+	return walk_header(ctx, w, st, bat);
 }
 
 /* A walk of n bytes read at buf from stream fd (a socket, or a TLS stream), starting now. */
@@ -339,6 +372,8 @@ static __always_inline void walk_init(struct walk *w, __u64 buf, __s32 fd, __u64
 	w->pos = 0;
 	w->tails = 0;
 	w->win_len = 0;
+	w->bat_n = 0;
+	w->bat_len = 0;
 	w->ts = bpf_ktime_get_ns();
 	stat_add(ST_RECVS, 1);
 }
@@ -358,24 +393,29 @@ static __always_inline struct fd_state *walk_state(struct walk *w, struct fd_sta
 static __noinline int walk_run(void *ctx, struct walk *w)
 {
 	struct fd_state *st = walk_state(w, NULL);
+	struct scratch *bat = scratch_get();
+	int i;
 
-	if (!st)
+	if (!st || !bat)
 		return 0;
 	if (w->tails == 0)
 		walk_window(w);
-	if (w->tails == 0 && walk_resume(ctx, w, st))
-		return 0;
-	for (int i = 0; i < WALK_STEPS; i++) {
-		if (walk_step(ctx, w, st))
-			return 0;
+	if (w->tails == 0 && walk_resume(ctx, w, st, bat))
+		goto out;
+	for (i = 0; i < WALK_STEPS; i++) {
+		if (walk_step(ctx, w, st, bat))
+			goto out;
 	}
 	if (w->pos >= w->n)
-		return 0;
+		goto out;
+	walk_flush(ctx, w, st, bat);
 	if (w->tails < WALK_TAILS) {
 		w->tails++;
 		bpf_tail_call(ctx, &walk_progs, 0);
 	}
-	walk_desync(ctx, w, st, DESYNC_TOO_MANY);
+	walk_desync(ctx, w, st, bat, DESYNC_TOO_MANY);
+out:
+	walk_flush(ctx, w, st, bat);
 	return 0;
 }
 
@@ -383,6 +423,7 @@ struct loop_ctx {
 	void *ctx;
 	struct walk *w;
 	struct fd_state *st;
+	struct scratch *bat;
 };
 
 static long walk_loop_cb(__u32 i, void *data)
@@ -390,7 +431,7 @@ static long walk_loop_cb(__u32 i, void *data)
 	struct loop_ctx *lc = data;
 
 	(void)i;
-	return walk_step(lc->ctx, lc->w, lc->st);
+	return walk_step(lc->ctx, lc->w, lc->st, lc->bat);
 }
 
 /*
@@ -404,14 +445,16 @@ static __noinline void walk_run_loop(void *ctx, struct walk *w, struct fd_state 
 	struct loop_ctx lc = {.ctx = ctx, .w = w};
 
 	lc.st = walk_state(w, st);
-	if (!lc.st)
+	lc.bat = scratch_area();
+	if (!lc.st || !lc.bat)
 		return;
 	walk_window(w);
-	if (walk_resume(ctx, w, lc.st))
-		return;
-	bpf_loop(WALK_LOOP_MAX, walk_loop_cb, &lc, 0);
-	if (w->pos < w->n)
-		walk_desync(ctx, w, lc.st, DESYNC_TOO_MANY);
+	if (!walk_resume(ctx, w, lc.st, lc.bat)) {
+		bpf_loop(WALK_LOOP_MAX, walk_loop_cb, &lc, 0);
+		if (w->pos < w->n)
+			walk_desync(ctx, w, lc.st, lc.bat, DESYNC_TOO_MANY);
+	}
+	walk_flush(ctx, w, lc.st, lc.bat);
 }
 
 #endif

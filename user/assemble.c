@@ -1041,6 +1041,34 @@ static void on_conn(struct assembler *a, const struct ev_conn *e, size_t size)
 	}
 }
 
+/* The EV_MSG records of one read, in order. */
+static void on_msgs(struct assembler *a, const struct ev_msgs *b, size_t size)
+{
+	const uint8_t *p = (const uint8_t *)(b + 1);
+	size_t left;
+
+	if (size < sizeof(*b) || b->len > size - sizeof(*b) || b->len > SQLSPAN_MSGS_MAX) {
+		a->st.bad_records++;
+		return;
+	}
+	left = b->len;
+	for (uint32_t i = 0; i < b->count; i++) {
+		const struct ev_msg *m = (const void *)p;
+		size_t one;
+
+		if (left < sizeof(*m) || m->h.kind != EV_MSG || m->n > left - sizeof(*m)) {
+			a->st.bad_records++;
+			return;
+		}
+		one = sizeof(*m) + (((size_t)m->n + 7) & ~(size_t)7);
+		if (one > left)
+			one = left;
+		on_msg(a, m, one);
+		p += one;
+		left -= one;
+	}
+}
+
 void asm_record(struct assembler *a, const void *data, size_t size)
 {
 	const struct ev_hdr *h = data;
@@ -1056,8 +1084,8 @@ void asm_record(struct assembler *a, const void *data, size_t size)
 	case EV_REQ:
 		on_req(a, data, size);
 		break;
-	case EV_MSG:
-		on_msg(a, data, size);
+	case EV_MSGS: /* EV_MSG records come in these only */
+		on_msgs(a, data, size);
 		break;
 	case EV_DESYNC:
 	case EV_CLOSE:

@@ -75,7 +75,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		}
 		if (len > sizeof(rec))
 			len = sizeof(rec);
-		asm_record(a, rec, len);
+		if (h->kind == EV_MSG) {
+			/* backend messages travel in EV_MSGS records (several per read) */
+			static uint8_t bat[sizeof(struct ev_msgs) + sizeof(rec)];
+			struct ev_msgs *b = (struct ev_msgs *)bat;
+
+			memcpy(bat + sizeof(*b), rec, len);
+			b->h = *h;
+			b->h.kind = EV_MSGS;
+			b->count = 1 + ((k >> 6) & 1);
+			b->len = len;
+			asm_record(a, bat, sizeof(*b) + len);
+		} else {
+			asm_record(a, rec, len);
+		}
 		/* the decoders on their own, on the same bytes */
 		fe_parse(data[pos - take - 1], data + pos - take, take, take + (k & 3), &fm);
 		pg_parse_error(data + pos - take, take, k & 1, &pe);

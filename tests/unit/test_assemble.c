@@ -148,6 +148,31 @@ static uint16_t cap_of(uint8_t type, uint32_t len)
 	return len < cap ? len : cap;
 }
 
+/* EV_MSG records in one EV_MSGS record, as the walker sends those of one read. */
+static void msgs_send(struct assembler *a, const struct ev_msg *const *m, uint32_t count)
+{
+	static uint8_t buf[sizeof(struct ev_msgs) + SQLSPAN_MSGS_MAX];
+	struct ev_msgs *b = (struct ev_msgs *)buf;
+	uint32_t len = 0;
+
+	memset(buf, 0, sizeof(buf));
+	for (uint32_t i = 0; i < count; i++) {
+		size_t one = sizeof(*m[i]) + ((m[i]->n + 7u) & ~7u);
+
+		memcpy(buf + sizeof(*b) + len, m[i], sizeof(*m[i]) + m[i]->n);
+		len += one;
+	}
+	hdr(&b->h, EV_MSGS, 7, 8, 0);
+	b->count = count;
+	b->len = len;
+	asm_record(a, buf, sizeof(*b) + len);
+}
+
+static void msgs_one(struct assembler *a, const struct ev_msg *m)
+{
+	msgs_send(a, &m, 1);
+}
+
 /* A backend message in parts of `part` bytes (0: one record), as the walker sends it. */
 static void msg_parts(struct assembler *a, int fd, uint8_t type, const void *body, uint32_t len,
 		      uint32_t rows, uint32_t part, uint32_t flags)
@@ -176,9 +201,7 @@ static void msg_parts(struct assembler *a, int fd, uint8_t type, const void *bod
 		rec.m.type = type;
 		if (n)
 			memcpy(rec.data, (const uint8_t *)body + off, n);
-		asm_record(a, &rec,
-			   sizeof(rec.m) + (cap >= SQLSPAN_MSG_SHORT ? SQLSPAN_MSG_LONG
-								     : SQLSPAN_MSG_SHORT));
+		msgs_one(a, &rec.m);
 		off += n;
 	} while (off < cap);
 }
@@ -238,6 +261,67 @@ TEST(simple_query)
 	CHECK_STR(G.db[0], "fromuser");
 	CHECK_EQ(asm_open_spans(a), 0);
 	CHECK_EQ(asm_stats(a)->spans, 1);
+	asm_free(a);
+}
+
+/* A build of one read's messages: T, C and Z in one EV_MSGS record; malformed ones are counted. */
+static struct ev_msg *mk_msg(void *buf, uint8_t type, const char *body, uint32_t rows)
+{
+	struct ev_msg *m = buf;
+	uint32_t len = body ? strlen(body) + 1 : 0;
+
+	memset(buf, 0, sizeof(struct ev_msg) + SQLSPAN_MSG_SHORT);
+	T += 10;
+	hdr(&m->h, EV_MSG, 7, 8, 0);
+	m->fd = 5;
+	m->len = len;
+	m->rows = rows;
+	m->cap = cap_of(type, len);
+	m->n = m->cap;
+	m->type = type;
+	if (m->n)
+		memcpy(m->data, body, m->n);
+	return m;
+}
+
+TEST(messages_of_one_read_in_one_record)
+{
+	struct assembler *a = fresh(65536);
+	uint8_t b1[128], b2[128], b3[128], bad[sizeof(struct ev_msgs) + 128];
+	const struct ev_msg *three[3];
+	struct ev_msgs *b = (struct ev_msgs *)bad;
+	char zi = 'I';
+
+	req(a, 5, API_SEND_QUERY, 0, "SELECT 1", NULL);
+	three[0] = mk_msg(b1, 'T', NULL, 0);
+	three[1] = mk_msg(b2, 'C', "SELECT 1", 1);
+	three[2] = mk_msg(b3, 'Z', NULL, 0);
+	((struct ev_msg *)b3)->len = ((struct ev_msg *)b3)->cap = ((struct ev_msg *)b3)->n = 1;
+	memcpy(((struct ev_msg *)b3)->data, &zi, 1);
+	msgs_send(a, three, 3);
+	CHECK_EQ(G.n, 1);
+	CHECK_EQ(G.s[0].result, RES_OK);
+	CHECK_STR(G.s[0].tag.tag, "SELECT 1");
+	CHECK_EQ(G.s[0].returned_rows, 1);
+	CHECK_EQ(asm_stats(a)->bad_records, 0);
+	/* lengths that do not add up: counted, not followed */
+	memset(bad, 0, sizeof(bad));
+	hdr(&b->h, EV_MSGS, 7, 8, 0);
+	b->count = 1;
+	b->len = 64; /* more than the record has */
+	asm_record(a, bad, sizeof(*b) + 56);
+	CHECK_EQ(asm_stats(a)->bad_records, 1);
+	b->len = sizeof(struct ev_msg); /* an entry whose n runs past the end */
+	mk_msg(bad + sizeof(*b), 'C', "SELECT 1", 0);
+	asm_record(a, bad, sizeof(*b) + sizeof(struct ev_msg));
+	CHECK_EQ(asm_stats(a)->bad_records, 2);
+	b->count = 2; /* more entries than bytes */
+	((struct ev_msg *)(bad + sizeof(*b)))->n = 0;
+	asm_record(a, bad, sizeof(*b) + sizeof(struct ev_msg));
+	CHECK_EQ(asm_stats(a)->bad_records, 3);
+	/* an EV_MSG alone: the BPF side never sends one */
+	asm_record(a, b1, sizeof(b1));
+	CHECK_EQ(asm_stats(a)->bad_records, 4);
 	asm_free(a);
 }
 
@@ -916,7 +1000,7 @@ TEST(random_records)
 			x ^= x << 13, x ^= x >> 7, x ^= x << 17;
 			memcpy(buf + k, &x, sizeof(buf) - k < 8 ? sizeof(buf) - k : 8);
 		}
-		((struct ev_hdr *)buf)->kind = 1 + x % 12;
+		((struct ev_hdr *)buf)->kind = 1 + x % 13;
 		((struct ev_hdr *)buf)->pid = 7;
 		if (((struct ev_hdr *)buf)->kind == EV_MSG ||
 		    ((struct ev_hdr *)buf)->kind == EV_REQ ||
@@ -931,6 +1015,19 @@ TEST(random_records)
 			((struct ev_fmsg *)buf)->type = "QPBEDCSHX\0dp"[(x >> 48) % 12];
 		}
 		n = (x >> 20) % sizeof(buf);
+		if (((struct ev_hdr *)buf)->kind == EV_MSG) {
+			/* in a batch of one, as the BPF side sends it: n bytes of record */
+			static uint8_t bat[sizeof(struct ev_msgs) + sizeof(buf)];
+			struct ev_msgs *b = (struct ev_msgs *)bat;
+
+			memcpy(bat + sizeof(*b), buf, n);
+			memcpy(b, buf, sizeof(b->h));
+			b->h.kind = EV_MSGS;
+			b->count = 1 + (x >> 60) % 3;
+			b->len = n;
+			asm_record(a, bat, sizeof(*b) + n);
+			continue;
+		}
 		asm_record(a, buf, n);
 	}
 	asm_close_all(a, 1);
@@ -942,6 +1039,7 @@ int main(void)
 {
 	static const struct test_case cases[] = {
 		CASE(simple_query),
+		CASE(messages_of_one_read_in_one_record),
 		CASE(statement_without_result_set),
 		CASE(multi_statement_and_errors),
 		CASE(extended_protocol_and_prepared_statements),
