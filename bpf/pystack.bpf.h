@@ -67,6 +67,8 @@ struct stack_buf {
 	__u64 win_lo;  /* the window holds [win_lo, win_lo + win_len) of the process */
 	__u32 win_len; /* 0: no window */
 	__u32 win_try; /* the last frame was on a data stack: read a window for the next */
+	__u32 site;    /* a frame of the application's own code was added (HOT_APP) */
+	__u32 _pad2;
 	__u32 tid;
 	__u32 glet;		     /* walking the greenlet's frames */
 	char name[24];		     /* a name being compared */
@@ -276,13 +278,20 @@ static long ctx_find_cb(__u32 i, void *data)
 	return 0;
 }
 
-/* The identity of a long-lived code object as userspace checked it; 0: read it. */
-static __noinline __u32 hot_ident(__u64 code, __u32 tgid)
+/*
+ * The identity of a long-lived code object as userspace checked it (0: read it); an
+ * application code object's marks the record's call site as seen (sb->site).
+ */
+static __noinline __u32 hot_ident(struct stack_buf *sb, __u64 code)
 {
 	__u32 slot = SQLSPAN_HOT_SLOT(code);
 	struct hot_code *hc = bpf_map_lookup_elem(&hot_codes, &slot);
 
-	return hc && hc->code == code && hc->tgid == tgid ? hc->ident : 0;
+	if (!hc || hc->code != code || hc->tgid != sb->h.pid)
+		return 0;
+	if ((hc->flags & HOT_APP) && !sb->glet)
+		sb->site = 1;
+	return hc->ident;
 }
 
 /* Add the frame in sb->fb to the record: 0 added, 2 a shim (skipped), 1 the record is full. */
@@ -311,7 +320,7 @@ static __noinline int py_add_frame(struct py_cfg *cfg, struct stack_buf *sb)
 	f->local[3] = fb64(sb, cfg->frame_localsplus + 24);
 	f->owner = owner | (sb->glet ? FRAME_GREENLET : 0);
 	f->_pad[0] = f->_pad[1] = f->_pad[2] = 0;
-	f->ident = hot_ident(code, sb->h.pid);
+	f->ident = hot_ident(sb, code);
 	if (!f->ident && cfg->code_ident >= 0 &&
 	    !bpf_probe_read_user(sb->name, 24, (const void *)(code + cfg->code_ident)))
 		f->ident = FRAME_IDENT(*(__u64 *)&sb->name[0], *(__u64 *)&sb->name[16]);
@@ -529,6 +538,13 @@ static __noinline void greenlet_check(struct py_cfg *cfg, struct stack_buf *sb)
 			    wc->cfg->lr.task_run_code)                                             \
 			task_read(wc->cfg, sb);                                                    \
 		sb->frame = fb64(sb, wc->cfg->frame_previous);                                     \
+		/* past the call site, nothing more is needed (asyncio: once past Handle._run); */ \
+		/* bpf_loop kernels only (the others' verifier budget) */                          \
+		if (GREENLETS && sb->site && !sb->glet && wc->cfg->site_only &&                    \
+		    (!wc->cfg->lr.task_run_code || sb->task_handle_type)) {                        \
+			sb->frame = 0;                                                             \
+			return 1;                                                                  \
+		}                                                                                  \
 		return 0;                                                                          \
 	}
 
@@ -591,6 +607,7 @@ DEFINE_FRAME_CB(frame_cb_loop, 1)
 		sb->task_num = 0;                                                                  \
 		sb->task_kind = 0;                                                                 \
 		sb->task_len = 0;                                                                  \
+		sb->site = 0;                                                                      \
 		TSTATE(cfg, sb);                                                                   \
 		sb->frame = 0;                                                                     \
 		if (!sb->tstate) {                                                                 \

@@ -222,7 +222,16 @@ struct hot_code {
 	__u64 code; /* 0: free */
 	__u32 tgid;
 	__u32 ident; /* FRAME_IDENT of the code object, as userspace last checked it */
+	__u32 flags; /* HOT_* */
+	__u32 _pad;
 };
+
+/*
+ * hot_code.flags: the application's own code (where a call site is): without --stack nothing
+ * outside the first such frame is needed, and the walk of the running stack ends there (in an
+ * asyncio process, once the Task's Handle._run is passed too).
+ */
+#define HOT_APP 1
 
 #define STACK_CUT	(1u << 0) /* deeper than the frames sent */
 #define STACK_NO_THREAD (1u << 1) /* the thread's PyThreadState was not found */
@@ -285,7 +294,7 @@ struct py_cfg {
 	__s32 owner_cstack, owner_first_incomplete;
 	__u32 code_tagged;
 	__u32 max_frames;
-	__u32 _pad;
+	__u32 site_only; /* no --stack: the frames outside the call site are not needed (HOT_APP) */
 	/*
 	 * SQLAlchemy's asyncio bridge: greenlet_spawn's code object (0: not seen yet) and where in
 	 * its frame the suspended greenlet (`context`) is (-1: not known yet); where a greenlet
@@ -410,7 +419,7 @@ SQLSPAN_ASSERT(sizeof(struct ev_connect) == 144, "ev_connect size");
 SQLSPAN_ASSERT(sizeof(struct lib_range) == 48, "lib_range size");
 SQLSPAN_ASSERT(sizeof(struct ev_frame) == 56, "ev_frame size");
 SQLSPAN_ASSERT(sizeof(struct ev_stack) == 56 + 32 + SQLSPAN_TASK_NAME, "ev_stack size");
-SQLSPAN_ASSERT(sizeof(struct hot_code) == 16, "hot_code size");
+SQLSPAN_ASSERT(sizeof(struct hot_code) == 24, "hot_code size");
 SQLSPAN_ASSERT(sizeof(struct py_learnt) == 96, "py_learnt size");
 SQLSPAN_ASSERT(sizeof(struct py_cfg) == 272, "py_cfg size");
 

@@ -216,6 +216,7 @@ static void python_setup(struct tracer *t, struct proc_target *p)
 	cfg.owner_first_incomplete = l->owner_first_incomplete;
 	cfg.code_tagged = l->code_tagged;
 	cfg.max_frames = t->cli.stack_depth;
+	cfg.site_only = !t->cli.stack;
 	/* SQLAlchemy's greenlets: the BPF side learns where things are as they show up */
 	cfg.frame_type = pt.frame_type;
 	cfg.gs_ctx_off = -1;

@@ -207,11 +207,15 @@ static void hot_add(struct pystacks *ps, struct pyproc *pp, uint64_t code, struc
 	uint32_t slot = SQLSPAN_HOT_SLOT(code);
 	struct hot_code hc = {.code = code, .tgid = (uint32_t)pp->pid, .ident = c->ident};
 
+	/* where a call site can be: the BPF side may end the walk there (sqlspan.h) */
+	if (py_is_app_file(c->file, ps->app_paths))
+		hc.flags = HOT_APP;
+
 	if (!ps->hot_set || (!ps->hot && !(ps->hot = calloc(SQLSPAN_HOT_CODES, sizeof(*ps->hot)))))
 		return;
 	if (ps->hot[slot].code)
 		return;
-	ps->hot[slot] = (struct hot_entry){code, pp->pid, c->ident};
+	ps->hot[slot] = (struct hot_entry){code, pp->pid, c->ident, hc.flags};
 	ps->nhot++;
 	c->hot = true;
 	ps->hot_set(ps->arg, slot, &hc);
