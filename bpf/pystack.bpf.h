@@ -43,6 +43,8 @@ struct {
  */
 #define PY_WIN 4096
 
+#define HOT_SEEN (1u << 31) /* stack_buf.hot: the code object is in hot_codes */
+
 /* an ev_stack with room for its frames, and the walk's own variables after them */
 struct stack_buf {
 	struct ev_hdr h;
@@ -68,7 +70,7 @@ struct stack_buf {
 	__u32 win_len; /* 0: no window */
 	__u32 win_try; /* the last frame was on a data stack: read a window for the next */
 	__u32 site;    /* a frame of the application's own code was added (HOT_APP) */
-	__u32 _pad2;
+	__u32 hot;     /* the frame just added: HOT_SEEN | its hot_code.flags, or 0 */
 	__u32 tid;
 	__u32 glet;		     /* walking the greenlet's frames */
 	char name[24];		     /* a name being compared */
@@ -287,8 +289,10 @@ static __noinline __u32 hot_ident(struct stack_buf *sb, __u64 code)
 	__u32 slot = SQLSPAN_HOT_SLOT(code);
 	struct hot_code *hc = bpf_map_lookup_elem(&hot_codes, &slot);
 
+	sb->hot = 0;
 	if (!hc || hc->code != code || hc->tgid != sb->h.pid)
 		return 0;
+	sb->hot = HOT_SEEN | hc->flags;
 	if ((hc->flags & HOT_APP) && !sb->glet)
 		sb->site = 1;
 	return hc->ident;
@@ -480,8 +484,10 @@ static __always_inline bool greenlet_maybe(struct py_cfg *cfg, struct stack_buf 
 {
 	struct ev_frame *f = &sb->frames[(sb->nframes - 1) & (SQLSPAN_MAX_FRAMES - 1)];
 
+	/* a long-lived code object userspace named is greenlet_spawn only if it says so */
 	return cfg->gs_code ? f->code == cfg->gs_code
-			    : cfg->gs_search && f->owner == PY_OWNED_BY_GENERATOR;
+			    : cfg->gs_search && f->owner == PY_OWNED_BY_GENERATOR &&
+				      (!(sb->hot & HOT_SEEN) || (sb->hot & HOT_GS));
 }
 
 /*

@@ -232,6 +232,8 @@ struct hot_code {
  * asyncio process, once the Task's Handle._run is passed too).
  */
 #define HOT_APP 1
+/* SQLAlchemy's greenlet_spawn (any other hot code object is known not to be: not checked) */
+#define HOT_GS 2
 
 #define STACK_CUT	(1u << 0) /* deeper than the frames sent */
 #define STACK_NO_THREAD (1u << 1) /* the thread's PyThreadState was not found */

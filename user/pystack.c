@@ -210,6 +210,8 @@ static void hot_add(struct pystacks *ps, struct pyproc *pp, uint64_t code, struc
 	/* where a call site can be: the BPF side may end the walk there (sqlspan.h) */
 	if (py_is_app_file(c->file, ps->app_paths))
 		hc.flags = HOT_APP;
+	if (!strcmp(c->qualname, "greenlet_spawn"))
+		hc.flags |= HOT_GS;
 
 	if (!ps->hot_set || (!ps->hot && !(ps->hot = calloc(SQLSPAN_HOT_CODES, sizeof(*ps->hot)))))
 		return;
