@@ -501,7 +501,7 @@ def targets():
     def row(what, result, ok):
         out.append("| %s | %s | %s |" % (what, result, "yes" if ok else "**no**"))
 
-    for driver in ("psycopg2", "psycopg"):
+    for driver in ("psycopg2", "psycopg", "asyncpg"):
         for m, limit in (("sqlspan --no-python (driver level)", 4.0),
                          ("sqlspan (with Python call site)", 10.0)):
             a, me = R.get(("accounted", driver, m)), R.get(("measured", driver, m))

@@ -860,6 +860,10 @@ int main(int argc, char **argv)
 			if (p->nmapped == 0)
 				goto cleanup;
 		}
+		if (r == 0 && !proc_alive(p->pid)) {
+			fprintf(stderr, "sqlspan: PID %d exited while sqlspan attached\n", p->pid);
+			goto cleanup;
+		}
 		if (r == 0) {
 			if (!t->cli.wait) {
 				fprintf(stderr,

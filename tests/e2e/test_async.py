@@ -12,6 +12,7 @@ error comes back to the Parse, before the Sync asyncpg then sends; COPY runs as 
 """
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -439,7 +440,15 @@ def test_attach_detach_under_load(cluster):
     try:
         while app.poll() is None:
             tr = Tracer([pid], ["--no-python"] if runs % 3 == 2 else [])
-            tr.wait_ready()
+            try:
+                tr.wait_ready()
+            except AssertionError:
+                if app.poll() is None:
+                    raise
+                # the app ended while sqlspan attached: a clear line that says so
+                assert re.match(r"sqlspan: (PID %d exited|no process with PID %d)" % (pid, pid),
+                                tr.err_lines[-1]), tr.err_lines
+                break
             # short and varied: enough runs fit in the app's run on a slow day too
             time.sleep(0.1 + (runs % 5) * 0.1)
             rc = tr.stop()
