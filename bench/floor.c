@@ -7,12 +7,17 @@
  *
  * floor attach PID LIBRARY SYMBOL[+OFF] [ret]: put an empty uprobe (and uretprobe) on SYMBOL in another
  * process until stdin closes: the cost of a design that probes there.
+ *
+ * floor stats: what kernel.bpf_stats_enabled reports as the run time of an empty program (the
+ * clock reads around every run are in it): the part of every program's reported time that is
+ * the measuring, not the program.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include "elffile.h"
 #include "floor.skel.h"
@@ -96,6 +101,31 @@ static int attach_other(int argc, char **argv)
 	return 0;
 }
 
+static int stats_overhead(const char *self, struct elf_file *ef, struct floor_bpf *skel)
+{
+	struct bpf_prog_info info = {0};
+	__u32 ilen = sizeof(info);
+	struct bpf_link *l;
+	uint64_t va;
+
+	if (elff_sym(ef, "f_push", &va, NULL))
+		return 1;
+	l = bpf_program__attach_uprobe(skel->progs.empty, false, getpid(), self,
+				       elff_file_offset(ef, va));
+	if (!l)
+		return 1;
+	per_call(f_push, 200000);
+	bpf_link__destroy(l);
+	if (bpf_obj_get_info_by_fd(bpf_program__fd(skel->progs.empty), &info, &ilen) ||
+	    !info.run_cnt) {
+		fprintf(stderr, "floor: no run time reported (kernel.bpf_stats_enabled off?)\n");
+		return 1;
+	}
+	printf("empty program run time as reported: %.1f ns\n",
+	       (double)info.run_time_ns / info.run_cnt);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	static const struct {
@@ -123,6 +153,8 @@ int main(int argc, char **argv)
 		fprintf(stderr, "floor: cannot open myself or load the BPF program\n");
 		return 1;
 	}
+	if (argc > 1 && !strcmp(argv[1], "stats"))
+		return stats_overhead(self, ef, skel);
 	printf("%-34s %12s %12s %12s %12s\n", "first instruction", "ns/call", "+uprobe",
 	       "+uretprobe", "both");
 	for (size_t i = 0; i < sizeof(fns) / sizeof(fns[0]); i++) {

@@ -156,6 +156,13 @@ def floor():
     return costs
 
 
+def stats_overhead_ns():
+    """What kernel.bpf_stats_enabled reports as an empty program's run time (its own clock reads):
+    the part of every run's reported time that is the measuring, subtracted per run."""
+    out = subprocess.run([FLOOR, "stats"], check=True, capture_output=True, text=True).stdout
+    return float(re.search(r"reported: ([\d.]+) ns", out).group(1))
+
+
 def libpq_of(pid):
     with open("/proc/%d/maps" % pid) as f:
         for line in f:
@@ -219,7 +226,7 @@ def spread(xs):
     return statistics.median(xs), (q[2] - q[0]) / 2
 
 
-def latency(cluster, env, floor_ns):
+def latency(cluster, env, floor_ns, overhead_ns):
     say("## 2. Added latency and CPU per statement (SELECT 1, SQLAlchemy 2.0, Unix socket)")
     say("")
     say("%d rounds of %d statements per mode; in each round every mode runs once in the same "
@@ -298,7 +305,7 @@ def latency(cluster, env, floor_ns):
             if m.startswith("sqlspan") and stats[m]:
                 accounts.append((driver, m, stats[m], kinds))
     say("")
-    account(accounts, floor_ns)
+    account(accounts, floor_ns, overhead_ns)
     return summary
 
 
@@ -308,7 +315,7 @@ def libpq_name(prog):
     return "PQ" + words[0] + "".join(w.capitalize() for w in words[1:])
 
 
-def account(accounts, floor_ns):
+def account(accounts, floor_ns, overhead_ns):
     """Where the time goes: probe hits per statement times their measured cost, plus BPF time."""
     if not accounts:
         return
@@ -318,11 +325,15 @@ def account(accounts, floor_ns):
         "BPF programs' run time (kernel.bpf_stats_enabled, on during the run; the request "
         "program is tail-called, so its time counts under the probe that called it). The "
         "recvfrom tracepoints run for every process on the host: their time here includes the "
-        "PostgreSQL server's own reads, which they filter out.")
+        "PostgreSQL server's own reads, which they filter out. The run time the kernel reports "
+        "includes its own clock reads around each run: an empty program is reported at %.1f ns "
+        "a run on this machine, and that much is taken off each run (the *runs* column counts "
+        "them; what remains uncounted is the few ns of calling a program, which for uprobes "
+        "is in the trap's price)." % overhead_ns)
     say("")
-    say("| driver | mode | uprobe hits: function (kind) | trap µs | BPF µs by program | "
+    say("| driver | mode | uprobe hits: function (kind) | trap µs | runs | BPF µs by program | "
         "accounted µs |")
-    say("|---|---|---|---|---|---|")
+    say("|---|---|---|---|---|---|---|")
     for driver, m, stats, kinds in accounts:
         n = N * ROUNDS
         trap = 0.0
@@ -333,12 +344,14 @@ def account(accounts, floor_ns):
                 kind = kinds.get(fn, "?")
                 trap += runs / n * floor_ns.get(kind, 0) / 1000
                 hits.append("%.2f %s (%s)" % (runs / n, fn, kind))
-        per = {p: ns / n / 1000 for p, (_, ns) in stats.items()}
+        per = {p: max(0.0, (ns - runs * overhead_ns) / n / 1000)
+               for p, (runs, ns) in stats.items()}
+        nruns = sum(runs for runs, _ in stats.values()) / n
         bpf_us = sum(per.values())
         progs = ", ".join("%s %.2f" % (p, v) for p, v in
                           sorted(per.items(), key=lambda kv: -kv[1]) if v >= 0.005)
-        say("| %s | %s | %s | %.2f | %.2f: %s | %.2f |" % (
-            driver, m, ", ".join(hits), trap, bpf_us, progs, trap + bpf_us))
+        say("| %s | %s | %s | %.2f | %.1f | %.2f: %s | %.2f |" % (
+            driver, m, ", ".join(hits), trap, nruns, bpf_us, progs, trap + bpf_us))
         R[("accounted", driver, m)] = trap + bpf_us
     say("")
 
@@ -552,8 +565,8 @@ def main():
             cluster.pin(OTHER_CPUS)
             os.sched_setaffinity(0, OTHER_CPUS)  # and sqlspan, started from here
             try:
-                with BpfStats():  # costs sqlspan's programs ~0.03 µs a run: in its figures
-                    latency(cluster, env, floor_ns)
+                with BpfStats():
+                    latency(cluster, env, floor_ns, stats_overhead_ns())
             finally:
                 os.sched_setaffinity(0, everywhere)
                 cluster.pin(everywhere)
