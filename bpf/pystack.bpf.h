@@ -568,8 +568,11 @@ DEFINE_FRAME_CB(frame_cb_loop, 1)
 		/* bounded-loop kernels: frame by frame (the verifier's budget) */                 \
 		sb->win_len = 0;                                                                   \
 		sb->win_try = LOOPED;                                                              \
-		if (LOOPED)                                                                        \
+		if (LOOPED) {                                                                      \
 			wc.win = scratch_area();                                                   \
+			if (!wc.win)                                                               \
+				return;                                                            \
+		}                                                                                  \
 		if (LOOPED) {                                                                      \
 			bpf_loop(SQLSPAN_MAX_FRAMES, frame_cb_loop, &wc, 0);                       \
 		} else {                                                                           \
