@@ -231,7 +231,6 @@ int tp_exit_recvfrom_loop(struct trace_event_raw_sys_exit *ctx)
 	if (!w)
 		return 0;
 	walk_init(w, regs->si, k.fd, pid_tgid, ret);
-	w->key = k;
 	walk_run_loop(ctx, w, st);
 	return 0;
 }

@@ -39,10 +39,10 @@ struct walk {
 	__u8 win[WALK_WIN + SQLSPAN_MSG_SHORT]; /* room after it: copies from it stay in bounds */
 };
 
-/* n bytes of the read at offset off: from the window if it has them; 0 on success. */
-static __always_inline long walk_bytes(struct walk *w, void *dst, __u32 n, __u32 off)
+/* n bytes of the read at offset off: from the window if it has them (short ones); 0 on success. */
+static __always_inline long walk_bytes(struct walk *w, void *dst, __u32 n, __u64 off)
 {
-	if (off + n <= w->win_len)
+	if (n < SQLSPAN_MSG_SHORT && off + n <= w->win_len)
 		return bpf_probe_read_kernel(dst, n & (SQLSPAN_MSG_SHORT - 1),
 					     &w->win[off & (WALK_WIN - 1)]);
 	return bpf_probe_read_user(dst, n, (const void *)(w->buf + off));
@@ -220,12 +220,8 @@ static __always_inline void walk_emit_sz(void *ctx, struct walk *w, struct fd_st
 	 */
 	n = want;
 	asm volatile("%[n] &= %[mask]" : [n] "+r"(n) : [mask] "i"(datasz - 1));
-	if (datasz == SQLSPAN_MSG_SHORT && n && src - w->buf + n <= w->win_len) {
-		if (bpf_probe_read_kernel(m->data, n, &w->win[(src - w->buf) & (WALK_WIN - 1)]))
-			n = 0;
-	} else if (n && bpf_probe_read_user(m->data, n, (const void *)src)) {
+	if (n && walk_bytes(w, m->data, n, src - w->buf))
 		n = 0;
-	}
 	m->n = n;
 	/* the rows counted so far travel with this record */
 	if (off == 0)
