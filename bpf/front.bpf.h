@@ -18,6 +18,17 @@
 #define FRONT_PROBE_MSGS 64
 /* Body bytes of a StartupMessage sent (protocol version and parameters: user, database, ...). */
 #define FRONT_STARTUP_CAP 1024
+/*
+ * The first FRONT_WIN bytes of each buffer sent are copied in one read (a user memory read costs
+ * about the same for 5 bytes as for 256): the headers, names and short bodies of a typical
+ * request (Bind, Execute, Sync) come from the copy.
+ */
+#define FRONT_WIN 256
+/*
+ * Parts of message bodies shorter than this travel together, as one EV_MSGS record per send (a
+ * ring buffer record costs the traced thread more than its bytes); longer ones (SQL text) alone.
+ */
+#define FRONT_BAT_DATA 512
 
 #define PG_PROTO_3     0x00030000u
 #define PG_SSL_REQUEST 80877103u
@@ -67,7 +78,13 @@ struct fwalk {
 	__u64 left;   /* bytes sent not walked yet */
 	__u64 vec[2]; /* the iovec being read: base, length */
 	int how;
+	__u32 win_len; /* bytes of the buffer in win (0: none) */
+	__u32 bat_n;   /* EV_FMSG records in the batch being built (the thread's scratch area) */
+	__u32 bat_len; /* and their bytes */
+	__u32 dead;    /* the socket's stream was given up (front_bad): the send is not walked on */
 	__u32 _pad2;
+	__u8 junk[SQLSPAN_NAME_LEN]; /* where names are read to measure them */
+	__u8 win[2 * FRONT_WIN];     /* room after the window: copies from it stay in bounds */
 };
 
 struct {
@@ -104,6 +121,46 @@ static __always_inline bool frontend_type(__u8 t)
 static __always_inline __u32 be32(const __u8 *b)
 {
 	return ((__u32)b[0] << 24) | ((__u32)b[1] << 16) | ((__u32)b[2] << 8) | b[3];
+}
+
+/*
+ * n (< FRONT_BAT_DATA) bytes of the buffer at offset off: from the window if it has them; 0 on
+ * success.
+ */
+static __always_inline long front_bytes(struct fwalk *w, void *dst, __u32 n, __u32 off)
+{
+	__u64 k = n;
+
+	/* the masks, kept from the compiler: the verifier sure of the size */
+	if (n < FRONT_WIN && off < FRONT_WIN && off + n <= w->win_len) {
+		asm volatile("%[k] &= %[mask]" : [k] "+r"(k) : [mask] "i"(FRONT_WIN - 1));
+		return bpf_probe_read_kernel(dst, k, &w->win[off & (FRONT_WIN - 1)]);
+	}
+	asm volatile("%[k] &= %[mask]" : [k] "+r"(k) : [mask] "i"(FRONT_BAT_DATA - 1));
+	return bpf_probe_read_user(dst, k, (const void *)(w->buf + off));
+}
+
+/* The length (with its NUL, at most SQLSPAN_NAME_LEN) of the string at offset off; <= 0: fault. */
+static __always_inline long front_strlen(struct fwalk *w, __u32 off)
+{
+	long r;
+
+	if (off < FRONT_WIN) {
+		r = bpf_probe_read_kernel_str(w->junk, SQLSPAN_NAME_LEN,
+					      &w->win[off & (FRONT_WIN - 1)]);
+		if (r > 0 && off + r <= w->win_len)
+			return r;
+	}
+	return bpf_probe_read_user_str(w->junk, SQLSPAN_NAME_LEN, (const void *)(w->buf + off));
+}
+
+/* Copy the window: the buffer's first bytes. */
+static __noinline void front_window(struct fwalk *w)
+{
+	__u32 n = w->n < FRONT_WIN ? w->n : FRONT_WIN;
+
+	n = ((n - 1) & (FRONT_WIN - 1)) + 1; /* as it was: 1 to FRONT_WIN, the verifier sure */
+	w->win_len = w->n && !bpf_probe_read_user(w->win, n, (const void *)w->buf) ? n : 0;
 }
 
 /* ---- is this send the PostgreSQL protocol? ---- */
@@ -180,21 +237,56 @@ static __noinline struct front_state *front_track(struct fwalk *w, int how)
 
 /* ---- the walk ---- */
 
-/* Send `want` bytes of the current message's body, from the walk's position. */
-static __noinline void front_emit(void *ctx, struct fwalk *w, struct front_state *fs, __u32 want)
+/*
+ * Send the EV_FMSG records of this send built so far, as one EV_MSGS record (bat: the thread's
+ * scratch area, where they are built after room for the EV_MSGS header).
+ */
+static __noinline void front_flush(void *ctx, struct fwalk *w, struct front_state *fs,
+				   struct scratch *bat)
 {
-	struct ev_fmsg *m = scratch_get();
-	__u64 n = want;
+	struct ev_msgs *b = (void *)bat->bytes;
+	__u32 len = w->bat_len, n = w->bat_n;
 
-	if (!m)
+	if (!n)
 		return;
+	w->bat_n = 0;
+	w->bat_len = 0;
+	if (len > SQLSPAN_MSGS_MAX)
+		return; /* never: front_emit flushes before */
+	hdr_fill(&b->h, EV_MSGS, w->pid_tgid, w->ts, 0);
+	b->count = n;
+	b->len = len;
+	if (rec_output(ctx, b, sizeof(*b) + len)) {
+		fs->flags |= FR_GAP; /* the next record tells userspace */
+		stat_add(ST_DROP_MSG, n);
+		return;
+	}
+	stat_add(ST_MSGS, n);
+}
+
+/* An EV_FMSG record's header, for the current message of the walk; the gap flag is taken. */
+static __always_inline void fmsg_fill(struct ev_fmsg *m, struct fwalk *w, struct front_state *fs)
+{
 	hdr_fill(&m->h, EV_FMSG, w->pid_tgid, w->ts, (fs->flags & FR_GAP) ? EVF_GAP : 0);
+	fs->flags &= ~FR_GAP;
 	m->fd = w->fd;
 	m->len = fs->body_len;
 	m->off = fs->copied;
 	m->cap = fs->cap;
 	m->type = fs->type;
 	m->_pad[0] = m->_pad[1] = m->_pad[2] = 0;
+}
+
+/* A long part (SQL text): after the batch, in a record of its own built at the scratch area's
+ * start. */
+static __always_inline void front_emit_alone(void *ctx, struct fwalk *w, struct front_state *fs,
+					     struct scratch *bat, __u32 want)
+{
+	struct ev_fmsg *m = (void *)bat->bytes;
+	__u64 n = want;
+
+	front_flush(ctx, w, fs, bat);
+	fmsg_fill(m, w, fs);
 	/* want <= SQLSPAN_TEXT_CHUNK < 4096: the mask keeps the verifier sure */
 	n &= 4095;
 	if (n && bpf_probe_read_user(m->data, n, (const void *)(w->buf + w->pos)))
@@ -205,8 +297,30 @@ static __noinline void front_emit(void *ctx, struct fwalk *w, struct front_state
 		stat_add(ST_DROP_MSG, 1);
 		return;
 	}
-	fs->flags &= ~FR_GAP;
 	stat_add(ST_MSGS, 1);
+}
+
+/* Send `want` bytes of the current message's body, from the walk's position. */
+static __noinline void front_emit(void *ctx, struct fwalk *w, struct front_state *fs,
+				  struct scratch *bat, __u32 want)
+{
+	struct ev_fmsg *m;
+	__u64 n = want;
+
+	if (want >= FRONT_BAT_DATA) {
+		front_emit_alone(ctx, w, fs, bat, want);
+		return;
+	}
+	if (w->bat_len + sizeof(*m) + FRONT_BAT_DATA > SQLSPAN_MSGS_MAX)
+		front_flush(ctx, w, fs, bat);
+	m = (void *)&bat->bytes[sizeof(struct ev_msgs) + (w->bat_len & (SQLSPAN_MSGS_MAX - 1))];
+	fmsg_fill(m, w, fs);
+	n &= FRONT_BAT_DATA - 1;
+	if (n && front_bytes(w, m->data, n, w->pos))
+		n = 0;
+	m->n = n;
+	w->bat_len += sizeof(*m) + ((n + 7) & ~7ULL);
+	w->bat_n++;
 }
 
 /* Text bytes sent per statement at most: the loader's text limit. */
@@ -218,16 +332,12 @@ static __always_inline __u32 front_text_max(void)
 /* Bind: the portal and statement names that start the body, nothing after them. */
 static __noinline __u32 bind_names(struct fwalk *w, __u32 body)
 {
-	struct scratch *s = thread_entry(&scratches);
 	long a, b;
 
-	if (!s)
-		return 0;
-	a = bpf_probe_read_user_str(s->bytes, SQLSPAN_NAME_LEN, (const void *)(w->buf + w->pos));
+	a = front_strlen(w, w->pos);
 	if (a <= 0)
 		return 0;
-	b = bpf_probe_read_user_str(s->bytes, SQLSPAN_NAME_LEN,
-				    (const void *)(w->buf + w->pos + a));
+	b = front_strlen(w, w->pos + a);
 	if (b <= 0)
 		return 0;
 	return (__u32)(a + b) < body ? (__u32)(a + b) : body;
@@ -272,10 +382,14 @@ static __always_inline int front_cap(struct fwalk *w, __u8 t, __u32 body)
  * The stream cannot be followed: forget the socket (a later send that is whole messages takes it
  * up again), or, for TLS, keep it known as a socket whose bytes are encrypted.
  */
-static __always_inline int front_bad(void *ctx, struct fwalk *w, struct front_state *fs, __u32 why)
+static __always_inline int front_bad(void *ctx, struct fwalk *w, struct front_state *fs,
+				     struct scratch *bat, __u32 why)
 {
-	struct ev_conn *e = rec_reserve(sizeof(*e));
+	struct ev_conn *e;
 
+	front_flush(ctx, w, fs, bat); /* what came before, first */
+	w->dead = 1;
+	e = rec_reserve(sizeof(*e));
 	fs->body_left = 0;
 	fs->hdr_have = 0;
 	bpf_map_delete_elem(&fronts, &w->key);
@@ -297,13 +411,14 @@ static __always_inline int front_bad(void *ctx, struct fwalk *w, struct front_st
 }
 
 /* A message header is in w->hdr, the walk at its body: set the message up. 1: stream lost. */
-static __noinline int front_header(void *ctx, struct fwalk *w, struct front_state *fs)
+static __noinline int front_header(void *ctx, struct fwalk *w, struct front_state *fs,
+				   struct scratch *bat)
 {
 	__u32 len = be32(&w->hdr[1]), body;
 	int cap;
 
 	if (!frontend_type(w->hdr[0]) || len < 4 || len > (1u << 30))
-		return front_bad(ctx, w, fs, DESYNC_BAD_HEADER);
+		return front_bad(ctx, w, fs, bat, DESYNC_BAD_HEADER);
 	body = len - 4;
 	fs->type = w->hdr[0];
 	fs->body_len = body;
@@ -312,25 +427,26 @@ static __noinline int front_header(void *ctx, struct fwalk *w, struct front_stat
 	cap = front_cap(w, fs->type, body);
 	fs->cap = cap > 0 ? cap : 0;
 	if (cap == 0)
-		front_emit(ctx, w, fs, 0);
+		front_emit(ctx, w, fs, bat, 0);
 	return 0;
 }
 
 /* After an SSLRequest: the StartupMessage (plaintext), or a TLS handshake. */
-static __noinline int front_startup(void *ctx, struct fwalk *w, struct front_state *fs)
+static __noinline int front_startup(void *ctx, struct fwalk *w, struct front_state *fs,
+				    struct scratch *bat)
 {
 	__u32 len;
 	struct fd_state *st;
 
-	if (w->n - w->pos < 8 || bpf_probe_read_user(w->hdr, 8, (const void *)(w->buf + w->pos)))
-		return front_bad(ctx, w, fs, DESYNC_BAD_HEADER);
+	if (w->n - w->pos < 8 || front_bytes(w, w->hdr, 8, w->pos))
+		return front_bad(ctx, w, fs, bat, DESYNC_BAD_HEADER);
 	fs->flags &= ~FR_STARTUP;
 	if (w->hdr[0] == 22 && w->hdr[1] == 3) { /* a TLS ClientHello */
 		st = bpf_map_lookup_elem(&fds, &w->key);
 		if (st) /* the replies are TLS records: not walked */
 			st->flags = (st->flags & ~FS_SYNCED) | FS_TLS;
 		tls_bind(w, 0); /* the plaintext, where libssl has it */
-		return front_bad(ctx, w, fs, DESYNC_TLS);
+		return front_bad(ctx, w, fs, bat, DESYNC_TLS);
 	}
 	len = be32(w->hdr);
 	if (be32(&w->hdr[4]) == PG_SSL_REQUEST || be32(&w->hdr[4]) == PG_GSS_REQUEST) {
@@ -339,7 +455,7 @@ static __noinline int front_startup(void *ctx, struct fwalk *w, struct front_sta
 		return 0;
 	}
 	if (len < 8 || be32(&w->hdr[4]) != PG_PROTO_3)
-		return front_bad(ctx, w, fs, DESYNC_BAD_HEADER);
+		return front_bad(ctx, w, fs, bat, DESYNC_BAD_HEADER);
 	st = bpf_map_lookup_elem(&fds, &w->key);
 	if (st) { /* the server's replies start now: at a message boundary */
 		st->flags |= FS_SYNCED;
@@ -357,7 +473,8 @@ static __noinline int front_startup(void *ctx, struct fwalk *w, struct front_sta
 }
 
 /* One step: a chunk of the current body, or the next header. 1 when the send is done. */
-static __noinline int front_step(void *ctx, struct fwalk *w, struct front_state *fs)
+static __noinline int front_step(void *ctx, struct fwalk *w, struct front_state *fs,
+				 struct scratch *bat)
 {
 	__u32 avail, take, have;
 
@@ -373,7 +490,7 @@ static __noinline int front_step(void *ctx, struct fwalk *w, struct front_state 
 				want = take;
 			if (want > SQLSPAN_TEXT_CHUNK)
 				want = SQLSPAN_TEXT_CHUNK;
-			front_emit(ctx, w, fs, want);
+			front_emit(ctx, w, fs, bat, want);
 			fs->copied += want;
 			take = want;
 		}
@@ -382,20 +499,19 @@ static __noinline int front_step(void *ctx, struct fwalk *w, struct front_state 
 		return 0;
 	}
 	if (fs->flags & FR_STARTUP)
-		return front_startup(ctx, w, fs);
+		return front_startup(ctx, w, fs, bat);
 	have = fs->hdr_have;
 	if (have) {
 		/* the rest of a header split across sends */
 		__u32 need = 5 - (have & 7);
 
 		if (have >= 5)
-			return front_bad(ctx, w, fs, DESYNC_BAD_HEADER);
+			return front_bad(ctx, w, fs, bat, DESYNC_BAD_HEADER);
 		if (need > avail) {
 			for (int i = 0; i < 4; i++) {
 				if (i >= avail || have >= 5)
 					break;
-				bpf_probe_read_user(&fs->hdr[have & 7], 1,
-						    (const void *)(w->buf + w->pos));
+				front_bytes(w, &fs->hdr[have & 7], 1, w->pos);
 				have++;
 				w->pos++;
 			}
@@ -406,34 +522,35 @@ static __noinline int front_step(void *ctx, struct fwalk *w, struct front_state 
 		for (int i = 0; i < 4; i++) {
 			if (have >= 5)
 				break;
-			bpf_probe_read_user(&w->hdr[have & 7], 1, (const void *)(w->buf + w->pos));
+			front_bytes(w, &w->hdr[have & 7], 1, w->pos);
 			have++;
 			w->pos++;
 		}
 		fs->hdr_have = 0;
-		return front_header(ctx, w, fs);
+		return front_header(ctx, w, fs, bat);
 	}
 	if (avail < 5) {
 		/* the start of a header: kept for the next send */
 		for (int i = 0; i < 4; i++) {
 			if (i >= avail)
 				break;
-			bpf_probe_read_user(&fs->hdr[i & 7], 1, (const void *)(w->buf + w->pos));
+			front_bytes(w, &fs->hdr[i & 7], 1, w->pos);
 			w->pos++;
 		}
 		fs->hdr_have = avail;
 		return 1;
 	}
-	if (bpf_probe_read_user(w->hdr, 5, (const void *)(w->buf + w->pos)))
-		return front_bad(ctx, w, fs, DESYNC_READ_FAULT);
+	if (front_bytes(w, w->hdr, 5, w->pos))
+		return front_bad(ctx, w, fs, bat, DESYNC_READ_FAULT);
 	w->pos += 5;
-	return front_header(ctx, w, fs);
+	return front_header(ctx, w, fs, bat);
 }
 
 struct front_loop {
 	void *ctx;
 	struct fwalk *w;
 	struct front_state *fs;
+	struct scratch *bat;
 };
 
 static long front_cb(__u32 i, void *data)
@@ -441,7 +558,7 @@ static long front_cb(__u32 i, void *data)
 	struct front_loop *fl = data;
 
 	(void)i;
-	return front_step(fl->ctx, fl->w, fl->fs);
+	return front_step(fl->ctx, fl->w, fl->fs, fl->bat);
 }
 
 /*
@@ -452,11 +569,10 @@ static long front_cb(__u32 i, void *data)
 static __noinline void front_stack(void *ctx, struct fwalk *w)
 {
 	__u32 tgid = w->pid_tgid >> 32;
-	__u8 t = 0;
+	__u8 t = w->win[0];
 
-	if (!bpf_map_lookup_elem(&pyprocs, &tgid))
+	if (!w->win_len || !bpf_map_lookup_elem(&pyprocs, &tgid))
 		return;
-	bpf_probe_read_user(&t, 1, (const void *)w->buf);
 	if (t == 'Q' || t == 'P' || t == 'B' || t == 'E')
 		send_stack_tp(ctx, w->pid_tgid, w->ts);
 }
@@ -464,31 +580,26 @@ static __noinline void front_stack(void *ctx, struct fwalk *w)
 /* Steps per send at most: headers plus text chunks. */
 #define FRONT_LOOP_MAX (1 << 20)
 
-static __noinline void front_run(void *ctx, struct fwalk *w, int how)
-{
-	struct front_loop fl = {.ctx = ctx, .w = w};
-
-	fl.fs = how ? front_track(w, how) : bpf_map_lookup_elem(&fronts, &w->key);
-	if (!fl.fs)
-		return;
-	bpf_loop(FRONT_LOOP_MAX, front_cb, &fl, 0);
-}
-
-/* One buffer of a send (an iovec of a sendmsg), walked in the order sent. */
+/* One buffer of a send (an iovec of a sendmsg), walked in the order sent; the first is set up. */
 static long iov_cb(__u32 i, void *data)
 {
-	void **d = data;
-	struct fwalk *w = d[1];
+	struct front_loop *fl = data;
+	struct fwalk *w = fl->w;
 
-	if (!w->left || (w->iov && bpf_probe_read_user(w->vec, sizeof(w->vec),
-						       (const void *)(w->iov + i * 16))))
+	if (w->dead || !w->left)
 		return 1;
-	w->buf = w->vec[0];
-	w->n = w->vec[1] < w->left ? w->vec[1] : w->left;
-	w->pos = 0;
+	if (i > 0) {
+		if (!w->iov ||
+		    bpf_probe_read_user(w->vec, sizeof(w->vec), (const void *)(w->iov + i * 16)))
+			return 1;
+		w->buf = w->vec[0];
+		w->n = w->vec[1] < w->left ? w->vec[1] : w->left;
+		w->pos = 0;
+		front_window(w);
+	}
 	w->left -= w->n;
 	if (w->n)
-		front_run(d[0], w, i == 0 ? w->how : 0);
+		bpf_loop(FRONT_LOOP_MAX, front_cb, fl, 0);
 	return 0;
 }
 
@@ -561,18 +672,33 @@ static __noinline int front_socket(struct fwalk *w)
 	return 1;
 }
 
+/* The walk of a send's buffers; the messages found go out as one record (more if long). */
+static __noinline void front_walk(void *ctx, struct fwalk *w, __u64 niov)
+{
+	struct front_loop fl = {.ctx = ctx, .w = w};
+
+	fl.fs = w->how ? front_track(w, w->how) : bpf_map_lookup_elem(&fronts, &w->key);
+	fl.bat = scratch_area();
+	if (!fl.fs || !fl.bat)
+		return;
+	w->dead = 0;
+	w->bat_n = 0;
+	w->bat_len = 0;
+	bpf_loop(niov, iov_cb, &fl, 0);
+	front_flush(ctx, w, fl.fs, fl.bat); /* nothing left to send after front_bad */
+}
+
 /* Walk a send: its buffers (niov; the first in w->vec), after the thread's Python stack. */
 static __always_inline void front_send(void *ctx, struct fwalk *w, __u64 niov)
 {
-	void *d[2] = {ctx, w};
-
 	w->buf = w->vec[0];
 	w->n = w->vec[1] < w->left ? w->vec[1] : w->left;
 	w->pos = 0;
 	if (!front_socket(w))
 		return;
+	front_window(w);
 	front_stack(ctx, w);
-	bpf_loop(niov, iov_cb, d, 0);
+	front_walk(ctx, w, niov);
 }
 
 #endif

@@ -148,7 +148,8 @@ struct ev_msg {
 /*
  * EV_MSGS: `count` EV_MSG records back to back after this header, each sizeof(struct ev_msg) +
  * its n data bytes rounded up to 8 (`len` bytes in all). One record per read of a socket instead
- * of one per message: a ring buffer record costs the traced thread more than its bytes.
+ * of one per message: a ring buffer record costs the traced thread more than its bytes. The same
+ * for the EV_FMSG records of one send (all of one kind; long text parts go as EV_FMSG alone).
  */
 struct ev_msgs {
 	struct ev_hdr h;
@@ -417,6 +418,7 @@ SQLSPAN_ASSERT(sizeof(struct ev_msg) == 48, "ev_msg size");
 SQLSPAN_ASSERT(sizeof(struct ev_msgs) == 32, "ev_msgs size");
 SQLSPAN_ASSERT(sizeof(struct ev_conn) == 40, "ev_conn size");
 SQLSPAN_ASSERT(sizeof(struct ev_fmsg) == 48, "ev_fmsg size");
+SQLSPAN_ASSERT(sizeof(struct ev_fmsg) == sizeof(struct ev_msg), "EV_MSGS records: one header size");
 SQLSPAN_ASSERT(sizeof(struct ev_connect) == 144, "ev_connect size");
 SQLSPAN_ASSERT(sizeof(struct lib_range) == 48, "lib_range size");
 SQLSPAN_ASSERT(sizeof(struct ev_frame) == 56, "ev_frame size");

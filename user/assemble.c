@@ -1041,10 +1041,14 @@ static void on_conn(struct assembler *a, const struct ev_conn *e, size_t size)
 	}
 }
 
-/* The EV_MSG records of one read, in order. */
+/*
+ * The EV_MSG records of one read, or the EV_FMSG records of one send, in order: records of one
+ * kind, each padded to 8 bytes.
+ */
 static void on_msgs(struct assembler *a, const struct ev_msgs *b, size_t size)
 {
 	const uint8_t *p = (const uint8_t *)(b + 1);
+	uint32_t kind = 0;
 	size_t left;
 
 	if (size < sizeof(*b) || b->len > size - sizeof(*b) || b->len > SQLSPAN_MSGS_MAX) {
@@ -1053,17 +1057,31 @@ static void on_msgs(struct assembler *a, const struct ev_msgs *b, size_t size)
 	}
 	left = b->len;
 	for (uint32_t i = 0; i < b->count; i++) {
-		const struct ev_msg *m = (const void *)p;
-		size_t one;
+		const struct ev_hdr *h = (const void *)p;
+		size_t n, one;
 
-		if (left < sizeof(*m) || m->h.kind != EV_MSG || m->n > left - sizeof(*m)) {
+		if (left < sizeof(struct ev_msg) || (kind && h->kind != kind)) {
 			a->st.bad_records++;
 			return;
 		}
-		one = sizeof(*m) + (((size_t)m->n + 7) & ~(size_t)7);
+		kind = h->kind;
+		if (kind == EV_MSG)
+			n = ((const struct ev_msg *)p)->n;
+		else if (kind == EV_FMSG)
+			n = ((const struct ev_fmsg *)p)->n;
+		else
+			n = SIZE_MAX;
+		if (n > left - sizeof(struct ev_msg)) {
+			a->st.bad_records++;
+			return;
+		}
+		one = sizeof(struct ev_msg) + ((n + 7) & ~(size_t)7);
 		if (one > left)
 			one = left;
-		on_msg(a, m, one);
+		if (kind == EV_MSG)
+			on_msg(a, (const void *)p, one);
+		else
+			on_fmsg(a, (const void *)p, one);
 		p += one;
 		left -= one;
 	}
@@ -1084,7 +1102,7 @@ void asm_record(struct assembler *a, const void *data, size_t size)
 	case EV_REQ:
 		on_req(a, data, size);
 		break;
-	case EV_MSGS: /* EV_MSG records come in these only */
+	case EV_MSGS: /* EV_MSG records come in these only; EV_FMSG ones too, or alone if long */
 		on_msgs(a, data, size);
 		break;
 	case EV_DESYNC:

@@ -75,8 +75,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		}
 		if (len > sizeof(rec))
 			len = sizeof(rec);
-		if (h->kind == EV_MSG) {
-			/* backend messages travel in EV_MSGS records (several per read) */
+		if (h->kind == EV_MSG || (h->kind == EV_FMSG && ((k >> 6) & 2))) {
+			/* backend messages travel in EV_MSGS records (several per read), and
+			 * short frontend ones (several per send) */
 			static uint8_t bat[sizeof(struct ev_msgs) + sizeof(rec)];
 			struct ev_msgs *b = (struct ev_msgs *)bat;
 

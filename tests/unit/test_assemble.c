@@ -157,9 +157,11 @@ static void msgs_send(struct assembler *a, const struct ev_msg *const *m, uint32
 
 	memset(buf, 0, sizeof(buf));
 	for (uint32_t i = 0; i < count; i++) {
-		size_t one = sizeof(*m[i]) + ((m[i]->n + 7u) & ~7u);
+		/* EV_MSG records, or EV_FMSG ones (the same header size, a wider n) */
+		size_t n = m[i]->h.kind == EV_FMSG ? ((const struct ev_fmsg *)m[i])->n : m[i]->n;
+		size_t one = sizeof(*m[i]) + ((n + 7u) & ~(size_t)7u);
 
-		memcpy(buf + sizeof(*b) + len, m[i], sizeof(*m[i]) + m[i]->n);
+		memcpy(buf + sizeof(*b) + len, m[i], sizeof(*m[i]) + n);
 		len += one;
 	}
 	hdr(&b->h, EV_MSGS, 7, 8, 0);
@@ -832,6 +834,9 @@ TEST(transactions)
 
 /* ---- wire sockets: frontend messages as front.bpf.h sends them ---- */
 
+/* front.bpf.h: parts shorter than this are batched */
+#define FRONT_BAT_DATA 512
+
 /*
  * A frontend message whose first `cap` body bytes are sent, in parts of `part` (0: one). The
  * messages of one send share its time: the clock moves with the replies (msg_parts).
@@ -860,7 +865,14 @@ static void fmsg_parts(struct assembler *a, int fd, uint8_t type, const void *bo
 		rec.m.type = type;
 		if (n)
 			memcpy(rec.data, (const uint8_t *)body + off, n);
-		asm_record(a, &rec, sizeof(rec.m) + n);
+		if (n < FRONT_BAT_DATA) {
+			/* short parts travel in EV_MSGS records (front_emit), long ones alone */
+			const struct ev_msg *one = (const void *)&rec;
+
+			msgs_send(a, &one, 1);
+		} else {
+			asm_record(a, &rec, sizeof(rec.m) + n);
+		}
 		off += n;
 	} while (off < cap);
 }
@@ -935,6 +947,55 @@ TEST(wire_asyncpg_flow)
 	CHECK(!G.s[4].has_name);
 	CHECK(G.s[4].in_txn);
 	CHECK_EQ(asm_stats(a)->orphan_msgs, 0);
+	asm_free(a);
+}
+
+/* A frontend message record for a batch (front_emit): body = the whole body. */
+static const struct ev_msg *mk_fmsg(void *buf, uint8_t type, const void *body, uint32_t len)
+{
+	struct ev_fmsg *m = buf;
+
+	memset(buf, 0, sizeof(*m) + 64);
+	hdr(&m->h, EV_FMSG, 7, 8, 0);
+	m->fd = 5;
+	m->len = m->cap = m->n = len;
+	m->type = type;
+	memcpy(m->data, body, len);
+	return buf;
+}
+
+/* Bind, Execute and Sync of one send in one EV_MSGS record; kinds mixed in one are refused. */
+TEST(frontend_messages_of_one_send_in_one_record)
+{
+	struct assembler *a = fresh(4096);
+	uint64_t b1[16], b2[16], b3[16];
+	const struct ev_msg *three[3];
+
+	FMSG(a, 5, 0, "\0\3\0\0user\0bob\0database\0shop\0\0");
+	z(a, 5, 'I');
+	FMSG(a, 5, 'P', "st1\0SELECT 7\0\0\0");
+	fmsg(a, 5, 'S', NULL, 0);
+	msg(a, 5, '1', NULL, 0);
+	z(a, 5, 'I');
+	CHECK_EQ(G.n, 1);
+	three[0] = mk_fmsg(b1, 'B', "\0st1\0\0\0\0\0\0\0", 11);
+	three[1] = mk_fmsg(b2, 'E', "\0\0\0\0", 5);
+	three[2] = mk_fmsg(b3, 'S', "", 0);
+	msgs_send(a, three, 3);
+	msg(a, 5, '2', NULL, 0);
+	msg(a, 5, 'C', "SELECT 1", 1);
+	z(a, 5, 'I');
+	CHECK_EQ(G.n, 2);
+	CHECK_EQ(G.s[1].req, REQ_EXECUTE);
+	CHECK_EQ(G.s[1].result, RES_OK);
+	CHECK_STR(G.s[1].name, "st1");
+	CHECK_STR(G.text[1], "SELECT 7");
+	CHECK_EQ(G.s[1].returned_rows, 1);
+	CHECK_EQ(asm_stats(a)->bad_records, 0);
+	/* a backend message among frontend ones: the batch is refused from there on */
+	three[1] = mk_msg(b2, 'C', "SELECT 1", 0);
+	msgs_send(a, three, 3);
+	CHECK_EQ(asm_stats(a)->bad_records, 1);
 	asm_free(a);
 }
 
@@ -1015,8 +1076,9 @@ TEST(random_records)
 			((struct ev_fmsg *)buf)->type = "QPBEDCSHX\0dp"[(x >> 48) % 12];
 		}
 		n = (x >> 20) % sizeof(buf);
-		if (((struct ev_hdr *)buf)->kind == EV_MSG) {
-			/* in a batch of one, as the BPF side sends it: n bytes of record */
+		if (((struct ev_hdr *)buf)->kind == EV_MSG ||
+		    (((struct ev_hdr *)buf)->kind == EV_FMSG && (x >> 58) % 2)) {
+			/* in a batch, as the BPF side sends them: n bytes of record */
 			static uint8_t bat[sizeof(struct ev_msgs) + sizeof(buf)];
 			struct ev_msgs *b = (struct ev_msgs *)bat;
 
@@ -1054,6 +1116,7 @@ int main(void)
 		CASE(identity_from_the_bpf_side),
 		CASE(transactions),
 		CASE(wire_asyncpg_flow),
+		CASE(frontend_messages_of_one_send_in_one_record),
 		CASE(wire_errors_parts_and_losses),
 		CASE(random_records),
 	};
