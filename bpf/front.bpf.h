@@ -23,7 +23,7 @@
  * about the same for 5 bytes as for 256): the headers, names and short bodies of a typical
  * request (Bind, Execute, Sync) come from the copy.
  */
-#define FRONT_WIN 256
+#define FRONT_WIN WALK_WIN
 /*
  * Parts of message bodies shorter than this travel together, as one EV_MSGS record per send (a
  * ring buffer record costs the traced thread more than its bytes); longer ones (SQL text) alone.
@@ -540,7 +540,7 @@ static __noinline int front_step(void *ctx, struct fwalk *w, struct front_state 
 		fs->hdr_have = avail;
 		return 1;
 	}
-	if (front_bytes(w, w->hdr, 5, w->pos))
+	if (!win_hdr(w->hdr, w->win, w->win_len, w->pos) && front_bytes(w, w->hdr, 5, w->pos))
 		return front_bad(ctx, w, fs, bat, DESYNC_READ_FAULT);
 	w->pos += 5;
 	return front_header(ctx, w, fs, bat);
@@ -571,7 +571,7 @@ static __noinline void front_stack(void *ctx, struct fwalk *w)
 	__u32 tgid = w->pid_tgid >> 32;
 	__u8 t = w->win[0];
 
-	if (!w->win_len || !bpf_map_lookup_elem(&pyprocs, &tgid))
+	if (!python_stacks || !w->win_len || !bpf_map_lookup_elem(&pyprocs, &tgid))
 		return;
 	if (t == 'Q' || t == 'P' || t == 'B' || t == 'E')
 		send_stack_tp(ctx, w->pid_tgid, w->ts);

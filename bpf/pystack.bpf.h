@@ -19,6 +19,9 @@ struct {
 	__type(value, struct py_cfg);
 } pyprocs SEC(".maps");
 
+/* Python stacks are read at all (not --no-python): set by the loader, spares a lookup a request. */
+const volatile bool python_stacks = true;
+
 /* thread id -> its PyThreadState */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -592,11 +595,14 @@ DEFINE_FRAME_CB(frame_cb_loop, 1)
 	PRE __noinline int NAME(CTX *ctx, __u64 pid_tgid, __u64 ts_key)                            \
 	{                                                                                          \
 		__u32 tgid = pid_tgid >> 32;                                                       \
-		struct py_cfg *cfg = bpf_map_lookup_elem(&pyprocs, &tgid);                         \
+		struct py_cfg *cfg;                                                                \
 		struct stack_buf *sb;                                                              \
 		bool wake;                                                                         \
 		__u64 n;                                                                           \
                                                                                                    \
+		if (!python_stacks)                                                                \
+			return 0;                                                                  \
+		cfg = bpf_map_lookup_elem(&pyprocs, &tgid);                                        \
 		if (!cfg)                                                                          \
 			return 0;                                                                  \
 		sb = thread_entry(&stackbufs);                                                     \

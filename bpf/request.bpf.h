@@ -300,15 +300,14 @@ static __noinline int req_text_inline(struct req_work *rw)
 
 /*
  * The statement text in chunks, each record as long as its text (built in the thread's scratch
- * area, then copied out). Global functions, verified once; LOOPED: with bpf_loop (5.17+).
+ * area, then copied out). LOOPED: with bpf_loop (5.17+). Static: the request's work area is
+ * handed over, not looked up again (each has one caller: verified once all the same).
  */
 #define DEFINE_REQ_TEXT(NAME, LOOPED)                                                              \
-	__noinline int NAME(struct pt_regs *ctx)                                                   \
+	static __noinline int NAME(struct pt_regs *ctx, struct req_work *rw)                       \
 	{                                                                                          \
-		struct text_ctx tc = {.rw = thread_entry(&works), .ctx = ctx};                     \
+		struct text_ctx tc = {.rw = rw, .ctx = ctx};                                       \
                                                                                                    \
-		if (!tc.rw)                                                                        \
-			return 0;                                                                  \
 		tc.rw->off = 0;                                                                    \
 		tc.rw->r.nchunks = 0;                                                              \
 		if (req_text_inline(tc.rw))                                                        \
@@ -413,7 +412,7 @@ static __always_inline int req_enter(struct pt_regs *ctx, __u32 api_outer, __u64
 		if (req_start(ctx, rw))                                                            \
 			return 0;                                                                  \
 		if (rw->text)                                                                      \
-			TEXT(ctx);                                                                 \
+			TEXT(ctx, rw);                                                             \
 		if (rw->r.api != API_PIPELINE_SYNC)                                                \
 			STACK(ctx, rw->pid_tgid, rw->r.h.ts);                                      \
 		req_emit(ctx, rw);                                                                 \

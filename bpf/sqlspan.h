@@ -26,9 +26,14 @@
 /* Body bytes copied from a backend message: short and long records. */
 #define SQLSPAN_MSG_SHORT 64
 #define SQLSPAN_MSG_LONG  512
-/* Values of the BPF `pids` map: traced; traced and its sockets followed for the protocol. */
-#define PID_TRACED_LIBPQ 1
-#define PID_TRACED_WIRE	 3
+/*
+ * What the BPF `pids` map holds of a process, two bits per PID: traced; traced and its sockets
+ * followed for the protocol. PIDs up to the kernel's limit (PID_MAX_LIMIT on 64-bit).
+ */
+#define PID_TRACED_LIBPQ  1
+#define PID_TRACED_WIRE	  3
+#define SQLSPAN_PID_LIMIT (1u << 22)
+#define SQLSPAN_PID_WORDS (SQLSPAN_PID_LIMIT / 32)
 
 /* Address ranges of libpq text segments a process may have mapped. */
 #define SQLSPAN_MAX_LIBS 4

@@ -39,6 +39,25 @@ struct walk {
 	__u8 win[WALK_WIN + SQLSPAN_MSG_SHORT]; /* room after it: copies from it stay in bounds */
 };
 
+/*
+ * A message header (5 bytes) at offset off of a window of win_len bytes (win: WALK_WIN bytes
+ * and room after them), by plain loads, no helper call. 0 if the window does not have it.
+ */
+static __always_inline int win_hdr(__u8 *hdr, const __u8 *win, __u32 win_len, __u32 off)
+{
+	const __u8 *p;
+
+	if (off + 5 > win_len || off >= WALK_WIN)
+		return 0;
+	p = &win[off & (WALK_WIN - 1)];
+	hdr[0] = p[0];
+	hdr[1] = p[1];
+	hdr[2] = p[2];
+	hdr[3] = p[3];
+	hdr[4] = p[4];
+	return 1;
+}
+
 /* n bytes of the read at offset off: from the window if it has them (short ones); 0 on success. */
 static __always_inline long walk_bytes(struct walk *w, void *dst, __u32 n, __u64 off)
 {
@@ -350,7 +369,7 @@ static __noinline int walk_step(void *ctx, struct walk *w, struct fd_state *st, 
 		walk_stash(w, st);
 		return 1;
 	}
-	if (walk_bytes(w, w->hdr, 5, w->pos)) {
+	if (!win_hdr(w->hdr, w->win, w->win_len, w->pos) && walk_bytes(w, w->hdr, 5, w->pos)) {
 		walk_desync(ctx, w, st, bat, DESYNC_READ_FAULT);
 		return 1;
 	}

@@ -582,6 +582,7 @@ static int open_and_load(struct tracer *t)
 	if (chunks > SQLSPAN_MAX_CHUNKS - 1)
 		chunks = SQLSPAN_MAX_CHUNKS - 1;
 	skel->rodata->text_max_chunks = chunks;
+	skel->rodata->python_stacks = !t->cli.no_python;
 	if (t->use_ringbuf) {
 		bpf_map__set_max_entries(skel->maps.events, t->cli.ring_mb << 20);
 		skel->rodata->wakeup_bytes = (uint64_t)(t->cli.ring_mb << 20) / 8;
@@ -838,11 +839,12 @@ int main(int argc, char **argv)
 	/* the processes: BPF filter first, then libpq probes */
 	for (int i = 0; i < t->nprocs; i++) {
 		struct proc_target *p = &t->procs[i];
-		uint32_t key = p->pid;
-		uint8_t one = 1;
 
-		bpf_map__update_elem(t->skel->maps.pids, &key, sizeof(key), &one, sizeof(one),
-				     BPF_ANY);
+		if (probes_pid_flags(t, p->pid, PID_TRACED_LIBPQ)) {
+			fprintf(stderr, "sqlspan: PID %d: cannot be traced (beyond PID %u)\n",
+				p->pid, SQLSPAN_PID_LIMIT - 1);
+			goto cleanup;
+		}
 		if (!t->cli.no_python)
 			python_setup(t, p);
 		r = probes_scan(t, p);

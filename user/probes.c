@@ -338,13 +338,9 @@ int probes_scan(struct tracer *t, struct proc_target *p)
 		push_libs(t, p);
 	wire |= t->cli.wire;
 	if (wire && !p->wire) {
-		uint32_t key = p->pid;
-		uint8_t v = PID_TRACED_WIRE;
-
 		/* only where the frontend walk exists (bpf_loop kernels) */
 		if (t->use_loop)
-			bpf_map__update_elem(t->skel->maps.pids, &key, sizeof(key), &v, sizeof(v),
-					     BPF_ANY);
+			probes_pid_flags(t, p->pid, PID_TRACED_WIRE);
 		p->wire = true;
 	}
 	if (p->wire && t->use_loop && ssl_path[0] && !p->tls_tried) {
@@ -382,6 +378,21 @@ int probes_predict(struct tracer *t, struct proc_target *p)
 	return added;
 }
 
+int probes_pid_flags(struct tracer *t, pid_t pid, unsigned flags)
+{
+	uint32_t key = (uint32_t)pid / 32, shift = ((uint32_t)pid % 32) * 2;
+	uint64_t word = 0;
+
+	if (pid <= 0 || (uint32_t)pid >= SQLSPAN_PID_LIMIT)
+		return -1;
+	/* the loader alone writes the words (one thread): read, change two bits, write */
+	if (bpf_map__lookup_elem(t->skel->maps.pids, &key, sizeof(key), &word, sizeof(word), 0))
+		return -1;
+	word = (word & ~(3ULL << shift)) | ((uint64_t)(flags & 3) << shift);
+	return bpf_map__update_elem(t->skel->maps.pids, &key, sizeof(key), &word, sizeof(word),
+				    BPF_ANY);
+}
+
 void probes_detach(struct tracer *t, struct proc_target *p)
 {
 	uint32_t key = p->pid;
@@ -396,7 +407,7 @@ void probes_detach(struct tracer *t, struct proc_target *p)
 	p->tls_tried = false;
 	if (t->skel) {
 		bpf_map__delete_elem(t->skel->maps.libs, &key, sizeof(key), 0);
-		bpf_map__delete_elem(t->skel->maps.pids, &key, sizeof(key), 0);
+		probes_pid_flags(t, p->pid, 0);
 	}
 }
 
