@@ -87,12 +87,31 @@ struct fwalk {
 	__u8 win[2 * FRONT_WIN];     /* room after the window: copies from it stay in bounds */
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 4096);
-	__type(key, __u32);
-	__type(value, struct fwalk);
-} fwalks SEC(".maps");
+/*
+ * In the thread's scratch area (one lookup for both): below the reply walk's place, clear of the
+ * records built from the start (a batch, a long text part) and of the Python stack's window
+ * (front_stack runs while the walk is set up).
+ */
+#define FWALK_AT (WALK_AT - ((sizeof(struct fwalk) + 7) & ~7UL))
+_Static_assert(FWALK_AT >= sizeof(struct ev_msgs) + SQLSPAN_MSGS_MAX + sizeof(struct ev_fmsg) +
+				   FRONT_BAT_DATA,
+	       "the send walk clear of the batch");
+_Static_assert(FWALK_AT >= sizeof(struct ev_fmsg) + 4096, "the send walk clear of a long part");
+_Static_assert(FWALK_AT >= PY_WIN, "the send walk clear of the Python stack's window");
+
+/* The calling thread's send walk; NULL if its scratch area cannot be had. */
+static __always_inline struct fwalk *thread_fwalk(void)
+{
+	struct scratch *s = thread_entry(&scratches);
+
+	return s ? (struct fwalk *)&s->bytes[FWALK_AT] : NULL;
+}
+
+/* The scratch area a send walk lives in (the verifier follows the constant offset back). */
+static __always_inline struct scratch *fwalk_scratch(struct fwalk *w)
+{
+	return (struct scratch *)((__u8 *)w - FWALK_AT);
+}
 
 #include "tls.bpf.h"
 
@@ -613,14 +632,15 @@ static __always_inline struct fwalk *front_entry(struct trace_event_raw_sys_exit
 
 	if (ctx->ret <= 0 || !wire_process(tgid))
 		return NULL;
-	w = thread_entry(&fwalks);
+	w = thread_fwalk();
 	if (!w)
 		return NULL;
+	/* a typed pointer: its fields are loaded directly, not through helper calls */
 	regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 	w->key.tgid = tgid;
-	w->key.fd = (__s32)PT_REGS_PARM1_CORE(regs);
+	w->key.fd = (__s32)regs->di;
 	w->fd = w->key.fd;
-	w->arg = PT_REGS_PARM2_CORE(regs);
+	w->arg = regs->si;
 	w->pid_tgid = pid_tgid;
 	w->left = ctx->ret;
 	w->ts = bpf_ktime_get_ns();
@@ -678,8 +698,8 @@ static __noinline void front_walk(void *ctx, struct fwalk *w, __u64 niov)
 	struct front_loop fl = {.ctx = ctx, .w = w};
 
 	fl.fs = w->how ? front_track(w, w->how) : bpf_map_lookup_elem(&fronts, &w->key);
-	fl.bat = scratch_area();
-	if (!fl.fs || !fl.bat)
+	fl.bat = fwalk_scratch(w);
+	if (!fl.fs)
 		return;
 	w->dead = 0;
 	w->bat_n = 0;

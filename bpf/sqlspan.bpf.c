@@ -179,7 +179,7 @@ static __always_inline struct walk *walk_begin(struct trace_event_raw_sys_exit *
 
 	if (!a)
 		return NULL;
-	w = ret > 0 ? thread_entry(&walks) : NULL;
+	w = ret > 0 ? thread_walk() : NULL;
 	if (!w) {
 		bpf_map_delete_elem(&recvs, &tid);
 		return NULL;
@@ -227,7 +227,7 @@ int tp_exit_recvfrom_loop(struct trace_event_raw_sys_exit *ctx)
 	st = bpf_map_lookup_elem(&fds, &k);
 	if (!st)
 		return 0;
-	w = thread_entry(&walks);
+	w = thread_walk();
 	if (!w)
 		return 0;
 	walk_init(w, regs->si, k.fd, pid_tgid, ret);
@@ -297,7 +297,7 @@ static __noinline struct fwalk *tls_write_walk(struct pt_regs *ctx)
 	if (!num || !wire_process(tgid))
 		return NULL;
 	fd = tls_stream(tgid, PT_REGS_PARM1(ctx)); /* -1: not bound yet */
-	w = thread_entry(&fwalks);
+	w = thread_fwalk();
 	if (!w)
 		return NULL;
 	w->key.tgid = tgid;
@@ -375,7 +375,7 @@ int BPF_KRETPROBE(ur_ssl_read, int ok)
 	if (!r)
 		return 0;
 	if (ok != 1 || bpf_probe_read_user(&n, sizeof(n), (const void *)r->nread) || !n ||
-	    n > (1u << 30) || !(w = thread_entry(&walks))) {
+	    n > (1u << 30) || !(w = thread_walk())) {
 		bpf_map_delete_elem(&ssl_reads, &tid);
 		return 0;
 	}
@@ -419,10 +419,10 @@ SEC("tracepoint/syscalls/sys_exit_recvfrom")
 int tp_walk_more(void *ctx)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct walk *w = bpf_map_lookup_elem(&walks, &tid);
+	struct scratch *s = bpf_map_lookup_elem(&scratches, &tid);
 
-	if (w)
-		walk_run(ctx, w);
+	if (s)
+		walk_run(ctx, walk_in(s));
 	return 0;
 }
 

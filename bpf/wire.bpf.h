@@ -76,13 +76,35 @@ static __noinline void walk_window(struct walk *w)
 	w->win_len = w->n && !bpf_probe_read_user(w->win, n, (const void *)w->buf) ? n : 0;
 }
 
-/* per thread: a program can be preempted mid-walk on recent kernels (see buffer.bpf.h) */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 4096);
-	__type(key, __u32);
-	__type(value, struct walk);
-} walks SEC(".maps");
+/*
+ * Per thread (a program can be preempted mid-walk on recent kernels, see buffer.bpf.h), at the end
+ * of the thread's scratch area, whose start holds the batch of records being built: one lookup
+ * finds both.
+ */
+#define WALK_AT (sizeof(struct scratch) - ((sizeof(struct walk) + 7) & ~7UL))
+_Static_assert(WALK_AT >= sizeof(struct ev_msgs) + SQLSPAN_MSGS_MAX + sizeof(struct ev_msg) +
+				  SQLSPAN_MSG_LONG,
+	       "the walk clear of the batch");
+
+/* The thread's walk, in its scratch area s (thread_entry(&scratches)). */
+static __always_inline struct walk *walk_in(struct scratch *s)
+{
+	return (struct walk *)&s->bytes[WALK_AT];
+}
+
+/* The calling thread's walk; NULL if its scratch area cannot be had. */
+static __always_inline struct walk *thread_walk(void)
+{
+	struct scratch *s = thread_entry(&scratches);
+
+	return s ? walk_in(s) : NULL;
+}
+
+/* The scratch area a walk lives in (the verifier follows the constant offset back). */
+static __always_inline struct scratch *walk_scratch(struct walk *w)
+{
+	return (struct scratch *)((__u8 *)w - WALK_AT);
+}
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
@@ -408,10 +430,10 @@ static __always_inline struct fd_state *walk_state(struct walk *w, struct fd_sta
 static __noinline int walk_run(void *ctx, struct walk *w)
 {
 	struct fd_state *st = walk_state(w, NULL);
-	struct scratch *bat = scratch_get();
+	struct scratch *bat = walk_scratch(w);
 	int i;
 
-	if (!st || !bat)
+	if (!st)
 		return 0;
 	if (w->tails == 0)
 		walk_window(w);
@@ -460,8 +482,8 @@ static __noinline void walk_run_loop(void *ctx, struct walk *w, struct fd_state 
 	struct loop_ctx lc = {.ctx = ctx, .w = w};
 
 	lc.st = walk_state(w, st);
-	lc.bat = scratch_area();
-	if (!lc.st || !lc.bat)
+	lc.bat = walk_scratch(w);
+	if (!lc.st)
 		return;
 	walk_window(w);
 	if (!walk_resume(ctx, w, lc.st, lc.bat)) {
