@@ -189,19 +189,25 @@ static __always_inline __u64 fb64(struct stack_buf *sb, __s32 off)
 	return *(__u64 *)&sb->fb[off & (SQLSPAN_FRAME_READ - 8)];
 }
 
-/* Read PY_WIN bytes ending with the frame at sb->frame (or from its page on); 0 on success. */
+/*
+ * Read PY_WIN bytes ending with the frame at sb->frame (or from its page on); 0 on success. A
+ * suspended greenlet's frames sit at the start of its own data stack chunk (a mapping of its own):
+ * the bytes below them are not mapped, and a read that fails there costs the thread a page fault
+ * (more than several reads that succeed): from the frame's page on, at once.
+ */
 static __noinline int py_read_window(struct stack_buf *sb, struct scratch *win)
 {
 	__u64 f = sb->frame, lo = f + SQLSPAN_FRAME_READ - PY_WIN, n;
 
 	sb->win_len = 0;
-	if (!bpf_probe_read_user(win->bytes, PY_WIN, (const void *)lo)) {
+	if (!sb->glet && !bpf_probe_read_user(win->bytes, PY_WIN, (const void *)lo)) {
 		sb->win_lo = lo;
 		sb->win_len = PY_WIN;
 		return 0;
 	}
 	/* the bytes below may be another mapping's, or none: from the frame's page on */
-	lo = f & ~4095ULL;
+	if ((f & ~4095ULL) > lo)
+		lo = f & ~4095ULL;
 	n = f + SQLSPAN_FRAME_READ - lo;
 	if (n > PY_WIN)
 		return -1;
