@@ -226,14 +226,36 @@ def spread(xs):
     return statistics.median(xs), (q[2] - q[0]) / 2
 
 
+def lower_quartile(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 4]
+
+
+def paired(t, ref):
+    """N statements in each of two application processes on one CPU, batch by batch in turn
+    (t, ref, ref, t, ...): whatever the machine does to one batch it does to its neighbour. µs
+    per statement (wall, CPU) of t and of ref, each the lower quartile of its batches."""
+    got = {t: [], ref: []}
+    for k in range(max(4, N // BATCH)):
+        for app in ((t, ref) if k % 2 == 0 else (ref, t)):
+            got[app].append([int(x) for x in app.cmd("run %d %d" % (BATCH, BATCH))])
+    return tuple(lower_quartile(v[i] for v in got[app]) / BATCH / 1000
+                 for app in (t, ref) for i in (0, 1))
+
+
 def latency(cluster, env, floor_ns, overhead_ns):
     say("## 2. Added latency and CPU per statement (SELECT 1, SQLAlchemy 2.0, Unix socket)")
     say("")
-    say("%d rounds of %d statements per mode; in each round every mode runs once in the same "
-        "application process (order rotated), and what a mode adds is its difference from that "
-        "round's untraced phase: the table shows the median difference ± half the interquartile "
-        "range. CPU is the application process's own CPU time (user + system: probe hits are "
-        "charged to it). Wall time also carries the server and scheduling noise." % (ROUNDS, N))
+    say("Two application processes run the same loop on one CPU, batches of %d statements in "
+        "turn (%d statements each per phase): whatever the machine does to one batch it does to "
+        "its neighbour. In each of %d rounds every mode runs once (order rotated) with one "
+        "process traced in that mode and the other as the reference (the roles swap each "
+        "round); what a mode adds is its traced-minus-reference difference less that round's "
+        "difference with neither traced. The table shows the median over rounds ± half the "
+        "interquartile range; each phase's figure is the lower quartile of its batches (the "
+        "machine only ever adds time). CPU is the process's own CPU time (user + system: probe "
+        "hits are charged to it). Wall time also carries the server and scheduling noise."
+        % (BATCH, max(4, N // BATCH) * BATCH, ROUNDS))
     say("")
     say("| driver | mode | wall µs/stmt | CPU µs/stmt | added CPU µs | added wall µs | "
         "in-process / sqlspan |")
@@ -241,13 +263,13 @@ def latency(cluster, env, floor_ns, overhead_ns):
     summary = {}
     accounts = []
     for driver in ("psycopg2", "psycopg", "asyncpg"):
-        app = App(driver, cluster, env)
-        libpq = libpq_of(app.pid)
+        apps = [App(driver, cluster, env), App(driver, cluster, env)]
+        libpq = libpq_of(apps[0].pid)
         modes = ["untraced", "in-process tracer",
                  "sqlspan --no-python (driver level)", "sqlspan (with Python call site)"]
         site = None
         if libpq:  # asyncpg: no libpq, no uprobes (its sockets' syscall tracepoints)
-            site = probe_site(app)
+            site = probe_site(apps[0])
             if site:
                 modes.append("empty uprobe at sqlspan's probe (%s, %s)" % site)
             modes.append("PQgetResult uprobe+uretprobe (not taken)")
@@ -255,6 +277,7 @@ def latency(cluster, env, floor_ns, overhead_ns):
         stats = {m: {} for m in modes}
         kinds = {}
         for r in range(ROUNDS):
+            app, ref = apps[r % 2], apps[1 - r % 2]
             order = modes[r % len(modes):] + modes[:r % len(modes)]
             for m in order:
                 tr = floor_p = None
@@ -267,11 +290,11 @@ def latency(cluster, env, floor_ns, overhead_ns):
                 elif m.startswith("PQgetResult") or m.startswith("empty uprobe"):
                     where = (["PQgetResult", "ret"] if m.startswith("PQgetResult") else
                              [site[0]])
-                    floor_p = subprocess.Popen([FLOOR, "attach", str(app.pid), libpq, *where],
-                                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                               text=True)
+                    floor_p = subprocess.Popen([FLOOR, "attach", str(app.pid), libpq_of(app.pid),
+                                                *where], stdin=subprocess.PIPE,
+                                               stdout=subprocess.PIPE, text=True)
                     floor_p.stdout.readline()
-                res[m].append(app.run(N))
+                res[m].append(paired(app, ref))
                 if tr:
                     text = tr.stop()
                     kinds.update(probe_kinds(text))
@@ -284,17 +307,23 @@ def latency(cluster, env, floor_ns, overhead_ns):
                 elif floor_p:
                     floor_p.stdin.close()
                     floor_p.wait()
-        app.close()
-        base = res["untraced"]
+        for a in apps:
+            a.close()
+        base = res["untraced"]  # per round: (wall, cpu) of the process, then of the reference
+
+        def added(m, i):
+            """what mode m adds per round: traced - reference, less the same untraced"""
+            return [(x[i] - x[i + 2]) - (b[i] - b[i + 2]) for x, b in zip(res[m], base)]
+
         say("| %s | untraced | %.1f | %.1f | | | |" % (
             driver, statistics.median(x[0] for x in base), statistics.median(x[1] for x in base)))
-        inproc = spread([x[1] - b[1] for x, b in zip(res["in-process tracer"], base)])[0]
+        inproc = spread(added("in-process tracer", 1))[0]
         R[("inproc", driver)] = inproc
         for m in modes[1:]:
             w = statistics.median(x[0] for x in res[m])
             c = statistics.median(x[1] for x in res[m])
-            dc, sc = spread([x[1] - b[1] for x, b in zip(res[m], base)])
-            dw, sw = spread([x[0] - b[0] for x, b in zip(res[m], base)])
+            dc, sc = spread(added(m, 1))
+            dw, sw = spread(added(m, 0))
             ratio = ("%.0fx" % (inproc / dc) if m != "in-process tracer" and dc > 0.05 else
                      ("cost below the noise" if m != "in-process tracer" else ""))
             say("| %s | %s | %.1f | %.1f | %.2f ± %.2f | %.2f ± %.2f | %s |" % (
@@ -325,7 +354,7 @@ def account(accounts, floor_ns, overhead_ns):
         "BPF programs' run time (kernel.bpf_stats_enabled, on during the run; the request "
         "program is tail-called, so its time counts under the probe that called it). The "
         "recvfrom tracepoints run for every process on the host: their time here includes the "
-        "PostgreSQL server's own reads, which they filter out. The run time the kernel reports "
+        "PostgreSQL server's own reads and the reference process's, which they filter out. The run time the kernel reports "
         "includes its own clock reads around each run: an empty program is reported at %.1f ns "
         "a run on this machine, and that much is taken off each run (the *runs* column counts "
         "them; what remains uncounted is the few ns of calling a program, which for uprobes "
@@ -335,7 +364,7 @@ def account(accounts, floor_ns, overhead_ns):
         "accounted µs |")
     say("|---|---|---|---|---|---|---|")
     for driver, m, stats, kinds in accounts:
-        n = N * ROUNDS
+        n = max(4, N // BATCH) * BATCH * ROUNDS  # statements of the traced process
         trap = 0.0
         hits = []
         for prog, (runs, _) in sorted(stats.items()):
