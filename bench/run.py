@@ -534,10 +534,10 @@ def targets():
     """The issue's targets against this run, as lines."""
     out = ["## Against the targets", "",
            "Added app CPU per statement: *accounted* = probe traps at the floor's (hot-cache) "
-           "price + the BPF programs' measured run time; *measured* = the paired difference of the "
-           "application's own CPU time (median ± half IQR; on this shared VM its spread is "
-           "several µs, and in the application a trap costs more than in the floor's hot loop: "
-           "compare the empty-uprobe row of section 2).", "",
+           "price + the BPF programs' measured run time; *measured* = the application's own CPU time, "
+           "traced minus untraced, from two application processes in turn (section 2; median ± "
+           "half IQR). In the application a uprobe trap costs several times its hot-loop price "
+           "(caches cold between statements): compare the empty-uprobe rows of section 2.", "",
            "| target | result | met |", "|---|---|---|"]
 
     def row(what, result, ok):
