@@ -143,4 +143,27 @@ static __always_inline void hdr_fill(struct ev_hdr *h, __u32 kind, __u64 pid_tgi
 	h->ts = ts;
 }
 
+/*
+ * Send the n records (len bytes) built after room for an EV_MSGS header at the start of the
+ * thread's scratch area, as one EV_MSGS record. 0 if handed over; else they are lost (counted
+ * here) and the caller marks its stream, so that the next record tells userspace.
+ */
+static __always_inline int batch_send(void *ctx, void *bat, __u64 pid_tgid, __u64 ts, __u32 n,
+				      __u32 len)
+{
+	struct ev_msgs *b = bat;
+
+	if (len > SQLSPAN_MSGS_MAX)
+		return 0; /* never: the builders send before */
+	hdr_fill(&b->h, EV_MSGS, pid_tgid, ts, 0);
+	b->count = n;
+	b->len = len;
+	if (rec_output(ctx, b, sizeof(*b) + len)) {
+		stat_add(ST_DROP_MSG, n);
+		return -1;
+	}
+	stat_add(ST_MSGS, n);
+	return 0;
+}
+
 #endif

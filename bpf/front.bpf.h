@@ -263,24 +263,14 @@ static __noinline struct front_state *front_track(struct fwalk *w, int how)
 static __noinline void front_flush(void *ctx, struct fwalk *w, struct front_state *fs,
 				   struct scratch *bat)
 {
-	struct ev_msgs *b = (void *)bat->bytes;
 	__u32 len = w->bat_len, n = w->bat_n;
 
 	if (!n)
 		return;
 	w->bat_n = 0;
 	w->bat_len = 0;
-	if (len > SQLSPAN_MSGS_MAX)
-		return; /* never: front_emit flushes before */
-	hdr_fill(&b->h, EV_MSGS, w->pid_tgid, w->ts, 0);
-	b->count = n;
-	b->len = len;
-	if (rec_output(ctx, b, sizeof(*b) + len)) {
-		fs->flags |= FR_GAP; /* the next record tells userspace */
-		stat_add(ST_DROP_MSG, n);
-		return;
-	}
-	stat_add(ST_MSGS, n);
+	if (batch_send(ctx, bat->bytes, w->pid_tgid, w->ts, n, len))
+		fs->flags |= FR_GAP;
 }
 
 /* An EV_FMSG record's header, for the current message of the walk; the gap flag is taken. */

@@ -189,24 +189,14 @@ static __always_inline int msg_cap(__u8 t, __u32 body)
 static __noinline void walk_flush(void *ctx, struct walk *w, struct fd_state *st,
 				  struct scratch *bat)
 {
-	struct ev_msgs *b = (void *)bat->bytes;
 	__u32 len = w->bat_len, n = w->bat_n;
 
 	if (!n)
 		return;
 	w->bat_n = 0;
 	w->bat_len = 0;
-	if (len > SQLSPAN_MSGS_MAX)
-		return; /* never: walk_emit_sz flushes before */
-	hdr_fill(&b->h, EV_MSGS, w->pid_tgid, w->ts, 0);
-	b->count = n;
-	b->len = len;
-	if (rec_output(ctx, b, sizeof(*b) + len)) {
-		st->flags |= FS_GAP; /* the next record tells userspace */
-		stat_add(ST_DROP_MSG, n);
-		return;
-	}
-	stat_add(ST_MSGS, n);
+	if (batch_send(ctx, bat->bytes, w->pid_tgid, w->ts, n, len))
+		st->flags |= FS_GAP;
 }
 
 static __noinline void walk_desync(void *ctx, struct walk *w, struct fd_state *st,
