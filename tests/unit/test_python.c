@@ -1,8 +1,11 @@
 // SPDX-License-Identifier: MIT
 /* Python support: line tables of real CPython builds, frame classification, layouts. */
+#include <unistd.h>
 #include "check.h"
 #include "pylayout.h"
 #include "pyline.h"
+#include "pystack.h"
+#include "span.h"
 
 /*
  * co_linetable and the line of every code unit, as CPython itself reports them (co_lines()),
@@ -95,8 +98,131 @@ TEST(layout_tables)
 	CHECK(py_debug_map(0x030e0000) != NULL);
 }
 
+/*
+ * Long-lived code objects (hot_codes): named once from the map after HOT_HITS stacks, and dropped
+ * when the object at that address is no longer the one named (freed, the memory reused by
+ * another code object). The "process" is this test itself: a code object and its strings laid
+ * out in its own memory with a layout made for them.
+ */
+struct fake_str {
+	int64_t len;
+	uint32_t state;
+	uint32_t pad;
+	char data[24];
+};
+
+static void fake_str(struct fake_str *s, const char *v)
+{
+	memset(s, 0, sizeof(*s));
+	s->len = (int64_t)strlen(v);
+	s->state = (1u << 2) | (1u << 5) | (1u << 6); /* kind 1, compact, ascii */
+	memcpy(s->data, v, strlen(v));
+}
+
+static struct hot_code hot_seen[8];
+static int hot_calls;
+
+static void hot_set(void *arg, uint32_t slot, const struct hot_code *hc)
+{
+	(void)arg;
+	(void)slot;
+	if (hot_calls < 8)
+		hot_seen[hot_calls] = *hc;
+	hot_calls++;
+}
+
+static void resolve_one(struct pystacks *ps, uint64_t code, uint32_t ident, struct span_py *out)
+{
+	static uint8_t rec[sizeof(struct ev_stack) + sizeof(struct ev_frame)];
+	struct ev_stack *st = (struct ev_stack *)rec;
+
+	memset(rec, 0, sizeof(rec));
+	st->h.kind = EV_STACK;
+	st->h.pid = getpid();
+	st->nframes = 1;
+	st->frames[0].code = code;
+	st->frames[0].ident = ident;
+	pystacks_resolve(ps, st, sizeof(rec), out);
+}
+
+static void py_out_free(struct span_py *o)
+{
+	free(o->function);
+	free(o->file);
+	free(o->stack);
+	free(o->sa_statement);
+	free(o->problem);
+	memset(o, 0, sizeof(*o));
+}
+
+TEST(hot_code_named_then_dropped_when_replaced)
+{
+	static struct fake_str file, name, other;
+	/* co_filename, co_name, co_qualname side by side (as in CPython, as the check reads them)
+	 */
+	static uint64_t code[8];
+	struct py_target t = {.version = 0x030c0000};
+	struct pystacks ps = {.hot_set = hot_set};
+	uint64_t c = (uint64_t)(uintptr_t)code;
+	uint32_t ident, ident2;
+	struct span_py out;
+
+	fake_str(&file, "/srv/app/views.py");
+	fake_str(&name, "handler");
+	fake_str(&other, "other_function");
+	t.layout.code_filename = 8;
+	t.layout.code_name = 16;
+	t.layout.code_qualname = 24;
+	t.layout.code_linetable = 32;
+	t.layout.code_firstlineno = 40;
+	t.layout.code_adaptive = 64;
+	t.layout.unicode_length = 0;
+	t.layout.unicode_state = 8;
+	t.layout.unicode_ascii_data = 16;
+	t.layout.unicode_compact_data = 16;
+	code[1] = (uint64_t)(uintptr_t)&file;
+	code[2] = (uint64_t)(uintptr_t)&name;
+	code[3] = (uint64_t)(uintptr_t)&name;
+	code[5] = 10; /* co_firstlineno */
+	ident = FRAME_IDENT(code[1], code[3]);
+	CHECK(pystacks_add(&ps, getpid(), &t) != NULL);
+	/* named from memory; hot after HOT_HITS stacks, once */
+	for (int i = 0; i < 40; i++) {
+		resolve_one(&ps, c, ident, &out);
+		CHECK_STR(out.function, "handler");
+		py_out_free(&out);
+	}
+	CHECK_EQ(hot_calls, 1);
+	CHECK_EQ(hot_seen[0].code, c);
+	CHECK_EQ(hot_seen[0].ident, ident);
+	CHECK(hot_seen[0].flags & HOT_APP);
+	CHECK_EQ(ps.nhot, 1);
+	/* still the same object: kept */
+	pystacks_check_hot(&ps);
+	CHECK_EQ(hot_calls, 1);
+	CHECK_EQ(ps.hot_dropped, 0);
+	/* the object is freed and its memory holds another code object now */
+	code[2] = code[3] = (uint64_t)(uintptr_t)&other;
+	ident2 = FRAME_IDENT(code[1], code[3]);
+	pystacks_check_hot(&ps);
+	CHECK_EQ(hot_calls, 2); /* the slot freed on the BPF side */
+	CHECK_EQ(hot_seen[1].code, 0);
+	CHECK_EQ(ps.hot_dropped, 1);
+	CHECK_EQ(ps.nhot, 0);
+	/* a record that still names the old object: its frame left out, never misnamed */
+	resolve_one(&ps, c, ident, &out);
+	CHECK(out.function == NULL);
+	py_out_free(&out);
+	/* the new object is named for what it is */
+	resolve_one(&ps, c, ident2, &out);
+	CHECK_STR(out.function, "other_function");
+	py_out_free(&out);
+	pystacks_free(&ps);
+}
+
 int main(void)
 {
-	static const struct test_case cases[] = {CASE(line_tables), CASE(layout_tables)};
+	static const struct test_case cases[] = {CASE(line_tables), CASE(layout_tables),
+						 CASE(hot_code_named_then_dropped_when_replaced)};
 	return RUN("python", cases);
 }
