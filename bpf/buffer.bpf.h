@@ -144,17 +144,50 @@ static __always_inline void hdr_fill(struct ev_hdr *h, __u32 kind, __u64 pid_tgi
 }
 
 /*
- * Send the n records (len bytes) built after room for an EV_MSGS header at the start of the
- * thread's scratch area, as one EV_MSGS record. 0 if handed over; else they are lost (counted
- * here) and the caller marks its stream, so that the next record tells userspace.
+ * Records being built in the thread's scratch area, after room for an EV_MSGS header, to go out
+ * as one EV_MSGS record (a ring buffer record costs the traced thread more than its bytes).
  */
-static __always_inline int batch_send(void *ctx, void *bat, __u64 pid_tgid, __u64 ts, __u32 n,
-				      __u32 len)
-{
-	struct ev_msgs *b = bat;
+struct batch {
+	__u32 n;   /* records */
+	__u32 len; /* their bytes */
+};
 
+/* Room in the batch for one more record of up to datasz data bytes? */
+static __always_inline bool batch_room(struct batch *b, __u32 datasz)
+{
+	return b->len + sizeof(struct ev_msg) + datasz <= SQLSPAN_MSGS_MAX;
+}
+
+/* Where the next record of the batch is built. */
+static __always_inline void *batch_slot(struct scratch *area, struct batch *b)
+{
+	return &area->bytes[sizeof(struct ev_msgs) + (b->len & (SQLSPAN_MSGS_MAX - 1))];
+}
+
+/* The record built at batch_slot, with n data bytes, is part of the batch. */
+static __always_inline void batch_add(struct batch *b, __u64 n)
+{
+	b->len += sizeof(struct ev_msg) + ((n + 7) & ~7ULL);
+	b->n++;
+}
+
+/*
+ * Send the batch, if any, as one EV_MSGS record, and start a new one. 0 if handed over (or
+ * empty); else its records are lost (counted here) and the caller marks its stream, so that
+ * the next record tells userspace.
+ */
+static __always_inline int batch_flush(void *ctx, struct batch *bt, struct scratch *area,
+				       __u64 pid_tgid, __u64 ts)
+{
+	struct ev_msgs *b = (void *)area->bytes;
+	__u32 n = bt->n, len = bt->len;
+
+	if (!n)
+		return 0;
+	bt->n = 0;
+	bt->len = 0;
 	if (len > SQLSPAN_MSGS_MAX)
-		return 0; /* never: the builders send before */
+		return 0; /* never: the builders check batch_room */
 	hdr_fill(&b->h, EV_MSGS, pid_tgid, ts, 0);
 	b->count = n;
 	b->len = len;
@@ -163,6 +196,63 @@ static __always_inline int batch_send(void *ctx, void *bat, __u64 pid_tgid, __u6
 		return -1;
 	}
 	stat_add(ST_MSGS, n);
+	return 0;
+}
+
+/*
+ * A window on a buffer in user memory: its first WIN_BYTES bytes, copied in one read (a user
+ * memory read costs about the same for 5 bytes as for 256), so that the headers and short bodies
+ * of a typical read or send come from the copy. Room after them: copies out stay in bounds.
+ */
+#define WIN_BYTES 256
+/* reads through a window: fewer bytes than this (SQLSPAN_MSG_LONG, FRONT_BAT_DATA) */
+#define WIN_READ_MAX 512
+
+struct win {
+	__u32 len; /* bytes of the buffer held (0: none) */
+	__u32 _pad;
+	__u8 bytes[2 * WIN_BYTES];
+};
+
+/* Copy the first bytes of the n at buf. */
+static __noinline void win_fill(struct win *wn, __u64 buf, __u32 n)
+{
+	__u32 k = n < WIN_BYTES ? n : WIN_BYTES;
+
+	k = ((k - 1) & (WIN_BYTES - 1)) + 1; /* as it was: 1 to WIN_BYTES, the verifier sure */
+	wn->len = n && !bpf_probe_read_user(wn->bytes, k, (const void *)buf) ? k : 0;
+}
+
+/* n (< WIN_READ_MAX) bytes at offset off of the buffer at buf: from the window if it has them. */
+static __always_inline long win_bytes(struct win *wn, __u64 buf, void *dst, __u32 n, __u64 off)
+{
+	__u64 k = n;
+
+	/* the masks, kept from the compiler: the verifier sure of the size */
+	if (n < WIN_BYTES && off + n <= wn->len) {
+		asm volatile("%[k] &= %[mask]" : [k] "+r"(k) : [mask] "i"(WIN_BYTES - 1));
+		return bpf_probe_read_kernel(dst, k, &wn->bytes[off & (WIN_BYTES - 1)]);
+	}
+	asm volatile("%[k] &= %[mask]" : [k] "+r"(k) : [mask] "i"(WIN_READ_MAX - 1));
+	return bpf_probe_read_user(dst, k, (const void *)(buf + off));
+}
+
+/*
+ * A message header (5 bytes) at offset off: by plain loads from the window if it has it (no
+ * helper call), else read. 0 on success.
+ */
+static __always_inline long win_hdr(struct win *wn, __u64 buf, __u8 *hdr, __u32 off)
+{
+	const __u8 *p;
+
+	if (off + 5 > wn->len || off >= WIN_BYTES)
+		return bpf_probe_read_user(hdr, 5, (const void *)(buf + off));
+	p = &wn->bytes[off & (WIN_BYTES - 1)];
+	hdr[0] = p[0];
+	hdr[1] = p[1];
+	hdr[2] = p[2];
+	hdr[3] = p[3];
+	hdr[4] = p[4];
 	return 0;
 }
 

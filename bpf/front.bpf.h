@@ -19,16 +19,11 @@
 /* Body bytes of a StartupMessage sent (protocol version and parameters: user, database, ...). */
 #define FRONT_STARTUP_CAP 1024
 /*
- * The first FRONT_WIN bytes of each buffer sent are copied in one read (a user memory read costs
- * about the same for 5 bytes as for 256): the headers, names and short bodies of a typical
- * request (Bind, Execute, Sync) come from the copy.
- */
-#define FRONT_WIN WALK_WIN
-/*
  * Parts of message bodies shorter than this travel together, as one EV_MSGS record per send (a
  * ring buffer record costs the traced thread more than its bytes); longer ones (SQL text) alone.
  */
 #define FRONT_BAT_DATA 512
+_Static_assert(FRONT_BAT_DATA <= WIN_READ_MAX, "batched parts read through win_bytes");
 
 #define PG_PROTO_3     0x00030000u
 #define PG_SSL_REQUEST 80877103u
@@ -78,13 +73,10 @@ struct fwalk {
 	__u64 left;   /* bytes sent not walked yet */
 	__u64 vec[2]; /* the iovec being read: base, length */
 	int how;
-	__u32 win_len; /* bytes of the buffer in win (0: none) */
-	__u32 bat_n;   /* EV_FMSG records in the batch being built (the thread's scratch area) */
-	__u32 bat_len; /* and their bytes */
-	__u32 dead;    /* the socket's stream was given up (front_bad): the send is not walked on */
-	__u32 _pad2;
+	__u32 dead; /* the socket's stream was given up (front_bad): the send is not walked on */
+	struct batch bat; /* the EV_FMSG records of this send (the thread's scratch area) */
+	struct win win;	  /* the first bytes of the buffer being walked (Bind, Execute, Sync) */
 	__u8 junk[SQLSPAN_NAME_LEN]; /* where names are read to measure them */
-	__u8 win[2 * FRONT_WIN];     /* room after the window: copies from it stay in bounds */
 };
 
 /*
@@ -142,44 +134,18 @@ static __always_inline __u32 be32(const __u8 *b)
 	return ((__u32)b[0] << 24) | ((__u32)b[1] << 16) | ((__u32)b[2] << 8) | b[3];
 }
 
-/*
- * n (< FRONT_BAT_DATA) bytes of the buffer at offset off: from the window if it has them; 0 on
- * success.
- */
-static __always_inline long front_bytes(struct fwalk *w, void *dst, __u32 n, __u32 off)
-{
-	__u64 k = n;
-
-	/* the masks, kept from the compiler: the verifier sure of the size */
-	if (n < FRONT_WIN && off < FRONT_WIN && off + n <= w->win_len) {
-		asm volatile("%[k] &= %[mask]" : [k] "+r"(k) : [mask] "i"(FRONT_WIN - 1));
-		return bpf_probe_read_kernel(dst, k, &w->win[off & (FRONT_WIN - 1)]);
-	}
-	asm volatile("%[k] &= %[mask]" : [k] "+r"(k) : [mask] "i"(FRONT_BAT_DATA - 1));
-	return bpf_probe_read_user(dst, k, (const void *)(w->buf + off));
-}
-
 /* The length (with its NUL, at most SQLSPAN_NAME_LEN) of the string at offset off; <= 0: fault. */
 static __always_inline long front_strlen(struct fwalk *w, __u32 off)
 {
 	long r;
 
-	if (off < FRONT_WIN) {
+	if (off < WIN_BYTES) {
 		r = bpf_probe_read_kernel_str(w->junk, SQLSPAN_NAME_LEN,
-					      &w->win[off & (FRONT_WIN - 1)]);
-		if (r > 0 && off + r <= w->win_len)
+					      &w->win.bytes[off & (WIN_BYTES - 1)]);
+		if (r > 0 && off + r <= w->win.len)
 			return r;
 	}
 	return bpf_probe_read_user_str(w->junk, SQLSPAN_NAME_LEN, (const void *)(w->buf + off));
-}
-
-/* Copy the window: the buffer's first bytes. */
-static __noinline void front_window(struct fwalk *w)
-{
-	__u32 n = w->n < FRONT_WIN ? w->n : FRONT_WIN;
-
-	n = ((n - 1) & (FRONT_WIN - 1)) + 1; /* as it was: 1 to FRONT_WIN, the verifier sure */
-	w->win_len = w->n && !bpf_probe_read_user(w->win, n, (const void *)w->buf) ? n : 0;
 }
 
 /* ---- is this send the PostgreSQL protocol? ---- */
@@ -263,13 +229,7 @@ static __noinline struct front_state *front_track(struct fwalk *w, int how)
 static __noinline void front_flush(void *ctx, struct fwalk *w, struct front_state *fs,
 				   struct scratch *bat)
 {
-	__u32 len = w->bat_len, n = w->bat_n;
-
-	if (!n)
-		return;
-	w->bat_n = 0;
-	w->bat_len = 0;
-	if (batch_send(ctx, bat->bytes, w->pid_tgid, w->ts, n, len))
+	if (batch_flush(ctx, &w->bat, bat, w->pid_tgid, w->ts))
 		fs->flags |= FR_GAP;
 }
 
@@ -286,8 +246,7 @@ static __always_inline void fmsg_fill(struct ev_fmsg *m, struct fwalk *w, struct
 	m->_pad[0] = m->_pad[1] = m->_pad[2] = 0;
 }
 
-/* A long part (SQL text): after the batch, in a record of its own built at the scratch area's
- * start. */
+/* A long part (SQL text): after the batch, alone, built at the scratch area's start. */
 static __always_inline void front_emit_alone(void *ctx, struct fwalk *w, struct front_state *fs,
 					     struct scratch *bat, __u32 want)
 {
@@ -320,16 +279,15 @@ static __noinline void front_emit(void *ctx, struct fwalk *w, struct front_state
 		front_emit_alone(ctx, w, fs, bat, want);
 		return;
 	}
-	if (w->bat_len + sizeof(*m) + FRONT_BAT_DATA > SQLSPAN_MSGS_MAX)
+	if (!batch_room(&w->bat, FRONT_BAT_DATA))
 		front_flush(ctx, w, fs, bat);
-	m = (void *)&bat->bytes[sizeof(struct ev_msgs) + (w->bat_len & (SQLSPAN_MSGS_MAX - 1))];
+	m = batch_slot(bat, &w->bat);
 	fmsg_fill(m, w, fs);
 	n &= FRONT_BAT_DATA - 1;
-	if (n && front_bytes(w, m->data, n, w->pos))
+	if (n && win_bytes(&w->win, w->buf, m->data, n, w->pos))
 		n = 0;
 	m->n = n;
-	w->bat_len += sizeof(*m) + ((n + 7) & ~7ULL);
-	w->bat_n++;
+	batch_add(&w->bat, n);
 }
 
 /* Text bytes sent per statement at most: the loader's text limit. */
@@ -447,7 +405,7 @@ static __noinline int front_startup(void *ctx, struct fwalk *w, struct front_sta
 	__u32 len;
 	struct fd_state *st;
 
-	if (w->n - w->pos < 8 || front_bytes(w, w->hdr, 8, w->pos))
+	if (w->n - w->pos < 8 || win_bytes(&w->win, w->buf, w->hdr, 8, w->pos))
 		return front_bad(ctx, w, fs, bat, DESYNC_BAD_HEADER);
 	fs->flags &= ~FR_STARTUP;
 	if (w->hdr[0] == 22 && w->hdr[1] == 3) { /* a TLS ClientHello */
@@ -520,7 +478,7 @@ static __noinline int front_step(void *ctx, struct fwalk *w, struct front_state 
 			for (int i = 0; i < 4; i++) {
 				if (i >= avail || have >= 5)
 					break;
-				front_bytes(w, &fs->hdr[have & 7], 1, w->pos);
+				win_bytes(&w->win, w->buf, &fs->hdr[have & 7], 1, w->pos);
 				have++;
 				w->pos++;
 			}
@@ -531,7 +489,7 @@ static __noinline int front_step(void *ctx, struct fwalk *w, struct front_state 
 		for (int i = 0; i < 4; i++) {
 			if (have >= 5)
 				break;
-			front_bytes(w, &w->hdr[have & 7], 1, w->pos);
+			win_bytes(&w->win, w->buf, &w->hdr[have & 7], 1, w->pos);
 			have++;
 			w->pos++;
 		}
@@ -543,13 +501,13 @@ static __noinline int front_step(void *ctx, struct fwalk *w, struct front_state 
 		for (int i = 0; i < 4; i++) {
 			if (i >= avail)
 				break;
-			front_bytes(w, &fs->hdr[i & 7], 1, w->pos);
+			win_bytes(&w->win, w->buf, &fs->hdr[i & 7], 1, w->pos);
 			w->pos++;
 		}
 		fs->hdr_have = avail;
 		return 1;
 	}
-	if (!win_hdr(w->hdr, w->win, w->win_len, w->pos) && front_bytes(w, w->hdr, 5, w->pos))
+	if (win_hdr(&w->win, w->buf, w->hdr, w->pos))
 		return front_bad(ctx, w, fs, bat, DESYNC_READ_FAULT);
 	w->pos += 5;
 	return front_header(ctx, w, fs, bat);
@@ -578,9 +536,9 @@ static long front_cb(__u32 i, void *data)
 static __noinline void front_stack(void *ctx, struct fwalk *w)
 {
 	__u32 tgid = w->pid_tgid >> 32;
-	__u8 t = w->win[0];
+	__u8 t = w->win.bytes[0];
 
-	if (!python_stacks || !w->win_len || !bpf_map_lookup_elem(&pyprocs, &tgid))
+	if (!python_stacks || !w->win.len || !bpf_map_lookup_elem(&pyprocs, &tgid))
 		return;
 	if (t == 'Q' || t == 'P' || t == 'B' || t == 'E')
 		send_stack_tp(ctx, w->pid_tgid, w->ts);
@@ -604,7 +562,7 @@ static long iov_cb(__u32 i, void *data)
 		w->buf = w->vec[0];
 		w->n = w->vec[1] < w->left ? w->vec[1] : w->left;
 		w->pos = 0;
-		front_window(w);
+		win_fill(&w->win, w->buf, w->n);
 	}
 	w->left -= w->n;
 	if (w->n)
@@ -692,8 +650,8 @@ static __noinline void front_walk(void *ctx, struct fwalk *w, __u64 niov)
 	if (!fl.fs)
 		return;
 	w->dead = 0;
-	w->bat_n = 0;
-	w->bat_len = 0;
+	w->bat.n = 0;
+	w->bat.len = 0;
 	bpf_loop(niov, iov_cb, &fl, 0);
 	front_flush(ctx, w, fl.fs, fl.bat); /* nothing left to send after front_bad */
 }
@@ -706,7 +664,7 @@ static __always_inline void front_send(void *ctx, struct fwalk *w, __u64 niov)
 	w->pos = 0;
 	if (!front_socket(w))
 		return;
-	front_window(w);
+	win_fill(&w->win, w->buf, w->n);
 	front_stack(ctx, w);
 	front_walk(ctx, w, niov);
 }

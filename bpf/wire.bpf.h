@@ -11,12 +11,7 @@
 /* Messages visited per program run; a read with more continues through tail calls. */
 #define WALK_STEPS 128
 #define WALK_TAILS 32
-
-/*
- * The first WALK_WIN bytes of a read are copied in one go (a user memory read costs about the same
- * for 5 bytes as for 256): the headers and short bodies of a typical reply come from the copy.
- */
-#define WALK_WIN 256
+_Static_assert(SQLSPAN_MSG_LONG <= WIN_READ_MAX, "message bodies read through win_bytes");
 
 /* The walk of one read, kept per CPU so that a tail call can continue it. */
 struct walk {
@@ -27,54 +22,14 @@ struct walk {
 	__s32 fd;
 	__u32 tails;
 	struct fd_key key;
-	__u8 hdr[8];   /* the message header being read */
-	__u64 esrc;    /* what walk_emit sends: from here */
-	__u32 ewant;   /* this many bytes */
-	__u32 eoff;    /* at this offset in the message body */
-	__u64 ts;      /* when the read returned: the time of every message in it */
-	__u32 win_len; /* bytes of the read in win (0: none) */
-	__u32 bat_n;   /* EV_MSG records in the batch being built (the thread's scratch area) */
-	__u32 bat_len; /* and their bytes */
-	__u32 _pad;
-	__u8 win[WALK_WIN + SQLSPAN_MSG_SHORT]; /* room after it: copies from it stay in bounds */
+	__u8 hdr[8];	  /* the message header being read */
+	__u64 esrc;	  /* what walk_emit sends: from here */
+	__u32 ewant;	  /* this many bytes */
+	__u32 eoff;	  /* at this offset in the message body */
+	__u64 ts;	  /* when the read returned: the time of every message in it */
+	struct batch bat; /* the EV_MSG records of this read (the thread's scratch area) */
+	struct win win;	  /* the read's first bytes */
 };
-
-/*
- * A message header (5 bytes) at offset off of a window of win_len bytes (win: WALK_WIN bytes
- * and room after them), by plain loads, no helper call. 0 if the window does not have it.
- */
-static __always_inline int win_hdr(__u8 *hdr, const __u8 *win, __u32 win_len, __u32 off)
-{
-	const __u8 *p;
-
-	if (off + 5 > win_len || off >= WALK_WIN)
-		return 0;
-	p = &win[off & (WALK_WIN - 1)];
-	hdr[0] = p[0];
-	hdr[1] = p[1];
-	hdr[2] = p[2];
-	hdr[3] = p[3];
-	hdr[4] = p[4];
-	return 1;
-}
-
-/* n bytes of the read at offset off: from the window if it has them (short ones); 0 on success. */
-static __always_inline long walk_bytes(struct walk *w, void *dst, __u32 n, __u64 off)
-{
-	if (n < SQLSPAN_MSG_SHORT && off + n <= w->win_len)
-		return bpf_probe_read_kernel(dst, n & (SQLSPAN_MSG_SHORT - 1),
-					     &w->win[off & (WALK_WIN - 1)]);
-	return bpf_probe_read_user(dst, n, (const void *)(w->buf + off));
-}
-
-/* Copy the window: the read's first bytes. */
-static __noinline void walk_window(struct walk *w)
-{
-	__u32 n = w->n < WALK_WIN ? w->n : WALK_WIN;
-
-	n = ((n - 1) & (WALK_WIN - 1)) + 1; /* as it was: 1 to WALK_WIN, the verifier sure */
-	w->win_len = w->n && !bpf_probe_read_user(w->win, n, (const void *)w->buf) ? n : 0;
-}
 
 /*
  * Per thread (a program can be preempted mid-walk on recent kernels, see buffer.bpf.h), at the end
@@ -189,13 +144,7 @@ static __always_inline int msg_cap(__u8 t, __u32 body)
 static __noinline void walk_flush(void *ctx, struct walk *w, struct fd_state *st,
 				  struct scratch *bat)
 {
-	__u32 len = w->bat_len, n = w->bat_n;
-
-	if (!n)
-		return;
-	w->bat_n = 0;
-	w->bat_len = 0;
-	if (batch_send(ctx, bat->bytes, w->pid_tgid, w->ts, n, len))
+	if (batch_flush(ctx, &w->bat, bat, w->pid_tgid, w->ts))
 		st->flags |= FS_GAP;
 }
 
@@ -234,9 +183,9 @@ static __always_inline void walk_emit_sz(void *ctx, struct walk *w, struct fd_st
 	struct ev_msg *m;
 	__u64 n;
 
-	if (w->bat_len + sizeof(struct ev_msg) + datasz > SQLSPAN_MSGS_MAX)
+	if (!batch_room(&w->bat, datasz))
 		walk_flush(ctx, w, st, bat);
-	m = (void *)&bat->bytes[sizeof(struct ev_msgs) + (w->bat_len & (SQLSPAN_MSGS_MAX - 1))];
+	m = batch_slot(bat, &w->bat);
 	/* a gap before this message: it says so, and the flag is taken (set again if lost) */
 	hdr_fill(&m->h, EV_MSG, w->pid_tgid, w->ts, (st->flags & FS_GAP) ? EVF_GAP : 0);
 	st->flags &= ~FS_GAP;
@@ -251,14 +200,13 @@ static __always_inline void walk_emit_sz(void *ctx, struct walk *w, struct fd_st
 	 */
 	n = want;
 	asm volatile("%[n] &= %[mask]" : [n] "+r"(n) : [mask] "i"(datasz - 1));
-	if (n && walk_bytes(w, m->data, n, src - w->buf))
+	if (n && win_bytes(&w->win, w->buf, m->data, n, src - w->buf))
 		n = 0;
 	m->n = n;
 	/* the rows counted so far travel with this record */
 	if (off == 0)
 		st->rows = 0;
-	w->bat_len += sizeof(struct ev_msg) + ((n + 7) & ~7ULL);
-	w->bat_n++;
+	batch_add(&w->bat, n);
 }
 
 static __noinline void walk_emit(void *ctx, struct walk *w, struct fd_state *st,
@@ -325,7 +273,7 @@ static __always_inline void walk_stash(struct walk *w, struct fd_state *st)
 	for (int i = 0; i < 4; i++) {
 		if (w->pos >= w->n || have >= 4)
 			break;
-		walk_bytes(w, &st->hdr[have & 7], 1, w->pos);
+		win_bytes(&w->win, w->buf, &st->hdr[have & 7], 1, w->pos);
 		have++;
 		w->pos++;
 	}
@@ -344,7 +292,7 @@ static __noinline int walk_resume(void *ctx, struct walk *w, struct fd_state *st
 			return w->pos >= w->n;
 		/* four bytes kept; the fifth is here */
 		__builtin_memcpy(w->hdr, st->hdr, 4);
-		if (walk_bytes(w, &w->hdr[4], 1, w->pos)) {
+		if (win_bytes(&w->win, w->buf, &w->hdr[4], 1, w->pos)) {
 			walk_desync(ctx, w, st, bat, DESYNC_READ_FAULT);
 			return 1;
 		}
@@ -381,7 +329,7 @@ static __noinline int walk_step(void *ctx, struct walk *w, struct fd_state *st, 
 		walk_stash(w, st);
 		return 1;
 	}
-	if (!win_hdr(w->hdr, w->win, w->win_len, w->pos) && walk_bytes(w, w->hdr, 5, w->pos)) {
+	if (win_hdr(&w->win, w->buf, w->hdr, w->pos)) {
 		walk_desync(ctx, w, st, bat, DESYNC_READ_FAULT);
 		return 1;
 	}
@@ -398,9 +346,9 @@ static __always_inline void walk_init(struct walk *w, __u64 buf, __s32 fd, __u64
 	w->n = n;
 	w->pos = 0;
 	w->tails = 0;
-	w->win_len = 0;
-	w->bat_n = 0;
-	w->bat_len = 0;
+	w->win.len = 0;
+	w->bat.n = 0;
+	w->bat.len = 0;
 	w->ts = bpf_ktime_get_ns();
 	stat_add(ST_RECVS, 1);
 }
@@ -426,7 +374,7 @@ static __noinline int walk_run(void *ctx, struct walk *w)
 	if (!st)
 		return 0;
 	if (w->tails == 0)
-		walk_window(w);
+		win_fill(&w->win, w->buf, w->n);
 	if (w->tails == 0 && walk_resume(ctx, w, st, bat))
 		goto out;
 	for (i = 0; i < WALK_STEPS; i++) {
@@ -475,7 +423,7 @@ static __noinline void walk_run_loop(void *ctx, struct walk *w, struct fd_state 
 	lc.bat = walk_scratch(w);
 	if (!lc.st)
 		return;
-	walk_window(w);
+	win_fill(&w->win, w->buf, w->n);
 	if (!walk_resume(ctx, w, lc.st, lc.bat)) {
 		bpf_loop(WALK_LOOP_MAX, walk_loop_cb, &lc, 0);
 		if (w->pos < w->n)
