@@ -24,12 +24,6 @@ import run  # noqa: E402  (bench/run.py: the app, the cluster, the parsing of sq
 MODES = {"driver": ("driver level", ["--no-python"]), "site": ("with call site", [])}
 
 
-def bpf_us(text, n, overhead_ns):
-    """{program: µs per statement}"""
-    return {p: max(0.0, ns - runs * overhead_ns) / n / 1000
-            for p, (runs, ns) in run.bpf_time(text).items()}
-
-
 def main():
     if len(sys.argv) < 3 or os.geteuid() != 0:
         sys.exit("usage (as root): bench/ab.py BUILD_A BUILD_B [BUILD...]")
@@ -65,7 +59,7 @@ def main():
                             run.SQLSPAN = builds[b]
                             tr = run.Sqlspan(app.pid, args)
                             app.run(run.N)
-                            got[b].append(bpf_us(tr.stop(), run.N, overhead))
+                            got[b].append(run.bpf_us(run.bpf_time(tr.stop()), run.N, overhead))
                     for b in range(len(builds)):
                         tot = [sum(x.values()) for x in got[b]]
                         diff = [t - sum(a.values()) for t, a in zip(tot, got[0])]

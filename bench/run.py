@@ -29,6 +29,7 @@ PY = "/usr/bin/python3"
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "15"))
 N = int(os.environ.get("BENCH_N", "3000"))
 BATCH = 100  # statements per timed batch
+PAIRS = max(4, N // BATCH)  # batches of each process per phase (section 2)
 OUT = []
 R = {}  # figures for the targets table: name -> value
 NCPU = os.cpu_count() or 1
@@ -93,9 +94,7 @@ class App:
         process or the hypervisor taking the CPU only ever adds time: the low batches are the
         ones it left alone."""
         v = [int(x) for x in self.cmd("run %d %d" % (n, batch))]
-        walls, cpus = sorted(v[0::2]), sorted(v[1::2])
-        q = len(walls) // 4
-        return walls[q] / batch / 1000, cpus[q] / batch / 1000
+        return lower_quartile(v[0::2]) / batch / 1000, lower_quartile(v[1::2]) / batch / 1000
 
     def close(self):
         self.p.stdin.write("quit\n")
@@ -196,6 +195,12 @@ def bpf_time(text):
     return out
 
 
+def bpf_us(stats, n, overhead_ns):
+    """{program: µs per statement} from {program: (runs, ns)} over n statements, the stats
+    clock's own cost (overhead_ns a run) taken off."""
+    return {p: max(0.0, (ns - runs * overhead_ns) / n / 1000) for p, (runs, ns) in stats.items()}
+
+
 def probe_kinds(text):
     """{libpq function: 'emulated' | 'single-stepped'} from sqlspan -v's placement lines."""
     return {m.group(1): m.group(2)
@@ -236,7 +241,7 @@ def paired(t, ref):
     (t, ref, ref, t, ...): whatever the machine does to one batch it does to its neighbour. µs
     per statement (wall, CPU) of t and of ref, each the lower quartile of its batches."""
     got = {t: [], ref: []}
-    for k in range(max(4, N // BATCH)):
+    for k in range(PAIRS):
         for app in ((t, ref) if k % 2 == 0 else (ref, t)):
             got[app].append([int(x) for x in app.cmd("run %d %d" % (BATCH, BATCH))])
     return tuple(lower_quartile(v[i] for v in got[app]) / BATCH / 1000
@@ -255,7 +260,7 @@ def latency(cluster, env, floor_ns, overhead_ns):
         "interquartile range; each phase's figure is the lower quartile of its batches (the "
         "machine only ever adds time). CPU is the process's own CPU time (user + system: probe "
         "hits are charged to it). Wall time also carries the server and scheduling noise."
-        % (BATCH, max(4, N // BATCH) * BATCH, ROUNDS))
+        % (BATCH, PAIRS * BATCH, ROUNDS))
     say("")
     say("| driver | mode | wall µs/stmt | CPU µs/stmt | added CPU µs | added wall µs | "
         "in-process / sqlspan |")
@@ -364,7 +369,7 @@ def account(accounts, floor_ns, overhead_ns):
         "accounted µs |")
     say("|---|---|---|---|---|---|---|")
     for driver, m, stats, kinds in accounts:
-        n = max(4, N // BATCH) * BATCH * ROUNDS  # statements of the traced process
+        n = PAIRS * BATCH * ROUNDS  # statements of the traced process
         trap = 0.0
         hits = []
         for prog, (runs, _) in sorted(stats.items()):
@@ -373,8 +378,7 @@ def account(accounts, floor_ns, overhead_ns):
                 kind = kinds.get(fn, "?")
                 trap += runs / n * floor_ns.get(kind, 0) / 1000
                 hits.append("%.2f %s (%s)" % (runs / n, fn, kind))
-        per = {p: max(0.0, (ns - runs * overhead_ns) / n / 1000)
-               for p, (runs, ns) in stats.items()}
+        per = bpf_us(stats, n, overhead_ns)
         nruns = sum(runs for runs, _ in stats.values()) / n
         bpf_us = sum(per.values())
         progs = ", ".join("%s %.2f" % (p, v) for p, v in

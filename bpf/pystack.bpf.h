@@ -581,8 +581,6 @@ DEFINE_FRAME_CB(frame_cb_loop, 1)
 			wc.win = scratch_area();                                                   \
 			if (!wc.win)                                                               \
 				return;                                                            \
-		}                                                                                  \
-		if (LOOPED) {                                                                      \
 			bpf_loop(SQLSPAN_MAX_FRAMES, frame_cb_loop, &wc, 0);                       \
 		} else {                                                                           \
 			for (int i = 0; i < SQLSPAN_MAX_FRAMES; i++) {                             \

@@ -62,7 +62,7 @@ struct assembler *asm_new(const struct asm_hooks *hooks, size_t max_text, uint64
 	return a;
 }
 
-static void span_py_free(struct span_py *p)
+void span_py_free(struct span_py *p)
 {
 	free(p->function);
 	free(p->file);

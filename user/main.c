@@ -840,9 +840,16 @@ int main(int argc, char **argv)
 	for (int i = 0; i < t->nprocs; i++) {
 		struct proc_target *p = &t->procs[i];
 
-		if (probes_pid_flags(t, p->pid, PID_TRACED_LIBPQ)) {
-			fprintf(stderr, "sqlspan: PID %d: cannot be traced (beyond PID %u)\n",
-				p->pid, SQLSPAN_PID_LIMIT - 1);
+		r = probes_pid_flags(t, p->pid, PID_TRACED_LIBPQ);
+		if (r) {
+			if (r == -ERANGE)
+				fprintf(stderr,
+					"sqlspan: PID %d: beyond PID %u, cannot be traced\n",
+					p->pid, SQLSPAN_PID_LIMIT - 1);
+			else
+				fprintf(stderr,
+					"sqlspan: PID %d: cannot be added to the BPF filter: %s\n",
+					p->pid, strerror(-r));
 			goto cleanup;
 		}
 		if (!t->cli.no_python)

@@ -382,12 +382,14 @@ int probes_pid_flags(struct tracer *t, pid_t pid, unsigned flags)
 {
 	uint32_t key = (uint32_t)pid / 32, shift = ((uint32_t)pid % 32) * 2;
 	uint64_t word = 0;
+	int r;
 
 	if (pid <= 0 || (uint32_t)pid >= SQLSPAN_PID_LIMIT)
-		return -1;
+		return -ERANGE;
 	/* the loader alone writes the words (one thread): read, change two bits, write */
-	if (bpf_map__lookup_elem(t->skel->maps.pids, &key, sizeof(key), &word, sizeof(word), 0))
-		return -1;
+	r = bpf_map__lookup_elem(t->skel->maps.pids, &key, sizeof(key), &word, sizeof(word), 0);
+	if (r)
+		return r;
 	word = (word & ~(3ULL << shift)) | ((uint64_t)(flags & 3) << shift);
 	return bpf_map__update_elem(t->skel->maps.pids, &key, sizeof(key), &word, sizeof(word),
 				    BPF_ANY);

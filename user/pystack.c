@@ -217,7 +217,7 @@ static void hot_add(struct pystacks *ps, struct pyproc *pp, uint64_t code, struc
 		return;
 	if (ps->hot[slot].code)
 		return;
-	ps->hot[slot] = (struct hot_entry){code, pp->pid, c->ident, hc.flags};
+	ps->hot[slot] = (struct hot_entry){code, pp->pid, c->ident};
 	ps->nhot++;
 	c->hot = true;
 	ps->hot_set(ps->arg, slot, &hc);

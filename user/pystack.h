@@ -49,7 +49,6 @@ struct hot_entry {
 	uint64_t code; /* 0: the slot is free */
 	pid_t pid;
 	uint32_t ident;
-	uint32_t flags; /* HOT_* */
 };
 
 struct pystacks {

@@ -67,6 +67,9 @@ struct span_py {
 	char *problem;	    /* why the stack could not be read, if it could not */
 };
 
+/* Free what a span_py holds and clear it. */
+void span_py_free(struct span_py *p);
+
 /* How a transaction ended. */
 enum txn_outcome {
 	TXN_COMMIT = 0,

@@ -81,7 +81,10 @@ int probes_scan(struct tracer *t, struct proc_target *p);
 int probes_predict(struct tracer *t, struct proc_target *p);
 /* Remove every probe of a process. */
 void probes_detach(struct tracer *t, struct proc_target *p);
-/* What the BPF side knows of a process (the `pids` map): PID_TRACED_*, or 0 to forget it. */
+/*
+ * What the BPF side knows of a process (the `pids` map): PID_TRACED_*, or 0 to forget it. 0 or a
+ * negative errno (-ERANGE: a PID beyond SQLSPAN_PID_LIMIT).
+ */
 int probes_pid_flags(struct tracer *t, pid_t pid, unsigned flags);
 /* Probe a process's libssl (path: through its root) for its TLS wire connections' plaintext. */
 int tls_attach(struct tracer *t, struct proc_target *p, const char *path, const char *shown);

@@ -145,16 +145,6 @@ static void resolve_one(struct pystacks *ps, uint64_t code, uint32_t ident, stru
 	pystacks_resolve(ps, st, sizeof(rec), out);
 }
 
-static void py_out_free(struct span_py *o)
-{
-	free(o->function);
-	free(o->file);
-	free(o->stack);
-	free(o->sa_statement);
-	free(o->problem);
-	memset(o, 0, sizeof(*o));
-}
-
 TEST(hot_code_named_then_dropped_when_replaced)
 {
 	static struct fake_str file, name, other;
@@ -190,7 +180,7 @@ TEST(hot_code_named_then_dropped_when_replaced)
 	for (int i = 0; i < 40; i++) {
 		resolve_one(&ps, c, ident, &out);
 		CHECK_STR(out.function, "handler");
-		py_out_free(&out);
+		span_py_free(&out);
 	}
 	CHECK_EQ(hot_calls, 1);
 	CHECK_EQ(hot_seen[0].code, c);
@@ -212,11 +202,11 @@ TEST(hot_code_named_then_dropped_when_replaced)
 	/* a record that still names the old object: its frame left out, never misnamed */
 	resolve_one(&ps, c, ident, &out);
 	CHECK(out.function == NULL);
-	py_out_free(&out);
+	span_py_free(&out);
 	/* the new object is named for what it is */
 	resolve_one(&ps, c, ident2, &out);
 	CHECK_STR(out.function, "other_function");
-	py_out_free(&out);
+	span_py_free(&out);
 	pystacks_free(&ps);
 }
 
