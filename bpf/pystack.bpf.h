@@ -58,6 +58,7 @@ struct stack_buf {
 	__u64 sa_engine;
 	__u64 task_handle_type;
 	__u64 task_cb_type;
+	__u64 task_obj;
 	__u64 task_num;
 	__u32 task_kind;
 	__u32 task_len;
@@ -335,8 +336,15 @@ static __noinline int py_add_frame(struct py_cfg *cfg, struct stack_buf *sb)
 	f->_pad[0] = f->_pad[1] = f->_pad[2] = 0;
 	f->ident = hot_ident(sb, code);
 	if (!f->ident && cfg->code_ident >= 0 &&
-	    !bpf_probe_read_user(sb->name, 24, (const void *)(code + cfg->code_ident)))
-		f->ident = FRAME_IDENT(*(__u64 *)&sb->name[0], *(__u64 *)&sb->name[16]);
+	    !bpf_probe_read_user(sb->name, 24, (const void *)(code + cfg->code_ident))) {
+		/* the file name's hash over co_name's pointer (not used here): -1 if not read */
+		__u64 file = *(__u64 *)&sb->name[0];
+
+		if (bpf_probe_read_user(&sb->name[8], 8,
+					(const void *)(file + ((cfg->str_length + 8) & 0xff))))
+			*(__u64 *)&sb->name[8] = ~0ULL;
+		f->ident = FRAME_IDENT(file, *(__u64 *)&sb->name[16], *(__u64 *)&sb->name[8]);
+	}
 	sb->nframes++;
 	return 0;
 }
@@ -410,9 +418,14 @@ static __noinline void task_read(struct py_cfg *cfg, struct stack_buf *sb)
 	} else if (type == cfg->lr.task_meth_type && cfg->lr.task_meth_off > 0) {
 		task = rd64(cb + (cfg->lr.task_meth_off & 0xff));
 	} else {
-		sb->task_cb_type = type; /* for userspace to learn from (types live long) */
+		/* for userspace to learn from (types live long, and so do Tasks) */
+		sb->task_cb_type = type;
+		if (!cfg->lr.task_type)
+			sb->task_obj = rd64(cb + STEP_WRAPPER_TASK);
 		return;
 	}
+	if (task && !cfg->lr.task_type)
+		sb->task_obj = task;
 	if (!task || rd64(task + 8) != cfg->lr.task_type || cfg->lr.task_name_off <= 0)
 		return;
 	name = rd64(task + (cfg->lr.task_name_off & 0xfff));
@@ -623,6 +636,7 @@ DEFINE_FRAME_CB(frame_cb_loop, 1)
 		sb->sa_engine = 0;                                                                 \
 		sb->task_handle_type = 0;                                                          \
 		sb->task_cb_type = 0;                                                              \
+		sb->task_obj = 0;                                                                  \
 		sb->task_num = 0;                                                                  \
 		sb->task_kind = 0;                                                                 \
 		sb->task_len = 0;                                                                  \

@@ -206,13 +206,17 @@ struct ev_frame {
 	__u8 _pad[3];
 	/*
 	 * Which code object it was when the stack was read: its co_filename and co_qualname
-	 * pointers mixed (FRAME_IDENT); 0 if not read. Code objects can be freed and their address
-	 * reused before userspace names them: a mismatch leaves the frame unnamed, never misnamed.
+	 * pointers and the file name's str hash mixed (FRAME_IDENT); 0 if not read. Code objects
+	 * can be freed and their address reused before userspace names them, their strings too:
+	 * a mismatch leaves the frame unnamed, never misnamed. The hash (computed when the str is
+	 * interned, as code objects' file names are) tells apart files whose strings landed at
+	 * the same addresses.
 	 */
 	__u32 ident;
 };
 
-#define FRAME_IDENT(filename, qualname) ((__u32)((filename) ^ ((qualname) << 1)) | 1u)
+#define FRAME_IDENT(filename, qualname, fhash)                                                     \
+	((__u32)((filename) ^ ((qualname) << 1) ^ (__u64)(fhash) ^ ((__u64)(fhash) >> 32)) | 1u)
 
 /*
  * Code objects whose identity the BPF side takes from the `hot_codes` map instead of reading it
@@ -265,12 +269,20 @@ struct ev_stack {
 	 */
 	__u64 task_handle_type;
 	__u64 task_cb_type; /* the Handle's callback's type, when not one cfg names (to learn) */
+	/*
+	 * While userspace has not learnt the Task's type: what the callback holds where the task
+	 * step wrapper keeps its Task (or the bound method its self), for userspace to learn from
+	 * (a Task outlives its Handle and callback, which may be gone by then).
+	 */
+	__u64 task_obj;
 	__u64 task_num;
 	__u32 task_kind; /* TASK_NAME_* */
 	__u32 task_len;	 /* bytes of task_name (the name may be longer: cut) */
 	char task_name[SQLSPAN_TASK_NAME];
 	struct ev_frame frames[]; /* innermost first */
 };
+
+#define STEP_WRAPPER_TASK 16 /* TaskStepMethWrapper{PyObject_HEAD; TaskObj *sw_task; ...} */
 
 #define TASK_NAME_NONE 0
 #define TASK_NAME_STR  1
@@ -332,7 +344,7 @@ struct py_cfg {
 	__u32 long_tagged; /* int: lv_tag (3.12+) or ob_size */
 	__u64 str_type;	   /* the str and int types (task names) */
 	__u64 int_type;
-	__s32 str_length; /* PyASCIIObject.length */
+	__s32 str_length; /* PyASCIIObject.length (its hash follows: 8 bytes on) */
 	__s32 str_state;  /* PyASCIIObject.state */
 	__s32 long_tag;
 	__s32 long_digits;
@@ -427,7 +439,7 @@ SQLSPAN_ASSERT(sizeof(struct ev_fmsg) == sizeof(struct ev_msg), "EV_MSGS records
 SQLSPAN_ASSERT(sizeof(struct ev_connect) == 144, "ev_connect size");
 SQLSPAN_ASSERT(sizeof(struct lib_range) == 48, "lib_range size");
 SQLSPAN_ASSERT(sizeof(struct ev_frame) == 56, "ev_frame size");
-SQLSPAN_ASSERT(sizeof(struct ev_stack) == 56 + 32 + SQLSPAN_TASK_NAME, "ev_stack size");
+SQLSPAN_ASSERT(sizeof(struct ev_stack) == 56 + 40 + SQLSPAN_TASK_NAME, "ev_stack size");
 SQLSPAN_ASSERT(sizeof(struct hot_code) == 24, "hot_code size");
 SQLSPAN_ASSERT(sizeof(struct py_learnt) == 96, "py_learnt size");
 SQLSPAN_ASSERT(sizeof(struct py_cfg) == 272, "py_cfg size");

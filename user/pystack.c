@@ -20,9 +20,10 @@
 #define HOT_HITS 32
 
 struct pycode {
-	uint32_t ident; /* FRAME_IDENT of its co_filename and co_qualname pointers */
-	uint32_t hits;	/* stacks that named it with that identity, as the BPF side read it */
-	bool hot;	/* in hot_codes */
+	uint32_t ident; /* FRAME_IDENT of its co_filename and co_qualname, the file name's hash */
+	uint32_t ident_unhashed; /* the same before that hash is computed (a stack read then) */
+	uint32_t hits; /* stacks that named it with that identity, as the BPF side read it */
+	bool hot;      /* in hot_codes */
 	char *file;
 	char *qualname;
 	int firstlineno;
@@ -122,6 +123,25 @@ static int code_head(struct pyproc *pp, uint64_t code, uint64_t *lt_ptr, int32_t
 	return 0;
 }
 
+/*
+ * A code object's identity as the BPF side reads it (FRAME_IDENT) from its file and name
+ * pointers and the file name's hash. A str computes its hash when first hashed (interned ones at
+ * once; a script's file name maybe late): a stack read before that has the identity with -1.
+ */
+static uint32_t code_ident(const struct pyproc *pp, uint64_t filename, uint64_t qualname)
+{
+	uint64_t hash;
+
+	if (proc_read(pp->pid, filename + pp->t.layout.unicode_length + 8, &hash, 8) != 8)
+		hash = ~0ULL;
+	return FRAME_IDENT(filename, qualname, hash);
+}
+
+static bool code_is(const struct pycode *c, uint32_t ident)
+{
+	return ident == c->ident || ident == c->ident_unhashed;
+}
+
 static struct pycode *code_read(struct pyproc *pp, uint64_t code)
 {
 	const struct py_layout *l = &pp->t.layout;
@@ -140,7 +160,8 @@ static struct pycode *code_read(struct pyproc *pp, uint64_t code)
 	memcpy(&qptr, hdr + l->code_qualname, 8);
 	memcpy(&c->lt_ptr, hdr + l->code_linetable, 8);
 	memcpy(&c->firstlineno, hdr + l->code_firstlineno, 4);
-	c->ident = FRAME_IDENT(fptr, qptr);
+	c->ident = code_ident(pp, fptr, qptr);
+	c->ident_unhashed = FRAME_IDENT(fptr, qptr, ~0ULL);
 	c->file = py_read_str(pp->pid, fptr, l, 4096);
 	c->qualname = py_read_str(pp->pid, qptr, l, 1024);
 	if (c->lt_ptr && proc_read(pp->pid, c->lt_ptr + l->bytes_size, &ltlen, 8) == 8 &&
@@ -230,12 +251,12 @@ static struct pycode *frame_code(struct pystacks *ps, struct pyproc *pp, const s
 {
 	struct pycode *c = code_get(pp, f->code, false);
 
-	if (c && f->ident && c->ident != f->ident) {
+	if (c && f->ident && !code_is(c, f->ident)) {
 		/* not the object named before at that address: read it again */
 		code_free(hmap_del(&pp->codes, hkey2(f->code, 0)));
 		c = code_get(pp, f->code, false);
 	}
-	if (c && f->ident && c->ident != f->ident)
+	if (c && f->ident && !code_is(c, f->ident))
 		return NULL;
 	if (c && f->ident && count && !c->hot && ++c->hits >= HOT_HITS)
 		hot_add(ps, pp, f->code, c);
@@ -253,12 +274,13 @@ void pystacks_check_hot(struct pystacks *ps)
 		if (!e->code)
 			continue;
 		pp = proc_of(ps, e->pid);
-		/* still that object? (co_filename, co_name, co_qualname, as the BPF side reads
-		 * them) */
+		/* still that object? (co_filename, co_name, co_qualname and the file name's hash,
+		 * as the BPF side reads them; or as it did before that hash was computed) */
 		if (pp &&
 		    proc_read(pp->pid, e->code + pp->t.layout.code_filename, p, sizeof(p)) ==
 			    (ssize_t)sizeof(p) &&
-		    FRAME_IDENT(p[0], p[2]) == e->ident)
+		    (code_ident(pp, p[0], p[2]) == e->ident ||
+		     FRAME_IDENT(p[0], p[2], ~0ULL) == e->ident))
 			continue;
 		ps->hot_set(ps->arg, slot, &zero);
 		if (pp) /* named again from what is there now, if anything */
@@ -398,13 +420,12 @@ static bool step_wrapper_type(const struct pyobj_src *src, uint64_t type)
 	       pyobj_type_is_type(src, type, "_asyncio.TaskStepMethWrapper");
 }
 
-#define STEP_WRAPPER_TASK 16 /* TaskStepMethWrapper{PyObject_HEAD; TaskObj *sw_task; ...} */
-
 /*
  * Teach the BPF side to find the running asyncio Task (py_learnt.task_*): the code of
  * Handle._run; from its Handle's type, where _callback is; from the callback's type (as the BPF
- * side saw it, or live), the task-step wrapper's type; from a live Task (records read while the
- * statement runs: the first ones wake sqlspan), the Task's type and where it keeps its name.
+ * side saw it, or live), the task-step wrapper's type; from a live Task (the callback's, if it
+ * is still there, or the one the BPF side found in it: Tasks outlive their Handles), the
+ * Task's type and where it keeps its name.
  * Builtin methods (Task.__wakeup) are PyCFunction_Type, known from the start.
  */
 static void task_learn(struct pyproc *pp, const struct ev_stack *st, const struct ev_frame *f)
@@ -438,6 +459,8 @@ static void task_learn(struct pyproc *pp, const struct ev_stack *st, const struc
 		else if (type && type == lr->task_step_type)
 			proc_read(pp->pid, cb + lr->task_step_off, &task, 8);
 	}
+	if (!task && !lr->task_type)
+		task = st->task_obj; /* what the BPF side found where the callback keeps it */
 	if (task && pyobj_type_is(&src, task, "_asyncio.Task")) {
 		int32_t name_off = task_name_offset(&src, task);
 

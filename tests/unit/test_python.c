@@ -106,6 +106,7 @@ TEST(layout_tables)
  */
 struct fake_str {
 	int64_t len;
+	int64_t hash; /* as CPython keeps it: right after the length */
 	uint32_t state;
 	uint32_t pad;
 	char data[24];
@@ -113,8 +114,13 @@ struct fake_str {
 
 static void fake_str(struct fake_str *s, const char *v)
 {
+	uint64_t h = 1469598103934665603ULL; /* any hash of the characters (as when interned) */
+
 	memset(s, 0, sizeof(*s));
 	s->len = (int64_t)strlen(v);
+	for (const char *c = v; *c; c++)
+		h = (h ^ (unsigned char)*c) * 1099511628211ULL;
+	s->hash = (int64_t)h;
 	s->state = (1u << 2) | (1u << 5) | (1u << 6); /* kind 1, compact, ascii */
 	memcpy(s->data, v, strlen(v));
 }
@@ -167,14 +173,14 @@ TEST(hot_code_named_then_dropped_when_replaced)
 	t.layout.code_firstlineno = 40;
 	t.layout.code_adaptive = 64;
 	t.layout.unicode_length = 0;
-	t.layout.unicode_state = 8;
-	t.layout.unicode_ascii_data = 16;
-	t.layout.unicode_compact_data = 16;
+	t.layout.unicode_state = 16;
+	t.layout.unicode_ascii_data = 24;
+	t.layout.unicode_compact_data = 24;
 	code[1] = (uint64_t)(uintptr_t)&file;
 	code[2] = (uint64_t)(uintptr_t)&name;
 	code[3] = (uint64_t)(uintptr_t)&name;
 	code[5] = 10; /* co_firstlineno */
-	ident = FRAME_IDENT(code[1], code[3]);
+	ident = FRAME_IDENT(code[1], code[3], (uint64_t)file.hash);
 	CHECK(pystacks_add(&ps, getpid(), &t) != NULL);
 	/* named from memory; hot after HOT_HITS stacks, once */
 	for (int i = 0; i < 40; i++) {
@@ -193,7 +199,7 @@ TEST(hot_code_named_then_dropped_when_replaced)
 	CHECK_EQ(ps.hot_dropped, 0);
 	/* the object is freed and its memory holds another code object now */
 	code[2] = code[3] = (uint64_t)(uintptr_t)&other;
-	ident2 = FRAME_IDENT(code[1], code[3]);
+	ident2 = FRAME_IDENT(code[1], code[3], (uint64_t)file.hash);
 	pystacks_check_hot(&ps);
 	CHECK_EQ(hot_calls, 2); /* the slot freed on the BPF side */
 	CHECK_EQ(hot_seen[1].code, 0);
@@ -206,6 +212,25 @@ TEST(hot_code_named_then_dropped_when_replaced)
 	/* the new object is named for what it is */
 	resolve_one(&ps, c, ident2, &out);
 	CHECK_STR(out.function, "other_function");
+	span_py_free(&out);
+	/*
+	 * Freed again, and the next code object's strings land at the same addresses (another
+	 * file name of the same size): the pointers alone cannot tell, the file name's hash does.
+	 * A record of the new object is not named after the one cached; then one of the old
+	 * object is left out.
+	 */
+	fake_str(&file, "/srv/app/other.py");
+	resolve_one(&ps, c, FRAME_IDENT(code[1], code[3], (uint64_t)file.hash), &out);
+	CHECK_STR(out.function, "other_function");
+	CHECK_STR(out.file, "/srv/app/other.py");
+	span_py_free(&out);
+	CHECK(ident2 != FRAME_IDENT(code[1], code[3], (uint64_t)file.hash));
+	resolve_one(&ps, c, ident2, &out);
+	CHECK(out.function == NULL);
+	span_py_free(&out);
+	/* a stack read before the file name's hash was computed (-1 then) names it as well */
+	resolve_one(&ps, c, FRAME_IDENT(code[1], code[3], ~0ULL), &out);
+	CHECK_STR(out.file, "/srv/app/other.py");
 	span_py_free(&out);
 	pystacks_free(&ps);
 }
