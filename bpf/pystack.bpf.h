@@ -337,13 +337,20 @@ static __noinline int py_add_frame(struct py_cfg *cfg, struct stack_buf *sb)
 	f->ident = hot_ident(sb, code);
 	if (!f->ident && cfg->code_ident >= 0 &&
 	    !bpf_probe_read_user(sb->name, 24, (const void *)(code + cfg->code_ident))) {
-		/* the file name's hash over co_name's pointer (not used here): -1 if not read */
-		__u64 file = *(__u64 *)&sb->name[0];
+		/* the file name's length and hash (as userspace reads them: code_ident) */
+		__u64 file = *(__u64 *)&sb->name[0], qual = *(__u64 *)&sb->name[16];
+		__u64 len = 0, hash = ~0ULL, tail = 0;
 
-		if (bpf_probe_read_user(&sb->name[8], 8,
-					(const void *)(file + ((cfg->str_length + 8) & 0xff))))
-			*(__u64 *)&sb->name[8] = ~0ULL;
-		f->ident = FRAME_IDENT(file, *(__u64 *)&sb->name[16], *(__u64 *)&sb->name[8]);
+		if (!bpf_probe_read_user(sb->name, 16,
+					 (const void *)(file + (cfg->str_length & 0xff)))) {
+			len = *(__u64 *)&sb->name[0];
+			hash = *(__u64 *)&sb->name[8];
+		}
+		if (len >= FILE_TAIL_MIN && len <= FILE_LEN_MAX &&
+		    !bpf_probe_read_user(sb->name, 8,
+					 (const void *)(file + (cfg->str_ascii & 0xff) + len - 8)))
+			tail = *(__u64 *)&sb->name[0];
+		f->ident = FRAME_IDENT(file, qual, FILE_SUM(len, hash, tail));
 	}
 	sb->nframes++;
 	return 0;

@@ -206,17 +206,24 @@ struct ev_frame {
 	__u8 _pad[3];
 	/*
 	 * Which code object it was when the stack was read: its co_filename and co_qualname
-	 * pointers and the file name's str hash mixed (FRAME_IDENT); 0 if not read. Code objects
-	 * can be freed and their address reused before userspace names them, their strings too:
-	 * a mismatch leaves the frame unnamed, never misnamed. The hash (computed when the str is
-	 * interned, as code objects' file names are) tells apart files whose strings landed at
-	 * the same addresses.
+	 * pointers and the file name's length, str hash and last 8 bytes (FILE_SUM) mixed
+	 * (FRAME_IDENT); 0 if not read. Code objects can be freed and their address reused before
+	 * userspace names them, their strings too: a mismatch leaves the frame unnamed, never
+	 * misnamed. The file name's sum tells apart files whose strings landed at the same
+	 * addresses (the hash is -1 until the str is first hashed: interned ones at once, compile()
+	 * file names maybe never; the length and the end of the name stay).
 	 */
 	__u32 ident;
 };
 
-#define FRAME_IDENT(filename, qualname, fhash)                                                     \
-	((__u32)((filename) ^ ((qualname) << 1) ^ (__u64)(fhash) ^ ((__u64)(fhash) >> 32)) | 1u)
+#define FILE_SUM(len, hash, tail)                                                                  \
+	((__u64)(hash) ^ ((__u64)(len)*0x9E3779B97F4A7C15ULL) ^                                    \
+	 ((__u64)(tail)*0xC2B2AE3D27D4EB4FULL))
+#define FRAME_IDENT(filename, qualname, fsum)                                                      \
+	((__u32)((filename) ^ ((qualname) << 1) ^ (__u64)(fsum) ^ ((__u64)(fsum) >> 32)) | 1u)
+/* a file name's last 8 bytes count from this length on (shorter ones: 0) */
+#define FILE_TAIL_MIN 8
+#define FILE_LEN_MAX  (1u << 20)
 
 /*
  * Code objects whose identity the BPF side takes from the `hot_codes` map instead of reading it

@@ -124,17 +124,26 @@ static int code_head(struct pyproc *pp, uint64_t code, uint64_t *lt_ptr, int32_t
 }
 
 /*
- * A code object's identity as the BPF side reads it (FRAME_IDENT) from its file and name
- * pointers and the file name's hash. A str computes its hash when first hashed (interned ones at
- * once; a script's file name maybe late): a stack read before that has the identity with -1.
+ * A code object's identity as the BPF side reads it (FRAME_IDENT) from its file and name pointers
+ * and its file name's FILE_SUM; *unhashed: the same with the hash not computed yet (-1: a str
+ * computes it when first hashed; a stack read before that has this one).
  */
-static uint32_t code_ident(const struct pyproc *pp, uint64_t filename, uint64_t qualname)
+static uint32_t code_ident(const struct pyproc *pp, uint64_t filename, uint64_t qualname,
+			   uint32_t *unhashed)
 {
-	uint64_t hash;
+	const struct py_layout *l = &pp->t.layout;
+	uint64_t lh[2] = {0, ~0ULL}, tail = 0;
 
-	if (proc_read(pp->pid, filename + pp->t.layout.unicode_length + 8, &hash, 8) != 8)
-		hash = ~0ULL;
-	return FRAME_IDENT(filename, qualname, hash);
+	if (proc_read(pp->pid, filename + l->unicode_length, lh, 16) != 16) {
+		lh[0] = 0;
+		lh[1] = ~0ULL;
+	}
+	if (lh[0] >= FILE_TAIL_MIN && lh[0] <= FILE_LEN_MAX &&
+	    proc_read(pp->pid, filename + l->unicode_ascii_data + lh[0] - 8, &tail, 8) != 8)
+		tail = 0;
+	if (unhashed)
+		*unhashed = FRAME_IDENT(filename, qualname, FILE_SUM(lh[0], ~0ULL, tail));
+	return FRAME_IDENT(filename, qualname, FILE_SUM(lh[0], lh[1], tail));
 }
 
 static bool code_is(const struct pycode *c, uint32_t ident)
@@ -160,8 +169,7 @@ static struct pycode *code_read(struct pyproc *pp, uint64_t code)
 	memcpy(&qptr, hdr + l->code_qualname, 8);
 	memcpy(&c->lt_ptr, hdr + l->code_linetable, 8);
 	memcpy(&c->firstlineno, hdr + l->code_firstlineno, 4);
-	c->ident = code_ident(pp, fptr, qptr);
-	c->ident_unhashed = FRAME_IDENT(fptr, qptr, ~0ULL);
+	c->ident = code_ident(pp, fptr, qptr, &c->ident_unhashed);
 	c->file = py_read_str(pp->pid, fptr, l, 4096);
 	c->qualname = py_read_str(pp->pid, qptr, l, 1024);
 	if (c->lt_ptr && proc_read(pp->pid, c->lt_ptr + l->bytes_size, &ltlen, 8) == 8 &&
@@ -170,7 +178,14 @@ static struct pycode *code_read(struct pyproc *pp, uint64_t code)
 		if (c->lt && proc_read(pp->pid, c->lt_ptr + l->bytes_sval, c->lt, ltlen) == ltlen)
 			c->ltlen = ltlen;
 	}
-	if (!c->file || !c->qualname) {
+	/*
+	 * The process runs on while this reads: a code object freed meanwhile and another one
+	 * laid out at the same addresses would mix the two. Read as one object only if its
+	 * identity is the same after its strings and line table as before them.
+	 */
+	if (!c->file || !c->qualname || proc_read(pp->pid, code, hdr, need) != (ssize_t)need ||
+	    memcmp(hdr + l->code_filename, &fptr, 8) || memcmp(hdr + l->code_qualname, &qptr, 8) ||
+	    code_ident(pp, fptr, qptr, NULL) != c->ident) {
 		code_free(c);
 		return NULL;
 	}
@@ -270,6 +285,7 @@ void pystacks_check_hot(struct pystacks *ps)
 		struct hot_code zero = {0};
 		struct pyproc *pp;
 		uint64_t p[3];
+		uint32_t unhashed;
 
 		if (!e->code)
 			continue;
@@ -279,8 +295,7 @@ void pystacks_check_hot(struct pystacks *ps)
 		if (pp &&
 		    proc_read(pp->pid, e->code + pp->t.layout.code_filename, p, sizeof(p)) ==
 			    (ssize_t)sizeof(p) &&
-		    (code_ident(pp, p[0], p[2]) == e->ident ||
-		     FRAME_IDENT(p[0], p[2], ~0ULL) == e->ident))
+		    (code_ident(pp, p[0], p[2], &unhashed) == e->ident || unhashed == e->ident))
 			continue;
 		ps->hot_set(ps->arg, slot, &zero);
 		if (pp) /* named again from what is there now, if anything */

@@ -270,7 +270,7 @@ def test_code_objects_torn_down(cluster, tmp_path):
     --stack: sqlspan reads frames and names code objects that may be gone or reused by then. It
     must never crash or lose a statement; a "<churn T:N>" frame whose code object was freed and
     its address reused is left unnamed (sqlspan compares the code object's identity as read with
-    the stack: its strings' addresses and its file name's hash), never misnamed."""
+    the stack: its strings' addresses, its file name's length, hash and end), never misnamed."""
     import re
     from lib import App
     app = App(cluster, "churn", str(tmp_path), threads=4)
@@ -297,6 +297,7 @@ def test_code_objects_torn_down(cluster, tmp_path):
                 wrong += f.groups() != m.groups()
     # a code object freed and another allocated at its address, with its strings at the
     # addresses of the old one's (same sizes: this test's pattern), is told apart by its file
-    # name's hash (each function here has a file name of its own): left unnamed, never misnamed
+    # name's length and last bytes (each function here has a file name of its own, never
+    # hashed): left unnamed, never misnamed
     assert named > 300, named
     assert wrong == 0, (named, wrong)

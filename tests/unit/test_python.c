@@ -125,6 +125,16 @@ static void fake_str(struct fake_str *s, const char *v)
 	memcpy(s->data, v, strlen(v));
 }
 
+/* its FILE_SUM, as the BPF side reads it (hashed: after the str computed its hash) */
+static uint64_t fake_sum(const struct fake_str *s, bool hashed)
+{
+	uint64_t tail = 0;
+
+	if (s->len >= FILE_TAIL_MIN)
+		memcpy(&tail, s->data + s->len - 8, 8);
+	return FILE_SUM((uint64_t)s->len, hashed ? (uint64_t)s->hash : ~0ULL, tail);
+}
+
 static struct hot_code hot_seen[8];
 static int hot_calls;
 
@@ -160,7 +170,7 @@ TEST(hot_code_named_then_dropped_when_replaced)
 	struct py_target t = {.version = 0x030c0000};
 	struct pystacks ps = {.hot_set = hot_set};
 	uint64_t c = (uint64_t)(uintptr_t)code;
-	uint32_t ident, ident2;
+	uint32_t ident, ident2, old_unhashed;
 	struct span_py out;
 
 	fake_str(&file, "/srv/app/views.py");
@@ -180,7 +190,7 @@ TEST(hot_code_named_then_dropped_when_replaced)
 	code[2] = (uint64_t)(uintptr_t)&name;
 	code[3] = (uint64_t)(uintptr_t)&name;
 	code[5] = 10; /* co_firstlineno */
-	ident = FRAME_IDENT(code[1], code[3], (uint64_t)file.hash);
+	ident = FRAME_IDENT(code[1], code[3], fake_sum(&file, true));
 	CHECK(pystacks_add(&ps, getpid(), &t) != NULL);
 	/* named from memory; hot after HOT_HITS stacks, once */
 	for (int i = 0; i < 40; i++) {
@@ -199,7 +209,7 @@ TEST(hot_code_named_then_dropped_when_replaced)
 	CHECK_EQ(ps.hot_dropped, 0);
 	/* the object is freed and its memory holds another code object now */
 	code[2] = code[3] = (uint64_t)(uintptr_t)&other;
-	ident2 = FRAME_IDENT(code[1], code[3], (uint64_t)file.hash);
+	ident2 = FRAME_IDENT(code[1], code[3], fake_sum(&file, true));
 	pystacks_check_hot(&ps);
 	CHECK_EQ(hot_calls, 2); /* the slot freed on the BPF side */
 	CHECK_EQ(hot_seen[1].code, 0);
@@ -220,17 +230,27 @@ TEST(hot_code_named_then_dropped_when_replaced)
 	 * object is left out.
 	 */
 	fake_str(&file, "/srv/app/other.py");
-	resolve_one(&ps, c, FRAME_IDENT(code[1], code[3], (uint64_t)file.hash), &out);
+	resolve_one(&ps, c, FRAME_IDENT(code[1], code[3], fake_sum(&file, true)), &out);
 	CHECK_STR(out.function, "other_function");
 	CHECK_STR(out.file, "/srv/app/other.py");
 	span_py_free(&out);
-	CHECK(ident2 != FRAME_IDENT(code[1], code[3], (uint64_t)file.hash));
+	CHECK(ident2 != FRAME_IDENT(code[1], code[3], fake_sum(&file, true)));
 	resolve_one(&ps, c, ident2, &out);
 	CHECK(out.function == NULL);
 	span_py_free(&out);
 	/* a stack read before the file name's hash was computed (-1 then) names it as well */
-	resolve_one(&ps, c, FRAME_IDENT(code[1], code[3], ~0ULL), &out);
+	old_unhashed = FRAME_IDENT(code[1], code[3], fake_sum(&file, false));
+	resolve_one(&ps, c, old_unhashed, &out);
 	CHECK_STR(out.file, "/srv/app/other.py");
+	span_py_free(&out);
+	/* file names never hashed (compile()'s): their length and last bytes tell them apart */
+	fake_str(&file, "/srv/app/third.py");
+	file.hash = -1;
+	resolve_one(&ps, c, FRAME_IDENT(code[1], code[3], fake_sum(&file, false)), &out);
+	CHECK_STR(out.file, "/srv/app/third.py");
+	span_py_free(&out);
+	resolve_one(&ps, c, old_unhashed, &out);
+	CHECK(out.function == NULL);
 	span_py_free(&out);
 	pystacks_free(&ps);
 }
