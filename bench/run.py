@@ -210,7 +210,7 @@ def probe_kinds(text):
 
 def probe_site(app):
     """Where sqlspan probes the function the application's statements hit: ("Fn+off", kind)."""
-    tr = Sqlspan(app.pid)
+    tr = Sqlspan(app.pid, ["--libpq-uprobes"])
     app.run(300)
     text = tr.stop()
     runs = {libpq_name(p): r for p, (r, _) in bpf_time(text).items() if p.startswith("up_")}
@@ -274,6 +274,8 @@ def latency(cluster, env, floor_ns, overhead_ns):
                  "sqlspan --no-python (driver level)", "sqlspan (with Python call site)"]
         site = None
         if libpq:  # asyncpg: no libpq, no uprobes (its sockets' syscall tracepoints)
+            # libpq's statements are read off its sockets; its uprobes (older kernels) compared
+            modes.append("sqlspan --libpq-uprobes --no-python (libpq's uprobes, driver level)")
             site = probe_site(apps[0])
             if site:
                 modes.append("empty uprobe at sqlspan's probe (%s, %s)" % site)
@@ -286,7 +288,9 @@ def latency(cluster, env, floor_ns, overhead_ns):
             order = modes[r % len(modes):] + modes[:r % len(modes)]
             for m in order:
                 tr = floor_p = None
-                if m.startswith("sqlspan --no-python"):
+                if m.startswith("sqlspan --libpq-uprobes"):
+                    tr = Sqlspan(app.pid, ["--libpq-uprobes", "--no-python"])
+                elif m.startswith("sqlspan --no-python"):
                     tr = Sqlspan(app.pid, ["--no-python"])
                 elif m.startswith("sqlspan"):
                     tr = Sqlspan(app.pid)

@@ -270,9 +270,9 @@ int tp_exit_sendmsg_loop(struct trace_event_raw_sys_exit *ctx)
 
 /*
  * TLS plaintext (tls.bpf.h), bpf_loop kernels: libssl's SSL_do_handshake names the SSL object
- * the next ClientHello belongs to; SSL_write_ex's buffer is walked like a send; SSL_read_ex's
- * like a read, at its return (a return probe: SSL_read_ex never switches stacks, unlike the
- * greenlets around it).
+ * the next ClientHello belongs to; SSL_write_ex's (Python's ssl) or SSL_write's (libpq) buffer
+ * is walked like a send; SSL_read_ex's or SSL_read's like a read, at its return (a return
+ * probe: they never switch stacks, unlike the greenlets around them).
  */
 SEC("uprobe")
 int BPF_KPROBE(up_ssl_handshake, void *ssl)
@@ -345,8 +345,8 @@ int up_ssl_write(struct pt_regs *ctx)
 	return 0;
 }
 
-SEC("uprobe")
-int BPF_KPROBE(up_ssl_read, void *ssl, void *buf, __u64 num, __u64 *nread)
+/* An SSL_read_ex (nread: its size_t *readbytes) or SSL_read (nread 0: it returns the count). */
+static __always_inline int ssl_read_enter(__u64 ssl, __u64 buf, __u64 nread)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 tgid = pid_tgid >> 32, tid = (__u32)pid_tgid;
@@ -354,13 +354,26 @@ int BPF_KPROBE(up_ssl_read, void *ssl, void *buf, __u64 num, __u64 *nread)
 
 	if (!wire_process(tgid))
 		return 0;
-	r.fd = tls_stream(tgid, (__u64)ssl);
+	r.fd = tls_stream(tgid, ssl);
 	if (r.fd < 0)
 		return 0;
-	r.buf = (__u64)buf;
-	r.nread = (__u64)nread;
+	r.buf = buf;
+	r.nread = nread;
 	bpf_map_update_elem(&ssl_reads, &tid, &r, BPF_ANY);
 	return 0;
+}
+
+SEC("uprobe")
+int BPF_KPROBE(up_ssl_read, void *ssl, void *buf, __u64 num, __u64 *nread)
+{
+	return ssl_read_enter((__u64)ssl, (__u64)buf, (__u64)nread);
+}
+
+/* libpq's: SSL_read(ssl, buf, int num) returns what it read */
+SEC("uprobe")
+int BPF_KPROBE(up_ssl_read_int, void *ssl, void *buf)
+{
+	return ssl_read_enter((__u64)ssl, (__u64)buf, 0);
 }
 
 SEC("uretprobe")
@@ -374,8 +387,11 @@ int BPF_KRETPROBE(ur_ssl_read, int ok)
 
 	if (!r)
 		return 0;
-	if (ok != 1 || bpf_probe_read_user(&n, sizeof(n), (const void *)r->nread) || !n ||
-	    n > (1u << 30) || !(w = thread_walk())) {
+	if (!r->nread) /* SSL_read: the count, or <= 0 */
+		n = ok > 0 ? (__u64)ok : 0;
+	else if (ok != 1 || bpf_probe_read_user(&n, sizeof(n), (const void *)r->nread))
+		n = 0;
+	if (!n || n > (1u << 30) || !(w = thread_walk())) {
 		bpf_map_delete_elem(&ssl_reads, &tid);
 		return 0;
 	}
@@ -405,6 +421,7 @@ int tp_enter_connect(struct trace_event_raw_sys_enter *ctx)
 	}
 	hdr_fill(&e->h, EV_CONNECT, bpf_get_current_pid_tgid(), bpf_ktime_get_ns(), 0);
 	e->fd = (__s32)ctx->args[0];
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	e->len = len < sizeof(e->addr) ? len : sizeof(e->addr);
 	if (bpf_probe_read_user(e->addr, sizeof(e->addr), (const void *)ctx->args[1]) &&
 	    bpf_probe_read_user(e->addr, 16, (const void *)ctx->args[1]))

@@ -187,6 +187,7 @@ struct ev_connect {
 	__s32 fd;
 	__u32 len;	/* address bytes in addr */
 	__u8 addr[112]; /* sockaddr_un is the largest: 110 bytes */
+	char comm[16];	/* the process's command name (it may be gone when the record is read) */
 };
 
 /* Python frames sent per request at most, and the frame bytes read to find what is in one. */
@@ -443,7 +444,7 @@ SQLSPAN_ASSERT(sizeof(struct ev_msgs) == 32, "ev_msgs size");
 SQLSPAN_ASSERT(sizeof(struct ev_conn) == 40, "ev_conn size");
 SQLSPAN_ASSERT(sizeof(struct ev_fmsg) == 48, "ev_fmsg size");
 SQLSPAN_ASSERT(sizeof(struct ev_fmsg) == sizeof(struct ev_msg), "EV_MSGS records: one header size");
-SQLSPAN_ASSERT(sizeof(struct ev_connect) == 144, "ev_connect size");
+SQLSPAN_ASSERT(sizeof(struct ev_connect) == 160, "ev_connect size");
 SQLSPAN_ASSERT(sizeof(struct lib_range) == 48, "lib_range size");
 SQLSPAN_ASSERT(sizeof(struct ev_frame) == 56, "ev_frame size");
 SQLSPAN_ASSERT(sizeof(struct ev_stack) == 56 + 40 + SQLSPAN_TASK_NAME, "ev_stack size");

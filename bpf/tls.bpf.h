@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * TLS connections of drivers that speak the protocol themselves: asyncpg over Python's ssl,
- * which encrypts in memory (ssl.MemoryBIO), so no socket is ever handed to libssl. The plaintext
- * is read where libssl takes it (SSL_write_ex, at entry) and gives it (SSL_read_ex, at its
- * return), and walked like a socket's bytes, as the stream fd | SQLSPAN_TLS_FD. Which socket an
+ * TLS connections of processes whose sockets are followed: asyncpg over Python's ssl, which
+ * encrypts in memory (ssl.MemoryBIO), so no socket is ever handed to libssl; libpq, whose BIO
+ * writes to the socket itself. The plaintext is read where libssl takes it (SSL_write_ex,
+ * SSL_write, at entry) and gives it (SSL_read_ex, SSL_read, at their return), and walked like a
+ * socket's bytes, as the stream fd | SQLSPAN_TLS_FD. Which socket an
  * SSL object serves is learnt at the handshake: the thread that calls SSL_do_handshake next
  * sends the ClientHello on the socket (front_startup calls tls_bind); for a connection whose
  * handshake was before sqlspan attached, at the first TLS record the thread sends after libssl

@@ -32,6 +32,7 @@
 
 struct wpartial {
 	bool active;
+	uint64_t ts0; /* the send of its first part */
 	uint8_t type;
 	uint32_t len, cap, have;
 	uint8_t *data;
@@ -137,6 +138,10 @@ void on_connect(struct assembler *a, const struct ev_connect *e, size_t size)
 	}
 	if (e->len < 2)
 		return;
+	/* the process's name, for its spans when it is gone by the time they are read (psql -c) */
+	memcpy(id.comm, e->comm,
+	       sizeof(id.comm) < sizeof(e->comm) ? sizeof(id.comm) : sizeof(e->comm));
+	id.comm[sizeof(id.comm) - 1] = 0;
 	memcpy(&family, e->addr, 2);
 	if (family == AF_UNIX && e->len > 2) {
 		char path[sizeof(e->addr)];
@@ -226,20 +231,29 @@ static const char *portal_stmt(const struct aconn *c, const char *portal)
 	return NULL;
 }
 
-/* The Python stack of the send that made this request (one send may carry many requests). */
+/*
+ * The Python stack of the send that made this request (one send may carry many requests), or of
+ * the send it began in (c->begun_ts) if it ended in one that read none.
+ */
 static void wire_stack(struct assembler *a, struct aconn *c, const struct ev_hdr *h, struct span *s)
 {
+	uint64_t ts = h->ts;
 	size_t size;
-	void *rec = stack_take(a, h->pid, h->tid, h->ts, &size);
+	void *rec = stack_take(a, h->pid, h->tid, ts, &size);
 
+	if (!rec && !(c->stack_rec && c->stack_ts == ts && c->stack_tid == h->tid) && c->begun_ts &&
+	    c->begun_ts != ts) {
+		ts = c->begun_ts;
+		rec = stack_take(a, h->pid, h->tid, ts, &size);
+	}
 	if (rec) {
 		free(c->stack_rec);
 		c->stack_rec = rec;
 		c->stack_size = size;
 		c->stack_tid = h->tid;
-		c->stack_ts = h->ts;
+		c->stack_ts = ts;
 	}
-	if (c->stack_rec && c->stack_ts == h->ts && c->stack_tid == h->tid && a->h.py_resolve)
+	if (c->stack_rec && c->stack_ts == ts && c->stack_tid == h->tid && a->h.py_resolve)
 		a->h.py_resolve(a->h.arg, c->stack_rec, c->stack_size, &s->py);
 }
 
@@ -316,10 +330,11 @@ static void parse_unnamed(struct assembler *a, struct aconn *c, const struct fe_
 	prep_remember(c, "", fm->text, len, cut ? TEXT_CUT : TEXT_FULL);
 }
 
-/* A whole frontend message. */
+/* A whole frontend message; first_ts: the send its first bytes were in. */
 static void wire_message(struct assembler *a, struct aconn *c, const struct ev_hdr *h,
-			 const struct fe_msg *fm, bool lost)
+			 const struct fe_msg *fm, uint64_t first_ts, bool lost)
 {
+	c->begun_ts = fm->type == 'E' ? c->bind_ts : first_ts;
 	switch (fm->type) {
 	case 0:
 		/* a new session on this socket: who it is */
@@ -347,6 +362,7 @@ static void wire_message(struct assembler *a, struct aconn *c, const struct ev_h
 		break;
 	case 'B':
 		portal_bind(c, fm->name, fm->stmt);
+		c->bind_ts = first_ts;
 		break;
 	case 'E': {
 		const char *stmt = portal_stmt(c, fm->name);
@@ -438,6 +454,7 @@ void on_fmsg(struct assembler *a, const struct ev_fmsg *m, size_t size)
 			p->size = m->cap + 1;
 		}
 		p->active = true;
+		p->ts0 = m->h.ts;
 		p->type = m->type;
 		p->len = m->len;
 		p->cap = m->cap;
@@ -461,5 +478,5 @@ void on_fmsg(struct assembler *a, const struct ev_fmsg *m, size_t size)
 		a->st.bad_records++;
 		return;
 	}
-	wire_message(a, c, &m->h, &fm, lost);
+	wire_message(a, c, &m->h, &fm, p->ts0, lost);
 }

@@ -55,6 +55,13 @@ struct aconn {
 	size_t stack_size;
 	uint32_t stack_tid;
 	uint64_t stack_ts;
+	/*
+	 * The send a wire request began in (its first message's first bytes; Execute: its Bind's):
+	 * libpq flushes a long message before the rest, so a request can end in a later send,
+	 * which read no stack.
+	 */
+	uint64_t begun_ts;
+	uint64_t bind_ts;
 };
 
 struct ptext {

@@ -37,6 +37,7 @@ enum {
 	OPT_APP_PATH,
 	OPT_NO_PYTHON,
 	OPT_WIRE,
+	OPT_LIBPQ_UPROBES,
 };
 
 static const struct argp_option opts[] = {
@@ -49,6 +50,11 @@ static const struct argp_option opts[] = {
 	{"wire", OPT_WIRE, NULL, 0,
 	 "Follow the PostgreSQL protocol on the sockets of every traced process, not only of "
 	 "those that load asyncpg (other drivers without libpq)",
+	 0},
+	{"libpq-uprobes", OPT_LIBPQ_UPROBES, NULL, 0,
+	 "Catch libpq's statements with uprobes on its functions, as on kernels before 5.17, not "
+	 "on its sockets (costs more per statement; knows the database and user of connections "
+	 "opened before sqlspan attached over TCP)",
 	 0},
 	{"max-sql-bytes", OPT_MAX_SQL, "BYTES", 0,
 	 "Statement text kept per span (default 65536; longer text is cut and marked)", 0},
@@ -184,6 +190,9 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
 		break;
 	case OPT_WIRE:
 		c->wire = true;
+		break;
+	case OPT_LIBPQ_UPROBES:
+		c->libpq_uprobes = true;
 		break;
 	case OPT_STACK_DEPTH:
 		v = parse_long(arg, 1, 127, "--stack-depth");

@@ -19,8 +19,9 @@ struct cli {
 	bool json;
 	int verbose;
 	bool perf_buffer;
-	bool wait; /* wait for processes to load libpq */
-	bool wire; /* --wire: follow the protocol on every traced process's sockets */
+	bool wait;	    /* wait for processes to load libpq */
+	bool wire;	    /* --wire: follow the protocol on every traced process's sockets */
+	bool libpq_uprobes; /* --libpq-uprobes: libpq's statements from uprobes, not its sockets */
 	uint32_t max_sql_bytes;
 	uint32_t ring_mb;
 	bool no_bpf_loop;

@@ -491,12 +491,13 @@ static void announce(struct proc_target *p)
 	for (int i = 0; i < p->nlibs; i++) {
 		if (!p->libs[i].lo)
 			continue;
-		fprintf(stderr, "sqlspan: tracing PID %d (%s): %s\n", p->pid, p->exe,
-			p->libs[i].shown);
+		fprintf(stderr, "sqlspan: tracing PID %d (%s): %s%s\n", p->pid, p->exe,
+			p->libs[i].shown,
+			p->libpq_wire ? " (its statements read off the sockets)" : "");
 		p->announced = true;
 		break;
 	}
-	if (p->wire) {
+	if (p->wire && !(p->libpq_wire && p->announced)) {
 		fprintf(stderr,
 			"sqlspan: tracing PID %d (%s): the PostgreSQL protocol on its "
 			"sockets%s%s\n",
@@ -700,7 +701,7 @@ static int attach_wire_tracepoints(struct tracer *t)
 /* A process whose sockets are to be followed: the tracepoints, and its sockets already open. */
 static void wire_start(struct tracer *t, struct proc_target *p)
 {
-	if (!p->wire || p->wire_started || !t->use_loop)
+	if ((!p->wire && !p->wire_ahead) || p->wire_started || !t->use_loop)
 		return;
 	if (attach_wire_tracepoints(t))
 		return;

@@ -99,9 +99,13 @@ static void derive_layout(struct tracer *t, struct elf_file *ef, struct lib_targ
 
 static int attach_lib(struct tracer *t, struct proc_target *p, struct lib_target *lt)
 {
-	struct elf_file *ef = elff_open(lt->path);
+	struct elf_file *ef = libpq_on_wire(t) ? NULL : elff_open(lt->path);
 	int attached = 0;
 
+	if (libpq_on_wire(t)) { /* its statements are read off the sockets: no probe here */
+		vlog(t, "%s: statements read off PID %d's sockets", lt->shown, p->pid);
+		return 0;
+	}
 	if (!ef) {
 		fprintf(stderr, "sqlspan: warning: cannot read %s for PID %d: %s\n", lt->shown,
 			p->pid, strerror(errno));
@@ -325,6 +329,10 @@ int probes_scan(struct tracer *t, struct proc_target *p)
 				continue;
 			changed = true;
 		}
+		if (libpq_on_wire(t) && !p->libpq_wire) {
+			p->libpq_wire = wire = true;
+			snprintf(p->wire_shown, sizeof(p->wire_shown), "%s", e.path);
+		}
 		if (lt->lo != e.lo || lt->hi != e.hi) {
 			lt->lo = e.lo;
 			lt->hi = e.hi;
@@ -339,7 +347,7 @@ int probes_scan(struct tracer *t, struct proc_target *p)
 	wire |= t->cli.wire;
 	if (wire && !p->wire) {
 		/* only where the frontend walk exists (bpf_loop kernels) */
-		if (t->use_loop)
+		if (t->use_loop && !p->wire_ahead)
 			probes_pid_flags(t, p->pid, PID_TRACED_WIRE);
 		p->wire = true;
 	}
@@ -360,6 +368,15 @@ int probes_predict(struct tracer *t, struct proc_target *p)
 					   "/usr/local/pgsql/lib"};
 	int added = 0;
 
+	if (libpq_on_wire(t)) {
+		/*
+		 * Its sockets followed from now on, so that the connection it opens right after
+		 * loading libpq is seen from its start (probes_scan sees libpq when it is mapped).
+		 */
+		if (!p->wire_ahead && !probes_pid_flags(t, p->pid, PID_TRACED_WIRE))
+			p->wire_ahead = true;
+		return p->wire_ahead;
+	}
 	for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
 		char open_path[PATH_MAX + 64], shown[PATH_MAX];
 		struct stat st;

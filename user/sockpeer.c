@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include "sockpeer.h"
@@ -181,6 +182,47 @@ static int hex_addr(const char *hex, int family, char *out, size_t size)
 	return inet_ntop(family, bytes, out, size) ? 0 : -1;
 }
 
+/* A line of /proc/net/tcp*: local and remote address (hex) and port, and the socket's inode. */
+static int tcp_line(const char *line, char *loc, unsigned int *lport, char *rem,
+		    unsigned int *rport, unsigned long *inode)
+{
+	return sscanf(line, " %*u: %39[0-9A-Fa-f]:%x %39[0-9A-Fa-f]:%x %*x %*s %*s %*s %*u %*u %lu",
+		      loc, lport, rem, rport, inode) == 5
+		       ? 0
+		       : -1;
+}
+
+/* The line of socket `ino` in a /proc/net/tcp* file: 0 if found. */
+static int tcp_find(FILE *f, unsigned long ino, char *loc, unsigned int *lport, char *rem,
+		    unsigned int *rport)
+{
+	char line[512];
+	unsigned long inode;
+
+	while (fgets(line, sizeof(line), f)) {
+		if (!tcp_line(line, loc, lport, rem, rport, &inode) && inode == ino)
+			return 0;
+	}
+	return -1;
+}
+
+/* The inode of the socket whose ends are the other way round (0 if none is listed). */
+static unsigned long tcp_reverse(FILE *f, const char *loc, unsigned int lport, const char *rem,
+				 unsigned int rport)
+{
+	char line[512], l2[40], r2[40];
+	unsigned int lp2, rp2;
+	unsigned long inode;
+
+	rewind(f);
+	while (fgets(line, sizeof(line), f)) {
+		if (!tcp_line(line, l2, &lp2, r2, &rp2, &inode) && inode && lp2 == rport &&
+		    rp2 == lport && !strcasecmp(l2, rem) && !strcasecmp(r2, loc))
+			return inode;
+	}
+	return 0;
+}
+
 int sock_peer(pid_t pid, int fd, char *addr, size_t size, int *port, bool *is_unix,
 	      unsigned long *peer_ino)
 {
@@ -188,7 +230,7 @@ int sock_peer(pid_t pid, int fd, char *addr, size_t size, int *port, bool *is_un
 		const char *file;
 		int family;
 	} tables[] = {{"tcp", AF_INET}, {"tcp6", AF_INET6}};
-	char path[64], link[64], line[512];
+	char path[64], link[64];
 	unsigned long ino;
 	ssize_t n;
 
@@ -208,28 +250,24 @@ int sock_peer(pid_t pid, int fd, char *addr, size_t size, int *port, bool *is_un
 		return 0;
 	}
 	for (size_t t = 0; t < sizeof(tables) / sizeof(tables[0]); t++) {
+		char loc[40], rem[40];
+		unsigned int lport, rport;
 		FILE *f;
 
 		snprintf(path, sizeof(path), "/proc/%d/net/%s", pid, tables[t].file);
 		f = fopen(path, "r");
 		if (!f)
 			continue;
-		while (fgets(line, sizeof(line), f)) {
-			char rem[40];
-			unsigned int rport;
-			unsigned long inode;
-
-			if (sscanf(line,
-				   " %*u: %*[0-9A-Fa-f]:%*x %39[0-9A-Fa-f]:%x %*x %*s %*s %*s %*u "
-				   "%*u %lu",
-				   rem, &rport, &inode) != 3 ||
-			    inode != ino)
-				continue;
+		if (tcp_find(f, ino, loc, &lport, rem, &rport)) {
 			fclose(f);
-			*port = (int)rport;
-			return hex_addr(rem, tables[t].family, addr, size);
+			continue;
 		}
+		/* the other end, if it is in this network namespace (a server on this host) */
+		if (peer_ino)
+			*peer_ino = tcp_reverse(f, loc, lport, rem, rport);
 		fclose(f);
+		*port = (int)rport;
+		return hex_addr(rem, tables[t].family, addr, size);
 	}
 	return -1;
 }

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 /*
  * libssl's probes for the plaintext of TLS connections of processes whose sockets are followed
- * (asyncpg over Python's ssl: bpf/tls.bpf.h). Attached to the libssl a process maps, once.
+ * (asyncpg over Python's ssl, libpq: bpf/tls.bpf.h). Attached to the libssl a process maps, once.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -24,6 +24,10 @@ static const struct {
 	{"SSL_write_ex", "up_ssl_write", false, R(X86_RDI) | R(X86_RSI) | R(X86_RDX)},
 	{"SSL_read_ex", "up_ssl_read", false, R(X86_RDI) | R(X86_RSI) | R(X86_RCX)},
 	{"SSL_read_ex", "ur_ssl_read", true, 0},
+	/* libpq's own TLS */
+	{"SSL_write", "up_ssl_write", false, R(X86_RDI) | R(X86_RSI) | R(X86_RDX)},
+	{"SSL_read", "up_ssl_read_int", false, R(X86_RDI) | R(X86_RSI)},
+	{"SSL_read", "ur_ssl_read", true, 0},
 };
 
 int tls_attach(struct tracer *t, struct proc_target *p, const char *path, const char *shown)
@@ -63,7 +67,7 @@ int tls_attach(struct tracer *t, struct proc_target *p, const char *path, const 
 	elff_close(ef);
 	if (attached != (int)(sizeof(specs) / sizeof(specs[0]))) {
 		fprintf(stderr,
-			"sqlspan: warning: PID %d: %s lacks SSL_read_ex/SSL_write_ex: its TLS "
+			"sqlspan: warning: PID %d: %s lacks SSL_read(_ex)/SSL_write(_ex): its TLS "
 			"database connections stay unread\n",
 			p->pid, shown);
 		tls_detach(p);

@@ -19,7 +19,7 @@ struct sqlspan_bpf;
 struct bpf_link;
 
 #define MAX_LINKS 32
-#define TLS_LINKS 4
+#define TLS_LINKS 8
 
 /* One libpq file attached for one process. */
 struct lib_target {
@@ -42,6 +42,8 @@ struct proc_target {
 	int nlibs;
 	int nmapped;	   /* libs actually mapped by the process */
 	bool wire;	   /* its sockets are followed for the protocol (asyncpg, or --wire) */
+	bool libpq_wire;   /* its libpq's statements are read off its sockets (libpq_on_wire) */
+	bool wire_ahead;   /* --wait: its sockets followed before it loads libpq */
 	bool greenlet;	   /* it loaded greenlet: greenlet_spawn is looked for */
 	bool wire_started; /* its sockets are followed (tracepoints attached, open sockets noted) */
 	char wire_shown[PATH_MAX];	       /* the driver that made it so ("" for --wire) */
@@ -70,6 +72,16 @@ struct tracer {
 	struct outq held;     /* output lines until the next look at that count (outq.h) */
 	bool rescan;
 };
+
+/*
+ * libpq's statements are read off the process's sockets, like asyncpg's (bpf_loop kernels: a
+ * uprobe per statement costs the application several µs here, the socket's tracepoints less),
+ * unless --libpq-uprobes asks for its functions' probes.
+ */
+static inline bool libpq_on_wire(const struct tracer *t)
+{
+	return t->use_loop && !t->cli.libpq_uprobes;
+}
 
 /*
  * Find and attach the libpq files of a process, and see whether it loaded a driver that speaks

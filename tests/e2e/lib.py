@@ -225,11 +225,11 @@ def check_counted(cluster, spans, backends, lost, pipelines_unsure=False):
 
 
 def trace_app(cluster, scenario, tmpdir, args=(), host=None, threads=8, sql=(), json_out=True,
-              lossy_ok=False):
+              lossy_ok=False, env=None):
     """Start an app, attach sqlspan, let the app run, return (record, spans, tracer). Where a
     7.x kernel skipped runs, the test is skipped unless it says it checks that case itself
     (lossy_ok: see skipped_runs and check_counted)."""
-    app = App(cluster, scenario, tmpdir, host=host, threads=threads, sql=sql)
+    app = App(cluster, scenario, tmpdir, host=host, threads=threads, sql=sql, env=env)
     tr = Tracer([app.pid], args, json_out=json_out)
     try:
         tr.wait_ready()
@@ -384,3 +384,17 @@ def run_in_rootfs(fs, app, args, tmpdir=None):
     kids = children(p.pid)
     assert len(kids) == 1
     return p, kids[0], appdir
+
+
+def kernel_has_bpf_loop():
+    rel = os.uname().release.split("-")[0].split(".")
+    return (int(rel[0]), int(rel[1])) >= (5, 17)
+
+
+def libpq_capture(args=()):
+    """How sqlspan reads libpq's statements with these options on this kernel: off the sockets
+    ("wire") where bpf_loop exists, with uprobes on libpq ("libpq") on older kernels or when
+    asked (--libpq-uprobes; --no-bpf-loop walks like an older kernel)."""
+    if "--libpq-uprobes" in args or "--no-bpf-loop" in args or not kernel_has_bpf_loop():
+        return "libpq"
+    return "wire"

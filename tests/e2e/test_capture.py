@@ -1,13 +1,17 @@
 """End to end: real apps with Debian's SQLAlchemy, psycopg2 and psycopg against a real
 PostgreSQL, traced by PID. Ground truth: the server's statement log and the app's own record."""
-from lib import (check_against_record, check_against_server, check_counted, executed, skipped_runs,
-                 trace_app)
+import os
+
+import pytest
+
+from lib import (check_against_record, check_against_server, check_counted, executed, libpq_capture,
+                 skipped_runs, trace_app)
 
 
-def check_identity(spans, cluster, backends, address, port=None, transport="unix"):
+def check_identity(spans, cluster, backends, address, port=None, transport="unix", args=()):
     for s in spans:
         assert s["db.system.name"] == "postgresql"
-        assert s["sqlspan.capture"] == "libpq"
+        assert s["sqlspan.capture"] == libpq_capture(args), s
         assert s["db.namespace"] == "postgres", s
         assert s["postgresql.user"] == "postgres", s
         assert s["postgresql.backend_pid"] in backends, s
@@ -30,22 +34,24 @@ def check_clean(tr, spans):
     assert not bad, bad[:3]
 
 
-def test_sqlalchemy_psycopg2(cluster, tmp_path):
-    """SQLAlchemy 1.4 ORM and Core over psycopg2, 8 threads on their own connections."""
-    record, spans, tr = trace_app(cluster, "sqlalchemy", str(tmp_path), lossy_ok=True)
+@pytest.mark.parametrize("args", [(), ("--libpq-uprobes",)], ids=["default", "libpq-uprobes"])
+def test_sqlalchemy_psycopg2(cluster, tmp_path, args):
+    """SQLAlchemy 1.4 ORM and Core over psycopg2, 8 threads on their own connections; libpq's
+    statements read off its sockets (bpf_loop kernels), and with its uprobes when asked."""
+    record, spans, tr = trace_app(cluster, "sqlalchemy", str(tmp_path), args=args, lossy_ok=True)
     backends = record["backends"]
     assert len(backends) >= 8  # threads on connections of their own
     lost = skipped_runs(tr)
     if lost:  # a 7.x kernel skipped runs: what is shown is right, what is missing was counted
         assert tr.summary()["open"] == 0, tr.stderr
         check_counted(cluster, spans, backends, lost)
-        check_identity(spans, cluster, backends, cluster.sockpath)
+        check_identity(spans, cluster, backends, cluster.sockpath, args=args)
         return
     check_clean(tr, spans)
     n = check_against_server(cluster, spans, backends)
     assert n > 300
     assert check_against_record(record, spans) > 250
-    check_identity(spans, cluster, backends, cluster.sockpath)
+    check_identity(spans, cluster, backends, cluster.sockpath, args=args)
     texts = [s["db.query.text"] for s in executed(spans)]
     assert any("Zoë Ærøskøbing 東京 🐘" in t for t in texts)
     assert any(len(t) > 20000 for t in texts)
@@ -91,3 +97,34 @@ def test_psycopg3_async(cluster, tmp_path):
     assert check_against_server(cluster, spans, backends) == len(executed(spans))
     assert check_against_record(record, spans) == 110
     check_identity(spans, cluster, backends, cluster.sockpath)
+
+
+@pytest.mark.parametrize("scenario", ["psycopg2", "connect-first"])
+def test_libpq_over_tls(tls_cluster, tmp_path, scenario):
+    """libpq's own TLS (sslmode=require, over TCP): its statements read where libssl takes and
+    gives the plaintext (SSL_write, SSL_read) on bpf_loop kernels, also on a connection made
+    before sqlspan attached (connect-first: from its second statement on, with its identity
+    from the server's end of the socket); on older kernels from libpq's uprobes."""
+    record, spans, tr = trace_app(tls_cluster, scenario, str(tmp_path), host="127.0.0.1",
+                                  env=dict(os.environ, PGSSLMODE="require"))
+    check_clean(tr, spans)
+    backends = record["backends"]
+    if scenario == "connect-first" and libpq_capture() == "wire":
+        # its handshake was before sqlspan attached: the SSL object is tied to its socket by
+        # its first write after the attach, whose statement goes by unread (sqlspan counts its
+        # reply as unmatched messages); every later one is a span
+        b = backends[0]
+        want = [(e["text"], e["sqlstate"]) for e in tls_cluster.statements(backends)[b]]
+        got = [(x["db.query.text"], x.get("db.response.status_code")) for x in executed(spans)]
+        assert len(want) >= 6 and got == want[1:], (want, got)
+        assert "unmatched messages" in tr.stderr and " 0 unmatched messages" not in tr.stderr
+    else:
+        assert check_against_server(tls_cluster, spans, backends) == len(executed(spans)) >= 5
+        assert check_against_record(record, spans) >= 5
+    for s in spans:
+        assert s["sqlspan.capture"] == libpq_capture(), s
+        assert s["postgresql.backend_pid"] in backends, s
+        assert s["server.address"] == "127.0.0.1" and s["server.port"] == int(tls_cluster.port), s
+        assert s["db.namespace"] == "postgres" and s["postgresql.user"] == "postgres", s
+        if s["sqlspan.capture"] == "wire":
+            assert s.get("sqlspan.connection.tls") is True, s

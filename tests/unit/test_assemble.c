@@ -950,6 +950,69 @@ TEST(wire_asyncpg_flow)
 	asm_free(a);
 }
 
+/* The stack a span got: the time of its stack record (as its line), or -1. */
+static void hook_py_ts(void *arg, const struct ev_stack *st, size_t size, struct span_py *out)
+{
+	(void)arg, (void)size;
+	out->present = true;
+	out->line = (int)(st->h.ts % 1000000);
+}
+
+static void stack_rec(struct assembler *a)
+{
+	struct ev_stack st;
+
+	memset(&st, 0, sizeof(st));
+	hdr(&st.h, EV_STACK, 7, 8, 0);
+	asm_record(a, &st, sizeof(st));
+}
+
+/*
+ * libpq flushes what it has once a message takes it past 8 KiB: Parse and the start of a long
+ * Bind go in one send (which read the Python stack), the rest of the Bind, Describe, Execute and
+ * Sync in the next (which did not: it starts in the middle of a message). The statement is the
+ * Execute's, with the stack of the send it began in; the next one has its own.
+ */
+TEST(wire_request_ending_in_a_later_send_keeps_its_stack)
+{
+	static const struct asm_hooks h = {
+		.ident = hook_ident, .exe = hook_exe, .span = hook_span, .py_resolve = hook_py_ts};
+	static uint8_t bind[16];
+	struct assembler *a;
+	int first;
+
+	asm_free(fresh(4096)); /* G cleared */
+	a = asm_new(&h, 4096, 42);
+	T += 1000;
+	first = (int)(T % 1000000);
+	stack_rec(a);
+	FMSG(a, 5, 'P', "\0SELECT length($1)\0\0\0");
+	fmsg_parts(a, 5, 'B', bind, 20000, sizeof(bind), 0, 0); /* names seen, the value skipped */
+	T += 1000;						/* the next send */
+	FMSG(a, 5, 'D', "P\0");
+	FMSG(a, 5, 'E', "\0\0\0\0");
+	fmsg(a, 5, 'S', NULL, 0);
+	msg(a, 5, '1', NULL, 0);
+	msg(a, 5, '2', NULL, 0);
+	msg(a, 5, 'T', NULL, 0);
+	msg(a, 5, 'C', "SELECT 1", 1);
+	z(a, 5, 'I');
+	CHECK_EQ(G.n, 1);
+	CHECK_STR(G.text[0], "SELECT length($1)");
+	CHECK(G.s[0].py.present);
+	CHECK_EQ(G.s[0].py.line, first);
+	/* a statement all in one send takes that send's stack, not the one before */
+	T += 1000;
+	stack_rec(a);
+	FMSG(a, 5, 'Q', "SELECT 2\0");
+	msg(a, 5, 'C', "SELECT 1", 1);
+	z(a, 5, 'I');
+	CHECK_EQ(G.n, 2);
+	CHECK(G.s[1].py.present);
+	CHECK(G.s[1].py.line != first);
+	asm_free(a);
+}
+
 /* A frontend message record for a batch (front_emit): body = the whole body. */
 static const struct ev_msg *mk_fmsg(void *buf, uint8_t type, const void *body, uint32_t len)
 {
@@ -1116,6 +1179,7 @@ int main(void)
 		CASE(identity_from_the_bpf_side),
 		CASE(transactions),
 		CASE(wire_asyncpg_flow),
+		CASE(wire_request_ending_in_a_later_send_keeps_its_stack),
 		CASE(frontend_messages_of_one_send_in_one_record),
 		CASE(wire_errors_parts_and_losses),
 		CASE(random_records),
