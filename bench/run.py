@@ -384,12 +384,12 @@ def account(accounts, floor_ns, overhead_ns):
                 hits.append("%.2f %s (%s)" % (runs / n, fn, kind))
         per = bpf_us(stats, n, overhead_ns)
         nruns = sum(runs for runs, _ in stats.values()) / n
-        bpf_us = sum(per.values())
+        bpf_total = sum(per.values())
         progs = ", ".join("%s %.2f" % (p, v) for p, v in
                           sorted(per.items(), key=lambda kv: -kv[1]) if v >= 0.005)
         say("| %s | %s | %s | %.2f | %.1f | %.2f: %s | %.2f |" % (
-            driver, m, ", ".join(hits), trap, nruns, bpf_us, progs, trap + bpf_us))
-        R[("accounted", driver, m)] = trap + bpf_us
+            driver, m, ", ".join(hits), trap, nruns, bpf_total, progs, trap + bpf_total))
+        R[("accounted", driver, m)] = trap + bpf_total
     say("")
 
 
