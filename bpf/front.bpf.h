@@ -77,6 +77,8 @@ struct fwalk {
 	struct batch bat; /* the EV_FMSG records of this send (the thread's scratch area) */
 	struct win win;	  /* the first bytes of the buffer being walked (Bind, Execute, Sync) */
 	__u8 junk[SQLSPAN_NAME_LEN]; /* where names are read to measure them */
+	__u64 replay_buf; /* tls_bind: the plaintext of the write just tied (tls_replay) */
+	__u64 replay_len;
 };
 
 /*
@@ -662,8 +664,13 @@ static __always_inline void front_send(void *ctx, struct fwalk *w, __u64 niov)
 	w->buf = w->vec[0];
 	w->n = w->vec[1] < w->left ? w->vec[1] : w->left;
 	w->pos = 0;
-	if (!front_socket(w))
-		return;
+	w->replay_len = 0;
+	if (!front_socket(w)) {
+		/* an encrypted send that tied its SSL object: the plaintext it carries instead */
+		if (!w->replay_len || !tls_replay(w))
+			return;
+		niov = 1;
+	}
 	win_fill(&w->win, w->buf, w->n);
 	front_stack(ctx, w);
 	front_walk(ctx, w, niov);

@@ -279,7 +279,7 @@ int BPF_KPROBE(up_ssl_handshake, void *ssl)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)pid_tgid;
-	__u64 s = (__u64)ssl;
+	struct ssl_last s = {.ssl = (__u64)ssl};
 
 	if (wire_process(pid_tgid >> 32))
 		bpf_map_update_elem(&ssl_last, &tid, &s, BPF_ANY);
@@ -325,8 +325,9 @@ static __noinline void tls_probe_unbound(struct fwalk *w, __u64 ssl)
 	w->n = w->vec[1];
 	w->pos = 0;
 	if (front_probe(w) == 2) {
-		ssl |= 1;
-		bpf_map_update_elem(&ssl_last, &tid, &ssl, BPF_ANY);
+		struct ssl_last last = {.ssl = ssl | 1, .buf = w->vec[0], .len = w->vec[1]};
+
+		bpf_map_update_elem(&ssl_last, &tid, &last, BPF_ANY);
 	}
 }
 

@@ -36,15 +36,21 @@ struct {
 } fd_ssls SEC(".maps");
 
 /*
- * per thread: the SSL object of its last SSL_do_handshake, or (| 1) of its last SSL_write_ex
+ * per thread: the SSL object of its last SSL_do_handshake, or (| 1) of its last SSL_write(_ex)
  * whose plaintext was whole frontend messages on an SSL object not bound yet (a connection
- * whose handshake was before sqlspan attached)
+ * whose handshake was before sqlspan attached), with that plaintext's place (buf, len)
  */
+struct ssl_last {
+	__u64 ssl;
+	__u64 buf;
+	__u64 len;
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 4096);
 	__type(key, __u32);
-	__type(value, __u64);
+	__type(value, struct ssl_last);
 } ssl_last SEC(".maps");
 
 /* per thread: an SSL_read_ex in progress on a bound SSL object */
@@ -81,16 +87,19 @@ static __always_inline __s32 tls_stream(__u32 tgid, __u64 ssl)
 static __noinline int tls_bind(struct fwalk *w, int established)
 {
 	__u32 tid = (__u32)w->pid_tgid, zero = 0;
-	__u64 *last = bpf_map_lookup_elem(&ssl_last, &tid);
+	struct ssl_last *last = bpf_map_lookup_elem(&ssl_last, &tid);
 	struct ssl_key k = {.tgid = w->key.tgid};
 	struct fd_key pk = {.tgid = w->key.tgid, .fd = w->fd | SQLSPAN_TLS_FD};
 	struct front_state *fs;
 	struct fd_state *st;
 	void *z;
 
-	if (!last || !*last || (*last & 1) != (__u64)established)
+	if (!last || !last->ssl || (last->ssl & 1) != (__u64)established)
 		return 0;
-	k.ssl = *last & ~1ULL;
+	k.ssl = last->ssl & ~1ULL;
+	/* the plaintext of the write this record carries: walked next if it is still there */
+	w->replay_buf = established ? last->buf : 0;
+	w->replay_len = established ? last->len : 0;
 	bpf_map_delete_elem(&ssl_last, &tid);
 	z = bpf_map_lookup_elem(&zeroes, &zero);
 	if (!z || bpf_map_update_elem(&ssl_fds, &k, &w->fd, BPF_ANY) ||
@@ -113,6 +122,31 @@ static __noinline int tls_bind(struct fwalk *w, int established)
 			st->flags = FS_WIRE | FS_TLS;
 	}
 	return 1;
+}
+
+static __noinline int front_probe(struct fwalk *w);
+
+/*
+ * The send that tied an SSL object to its socket (tls_bind, established) carries the TLS record
+ * of the plaintext its thread's libssl just took: libpq writes it to the socket inside that
+ * SSL_write, so the plaintext is there to walk now, as the TLS stream's send (Python's ssl writes
+ * it later: only if the bytes are still whole frontend messages, as they were then). 1 if w is
+ * set up for that walk.
+ */
+static __noinline int tls_replay(struct fwalk *w)
+{
+	w->key.fd = w->fd | SQLSPAN_TLS_FD;
+	w->fd = w->key.fd;
+	w->buf = w->replay_buf;
+	w->n = w->replay_len < (1u << 30) ? (__u32)w->replay_len : 0;
+	w->left = w->n;
+	w->vec[0] = w->buf;
+	w->vec[1] = w->n;
+	w->iov = 0;
+	w->pos = 0;
+	w->replay_len = 0;
+	w->how = 0;
+	return w->n && front_probe(w) == 2;
 }
 
 /* A socket closes: its TLS stream and binding go with it. */
