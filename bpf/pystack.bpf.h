@@ -427,7 +427,9 @@ static __noinline void task_read(struct py_cfg *cfg, struct stack_buf *sb)
 	} else {
 		/* for userspace to learn from (types live long, and so do Tasks) */
 		sb->task_cb_type = type;
-		if (!cfg->lr.task_type)
+		/* while the first stacks wake userspace: a Task that may never be learnt (pure
+		 * Python tasks) must not cost every statement a read */
+		if (!cfg->lr.task_type && cfg->sa_wake_left)
 			sb->task_obj = rd64(cb + STEP_WRAPPER_TASK);
 		return;
 	}

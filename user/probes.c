@@ -99,13 +99,14 @@ static void derive_layout(struct tracer *t, struct elf_file *ef, struct lib_targ
 
 static int attach_lib(struct tracer *t, struct proc_target *p, struct lib_target *lt)
 {
-	struct elf_file *ef = libpq_on_wire(t) ? NULL : elff_open(lt->path);
+	struct elf_file *ef;
 	int attached = 0;
 
 	if (libpq_on_wire(t)) { /* its statements are read off the sockets: no probe here */
 		vlog(t, "%s: statements read off PID %d's sockets", lt->shown, p->pid);
 		return 0;
 	}
+	ef = elff_open(lt->path);
 	if (!ef) {
 		fprintf(stderr, "sqlspan: warning: cannot read %s for PID %d: %s\n", lt->shown,
 			p->pid, strerror(errno));
