@@ -18,7 +18,7 @@ PURE_SRCS := user/hmap.c user/x86dec.c user/pqlayout.c user/pgproto.c user/sqlle
 	user/sqlinfo.c user/redact.c user/assemble.c user/output.c user/reorder.c \
 	user/procmaps.c user/cli.c user/elffile.c user/sysinfo.c user/pyline.c user/pylayout_table.c user/pyruntime.c user/pyframes.c \
 	user/pgident.c user/pyobj.c user/saurl.c user/pystack.c user/strbuf.c user/outq.c
-LOADER_SRCS := user/main.c user/probes.c user/tlsprobes.c user/sockpeer.c
+LOADER_SRCS := user/main.c user/probes.c user/tlsprobes.c user/sockpeer.c user/ulink.c
 BPF_SRCS := bpf/sqlspan.bpf.c
 BPF_HDRS := bpf/sqlspan.h bpf/buffer.bpf.h bpf/maps.bpf.h bpf/wire.bpf.h bpf/pystack.bpf.h \
 	bpf/request.bpf.h bpf/front.bpf.h bpf/tls.bpf.h
@@ -113,8 +113,9 @@ $(OUTPUT)/floor.bpf.o: bench/floor.bpf.c vmlinux/$(ARCH)/vmlinux.h | $(OUTPUT)
 $(OUTPUT)/floor.skel.h: $(OUTPUT)/floor.bpf.o
 	$(BPFTOOL) gen skeleton $< name floor_bpf > $@
 
-$(OUTPUT)/floor: bench/floor.c $(OUTPUT)/floor.skel.h user/elffile.c user/x86dec.c
-	$(CC) -g -O2 $(WARN) $(INCLUDES) bench/floor.c user/elffile.c user/x86dec.c $(LDLIBS) -o $@
+$(OUTPUT)/floor: bench/floor.c $(OUTPUT)/floor.skel.h user/elffile.c user/x86dec.c user/ulink.c
+	$(CC) -g -O2 $(WARN) $(INCLUDES) bench/floor.c user/elffile.c user/x86dec.c user/ulink.c \
+		$(LDLIBS) -o $@
 
 bench:
 	@scripts/setup.sh test

@@ -6,7 +6,13 @@
  * added ns per probe hit. Usage: floor [CALLS]
  *
  * floor attach PID LIBRARY SYMBOL[+OFF] [ret]: put an empty uprobe (and uretprobe) on SYMBOL in another
- * process until stdin closes: the cost of a design that probes there.
+ * process until stdin closes, attached as sqlspan attaches its own (ulink.h): the cost of a design
+ * that probes there.
+ *
+ * floor tracepoints SET: empty programs on system call tracepoints until stdin closes: what the
+ * tracepoints cost every process's system calls with nothing done in them. SET: "syscalls" (the
+ * ones sqlspan uses on bpf_loop kernels), "exit" (its sys_exit_* ones only), "raw" (one raw
+ * tracepoint on raw_syscalls:sys_exit), "btf" (the same, BTF-typed).
  *
  * floor stats: what kernel.bpf_stats_enabled reports as the run time of an empty program (the
  * clock reads around every run are in it): the part of every program's reported time that is
@@ -20,6 +26,7 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include "elffile.h"
+#include "ulink.h"
 #include "floor.skel.h"
 
 /* first instruction chosen on purpose */
@@ -66,11 +73,13 @@ static int silent(enum libbpf_print_level l, const char *f, va_list a)
 
 static int attach_other(int argc, char **argv)
 {
-	struct floor_bpf *skel = floor_bpf__open_and_load();
+	struct floor_bpf *skel = floor_bpf__open();
 	struct elf_file *ef = argc > 4 ? elff_open(argv[3]) : NULL;
-	struct bpf_link *l1, *l2 = NULL;
+	struct ulink l1 = {0}, l2 = {0};
+	bool ret = argc > 5 && !strcmp(argv[5], "ret");
 	uint64_t va, foff, off = 0;
 	char buf[64], sym[128], *plus;
+	pid_t pid = atoi(argv[2]);
 
 	snprintf(sym, sizeof(sym), "%s", argc > 4 ? argv[4] : "");
 	plus = strchr(sym, '+');
@@ -78,15 +87,16 @@ static int attach_other(int argc, char **argv)
 		*plus = 0;
 		off = strtoull(plus + 1, NULL, 0);
 	}
-	if (!skel || !ef || elff_sym(ef, sym, &va, NULL)) {
+	/* attached as sqlspan attaches its uprobes (ulink.h) */
+	if (skel && ulink_multi_supported())
+		ulink_use_multi(skel->obj);
+	if (!skel || floor_bpf__load(skel) || !ef || elff_sym(ef, sym, &va, NULL)) {
 		fprintf(stderr, "floor: usage: floor attach PID LIBRARY SYMBOL[+OFFSET] [ret]\n");
 		return 2;
 	}
 	foff = elff_file_offset(ef, va + off);
-	l1 = bpf_program__attach_uprobe(skel->progs.empty, false, atoi(argv[2]), argv[3], foff);
-	if (argc > 5 && !strcmp(argv[5], "ret"))
-		l2 = bpf_program__attach_uprobe(skel->progs.empty, true, atoi(argv[2]), argv[3], foff);
-	if (!l1 || (argc > 5 && !l2)) {
+	if (ulink_attach(&l1, skel->progs.empty, false, pid, argv[3], foff) ||
+	    (ret && ulink_attach(&l2, skel->progs.empty, true, pid, argv[3], foff))) {
 		fprintf(stderr, "floor: cannot attach\n");
 		return 1;
 	}
@@ -94,10 +104,47 @@ static int attach_other(int argc, char **argv)
 	fflush(stdout);
 	while (fgets(buf, sizeof(buf), stdin))
 		;
-	bpf_link__destroy(l2);
-	bpf_link__destroy(l1);
+	ulink_destroy(&l2);
+	ulink_destroy(&l1);
 	floor_bpf__destroy(skel);
 	elff_close(ef);
+	return 0;
+}
+
+static int tracepoints(const char *set)
+{
+	static const char *const enter[] = {"sys_enter_close", "sys_enter_mmap", "sys_enter_connect"};
+	static const char *const ex[] = {"sys_exit_sendto", "sys_exit_recvfrom", "sys_exit_sendmsg"};
+	struct bpf_link *links[8] = {0};
+	struct floor_bpf *skel = floor_bpf__open_and_load();
+	int n = 0, bad = !skel;
+	char buf[256];
+
+	if (skel && !strcmp(set, "raw"))
+		bad = !(links[n++] = bpf_program__attach_raw_tracepoint(skel->progs.empty_raw,
+									 "sys_exit"));
+	else if (skel && !strcmp(set, "btf"))
+		bad = !(links[n++] = bpf_program__attach_trace(skel->progs.empty_btf));
+	else if (skel && (!strcmp(set, "syscalls") || !strcmp(set, "exit"))) {
+		for (size_t i = 0; i < 3 && !bad; i++)
+			bad = !(links[n++] = bpf_program__attach_tracepoint(skel->progs.empty_tp,
+									    "syscalls", ex[i]));
+		for (size_t i = 0; i < 3 && !bad && !strcmp(set, "syscalls"); i++)
+			bad = !(links[n++] = bpf_program__attach_tracepoint(skel->progs.empty_tp,
+									    "syscalls", enter[i]));
+	} else
+		bad = 1;
+	if (bad) {
+		fprintf(stderr, "floor: cannot attach tracepoints '%s'\n", set);
+		return 1;
+	}
+	printf("attached\n");
+	fflush(stdout);
+	while (fgets(buf, sizeof(buf), stdin))
+		;
+	while (n > 0)
+		bpf_link__destroy(links[--n]);
+	floor_bpf__destroy(skel);
 	return 0;
 }
 
@@ -143,6 +190,8 @@ int main(int argc, char **argv)
 	libbpf_set_print(silent);
 	if (argc > 1 && !strcmp(argv[1], "attach"))
 		return attach_other(argc, argv);
+	if (argc > 2 && !strcmp(argv[1], "tracepoints"))
+		return tracepoints(argv[2]);
 	len = readlink("/proc/self/exe", self, sizeof(self) - 1);
 	if (len <= 0)
 		return 1;

@@ -271,7 +271,10 @@ def latency(cluster, env, floor_ns, overhead_ns):
         apps = [App(driver, cluster, env), App(driver, cluster, env)]
         libpq = libpq_of(apps[0].pid)
         modes = ["untraced", "in-process tracer",
-                 "sqlspan --no-python (driver level)", "sqlspan (with Python call site)"]
+                 "sqlspan --no-python (driver level)", "sqlspan (with Python call site)",
+                 "sqlspan --perf-uprobes --no-python (its uprobes as perf events on the task, "
+                 "driver level)",
+                 "empty syscall tracepoints (sqlspan's set)"]
         site = None
         if libpq:  # asyncpg: no libpq, no uprobes (its sockets' syscall tracepoints)
             # libpq's statements are read off its sockets; its uprobes (older kernels) compared
@@ -290,12 +293,19 @@ def latency(cluster, env, floor_ns, overhead_ns):
                 tr = floor_p = None
                 if m.startswith("sqlspan --libpq-uprobes"):
                     tr = Sqlspan(app.pid, ["--libpq-uprobes", "--no-python"])
+                elif m.startswith("sqlspan --perf-uprobes"):
+                    tr = Sqlspan(app.pid, ["--perf-uprobes", "--no-python"])
                 elif m.startswith("sqlspan --no-python"):
                     tr = Sqlspan(app.pid, ["--no-python"])
                 elif m.startswith("sqlspan"):
                     tr = Sqlspan(app.pid)
                 elif m == "in-process tracer":
                     app.cmd("otel on")
+                elif m.startswith("empty syscall tracepoints"):
+                    floor_p = subprocess.Popen([FLOOR, "tracepoints", "syscalls"],
+                                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                               text=True)
+                    floor_p.stdout.readline()
                 elif m.startswith("PQgetResult") or m.startswith("empty uprobe"):
                     where = (["PQgetResult", "ret"] if m.startswith("PQgetResult") else
                              [site[0]])

@@ -38,6 +38,7 @@ enum {
 	OPT_NO_PYTHON,
 	OPT_WIRE,
 	OPT_LIBPQ_UPROBES,
+	OPT_PERF_UPROBES,
 };
 
 static const struct argp_option opts[] = {
@@ -72,6 +73,10 @@ static const struct argp_option opts[] = {
 	{"verbose", 'v', NULL, 0, "Say more: probe placement, libbpf messages", 0},
 	{"no-bpf-loop", OPT_NO_LOOP, NULL, 0,
 	 "Walk socket reads with bounded loops and tail calls, as on kernels before 5.17", 0},
+	{"perf-uprobes", OPT_PERF_UPROBES, NULL, 0,
+	 "Attach uprobes as perf events on the process, as on kernels before 6.6, not as "
+	 "uprobe_multi links (costs the process at every context switch)",
+	 0},
 	{NULL, 'h', NULL, OPTION_HIDDEN, "Show the full help", 0},
 	{0},
 };
@@ -193,6 +198,9 @@ static error_t parse_opt(int key, char *arg, struct argp_state *state)
 		break;
 	case OPT_LIBPQ_UPROBES:
 		c->libpq_uprobes = true;
+		break;
+	case OPT_PERF_UPROBES:
+		c->perf_uprobes = true;
 		break;
 	case OPT_STACK_DEPTH:
 		v = parse_long(arg, 1, 127, "--stack-depth");

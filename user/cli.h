@@ -25,6 +25,7 @@ struct cli {
 	uint32_t max_sql_bytes;
 	uint32_t ring_mb;
 	bool no_bpf_loop;
+	bool perf_uprobes;    /* uprobes as perf events even where uprobe_multi links exist */
 	bool stack;	      /* --stack: the whole Python stack on each span */
 	bool no_python;	      /* --no-python: no Python stacks at all */
 	uint32_t stack_depth; /* Python frames read per statement */

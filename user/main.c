@@ -593,6 +593,11 @@ static int open_and_load(struct tracer *t)
 		bpf_map__set_value_size(skel->maps.events, sizeof(int));
 		bpf_map__set_max_entries(skel->maps.events, 0);
 	}
+	/* uprobes that cost the process nothing until hit (ulink.h) */
+	t->uprobe_multi = !t->cli.perf_uprobes && ulink_multi_supported();
+	if (t->uprobe_multi)
+		ulink_use_multi(skel->obj);
+	vlog(t, "uprobes attached as %s", t->uprobe_multi ? "uprobe_multi links" : "perf events");
 	err = sqlspan_bpf__load(skel);
 	if (err) {
 		fprintf(stderr,

@@ -119,7 +119,6 @@ static int attach_lib(struct tracer *t, struct proc_target *p, struct lib_target
 		uint8_t code[64];
 		uint64_t va, foff;
 		size_t n, off;
-		struct bpf_link *link;
 		struct x86_insn in;
 
 		n = elff_func_code(ef, sp->sym, code, sizeof(code), &va);
@@ -146,14 +145,13 @@ static int attach_lib(struct tracer *t, struct proc_target *p, struct lib_target
 			continue;
 		if (sp->inner) /* from now on requests are checked for nesting (see req_nested) */
 			t->skel->bss->outer_probes = 1;
-		link = bpf_program__attach_uprobe(prog, false, p->pid, lt->path, foff);
-		if (!link) {
+		if (ulink_attach(&lt->links[lt->nlinks], prog, false, p->pid, lt->path, foff)) {
 			fprintf(stderr,
 				"sqlspan: warning: cannot attach to %s in %s for PID %d: %s\n",
 				sp->sym, lt->shown, p->pid, strerror(errno));
 			continue;
 		}
-		lt->links[lt->nlinks++] = link;
+		lt->nlinks++;
 		attached++;
 		if (t->cli.verbose) {
 			bool emu = x86_decode(code + off, n - off, &in) > 0 &&
@@ -249,7 +247,7 @@ static struct lib_target *add_lib(struct tracer *t, struct proc_target *p, const
 	lt->ino = ino;
 	if (attach_lib(t, p, lt)) {
 		for (int i = 0; i < lt->nlinks; i++)
-			bpf_link__destroy(lt->links[i]);
+			ulink_destroy(&lt->links[i]);
 		return NULL;
 	}
 	p->nlibs++;
@@ -419,7 +417,7 @@ void probes_detach(struct tracer *t, struct proc_target *p)
 
 	for (int i = 0; i < p->nlibs; i++) {
 		for (int j = 0; j < p->libs[i].nlinks; j++)
-			bpf_link__destroy(p->libs[i].links[j]);
+			ulink_destroy(&p->libs[i].links[j]);
 		p->libs[i].nlinks = 0;
 	}
 	p->nlibs = 0;

@@ -46,7 +46,6 @@ int tls_attach(struct tracer *t, struct proc_target *p, const char *path, const 
 		uint8_t code[64];
 		uint64_t va, foff;
 		size_t n = elff_func_code(ef, specs[i].sym, code, sizeof(code), &va), off;
-		struct bpf_link *link;
 
 		if (!n || !prog)
 			continue;
@@ -54,14 +53,13 @@ int tls_attach(struct tracer *t, struct proc_target *p, const char *path, const 
 		foff = elff_file_offset(ef, va + off);
 		if (foff == (uint64_t)-1)
 			continue;
-		link = bpf_program__attach_uprobe(prog, specs[i].ret, p->pid, path, foff);
-		if (!link) {
+		if (ulink_attach(&p->tls_links[p->ntls], prog, specs[i].ret, p->pid, path, foff)) {
 			fprintf(stderr,
 				"sqlspan: warning: cannot attach to %s in %s for PID %d: %s\n",
 				specs[i].sym, shown, p->pid, strerror(errno));
 			continue;
 		}
-		p->tls_links[p->ntls++] = link;
+		p->ntls++;
 		attached++;
 	}
 	elff_close(ef);
@@ -80,6 +78,6 @@ int tls_attach(struct tracer *t, struct proc_target *p, const char *path, const 
 void tls_detach(struct proc_target *p)
 {
 	for (int i = 0; i < p->ntls; i++)
-		bpf_link__destroy(p->tls_links[i]);
+		ulink_destroy(&p->tls_links[i]);
 	p->ntls = 0;
 }

@@ -13,6 +13,7 @@
 #include "outq.h"
 #include "pqlayout.h"
 #include "pystack.h"
+#include "ulink.h"
 #include "../bpf/sqlspan.h"
 
 struct sqlspan_bpf;
@@ -28,7 +29,7 @@ struct lib_target {
 	uint64_t dev, ino;
 	uint64_t lo, hi; /* its executable mapping; 0 while not mapped yet */
 	struct pq_layout layout;
-	struct bpf_link *links[MAX_LINKS];
+	struct ulink links[MAX_LINKS];
 	int nlinks;
 };
 
@@ -46,9 +47,9 @@ struct proc_target {
 	bool wire_ahead;   /* --wait: its sockets followed before it loads libpq */
 	bool greenlet;	   /* it loaded greenlet: greenlet_spawn is looked for */
 	bool wire_started; /* its sockets are followed (tracepoints attached, open sockets noted) */
-	char wire_shown[PATH_MAX];	       /* the driver that made it so ("" for --wire) */
-	bool tls_tried;			       /* libssl seen (probed, or found wanting) */
-	struct bpf_link *tls_links[TLS_LINKS]; /* libssl's probes (tlsprobes.c) */
+	char wire_shown[PATH_MAX];	   /* the driver that made it so ("" for --wire) */
+	bool tls_tried;			   /* libssl seen (probed, or found wanting) */
+	struct ulink tls_links[TLS_LINKS]; /* libssl's probes (tlsprobes.c) */
 	int ntls;
 };
 
@@ -65,6 +66,7 @@ struct tracer {
 	int width;
 	bool use_ringbuf;
 	bool use_loop;	    /* the kernel has bpf_loop */
+	bool uprobe_multi;  /* uprobes as uprobe_multi links (ulink.h) */
 	bool wire_attached; /* the tracepoints of wire sockets are attached */
 	uint64_t shown, filtered;
 	uint64_t perf_lost;

@@ -1,6 +1,7 @@
 """Helpers for sqlspan's end-to-end tests: a throwaway PostgreSQL, real apps, sqlspan itself,
 and the ground truth (the server's JSON statement log, the app's own record)."""
 import json
+import glob
 import os
 import re
 import signal
@@ -244,11 +245,39 @@ def trace_app(cluster, scenario, tmpdir, args=(), host=None, threads=8, sql=(), 
         app.p.kill()
         tr.stop(signal.SIGKILL)
         raise
+    tr.links = link_types(tr.p.pid)  # while it is attached
     rc = tr.finish()
     assert rc == 0, tr.stderr
     if not lossy_ok:
         skip_if_kernel_skipped_runs(tr)
     return record, tr.spans() if json_out else None, tr
+
+
+def link_types(pid):
+    """The BPF links a process holds, by type, as the kernel lists them (/proc/PID/fdinfo)."""
+    types = {}
+    for fd in glob.glob("/proc/%d/fdinfo/*" % pid):
+        try:
+            with open(fd) as f:
+                for line in f:
+                    if line.startswith("link_type:"):
+                        t = line.split(":", 1)[1].strip()
+                        types[t] = types.get(t, 0) + 1
+        except OSError:
+            pass
+    return types
+
+
+def uprobe_multi_expected(args=()):
+    """Whether sqlspan's uprobes should be uprobe_multi links on this kernel: True from 6.10 (the
+    links' process-wide PID filter), False before 6.6 (no such links) or with --perf-uprobes,
+    None in between (6.6-6.9: only stable updates fixed the filter; sqlspan probes for it)."""
+    if "--perf-uprobes" in args:
+        return False
+    major, minor = (int(x) for x in os.uname().release.split("-")[0].split(".")[:2])
+    if (major, minor) >= (6, 10):
+        return True
+    return False if (major, minor) < (6, 6) else None
 
 
 def skip_if_kernel_skipped_runs(tr):

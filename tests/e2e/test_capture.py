@@ -5,7 +5,7 @@ import os
 import pytest
 
 from lib import (check_against_record, check_against_server, check_counted, executed, libpq_capture,
-                 skipped_runs, trace_app)
+                 skipped_runs, trace_app, uprobe_multi_expected)
 
 
 def check_identity(spans, cluster, backends, address, port=None, transport="unix", args=()):
@@ -34,13 +34,18 @@ def check_clean(tr, spans):
     assert not bad, bad[:3]
 
 
-@pytest.mark.parametrize("args", [(), ("--libpq-uprobes",)], ids=["default", "libpq-uprobes"])
+@pytest.mark.parametrize("args", [(), ("--libpq-uprobes",), ("--libpq-uprobes", "--perf-uprobes")],
+                         ids=["default", "libpq-uprobes", "libpq-perf-uprobes"])
 def test_sqlalchemy_psycopg2(cluster, tmp_path, args):
     """SQLAlchemy 1.4 ORM and Core over psycopg2, 8 threads on their own connections; libpq's
-    statements read off its sockets (bpf_loop kernels), and with its uprobes when asked."""
+    statements read off its sockets (bpf_loop kernels), and with its uprobes when asked:
+    uprobe_multi links where the kernel has them (6.6+), perf-event uprobes when asked too."""
     record, spans, tr = trace_app(cluster, "sqlalchemy", str(tmp_path), args=args, lossy_ok=True)
     backends = record["backends"]
     assert len(backends) >= 8  # threads on connections of their own
+    if "--libpq-uprobes" in args and uprobe_multi_expected(args) is not None:
+        multi = tr.links.get("uprobe_multi", 0)
+        assert (multi >= 5) if uprobe_multi_expected(args) else multi == 0, tr.links
     lost = skipped_runs(tr)
     if lost:  # a 7.x kernel skipped runs: what is shown is right, what is missing was counted
         assert tr.summary()["open"] == 0, tr.stderr
@@ -99,15 +104,18 @@ def test_psycopg3_async(cluster, tmp_path):
     check_identity(spans, cluster, backends, cluster.sockpath)
 
 
-@pytest.mark.parametrize("scenario", ["psycopg2", "connect-first"])
-def test_libpq_over_tls(tls_cluster, tmp_path, scenario):
+@pytest.mark.parametrize("scenario,args", [("psycopg2", ()), ("psycopg2", ("--perf-uprobes",)),
+                                           ("connect-first", ())],
+                         ids=["psycopg2", "psycopg2-perf-uprobes", "connect-first"])
+def test_libpq_over_tls(tls_cluster, tmp_path, scenario, args):
     """libpq's own TLS (sslmode=require, over TCP): its statements read where libssl takes and
     gives the plaintext (SSL_write, SSL_read) on bpf_loop kernels, also on a connection made
     before sqlspan attached (connect-first: its SSL object is tied to its socket by its first
     write after the attach, whose plaintext is walked right then; its identity from the server's
-    end of the socket); on older kernels from libpq's uprobes."""
+    end of the socket); on older kernels from libpq's uprobes. libssl's probes as uprobe_multi
+    links where the kernel has them, as perf events when asked (--perf-uprobes)."""
     record, spans, tr = trace_app(tls_cluster, scenario, str(tmp_path), host="127.0.0.1",
-                                  env=dict(os.environ, PGSSLMODE="require"))
+                                  env=dict(os.environ, PGSSLMODE="require"), args=args)
     check_clean(tr, spans)
     backends = record["backends"]
     assert check_against_server(tls_cluster, spans, backends) == len(executed(spans)) >= 5
@@ -119,3 +127,6 @@ def test_libpq_over_tls(tls_cluster, tmp_path, scenario):
         assert s["db.namespace"] == "postgres" and s["postgresql.user"] == "postgres", s
         if s["sqlspan.capture"] == "wire":
             assert s.get("sqlspan.connection.tls") is True, s
+    if libpq_capture() == "wire" and uprobe_multi_expected(args) is not None:
+        multi = tr.links.get("uprobe_multi", 0) + tr.links.get("uretprobe_multi", 0)  # libssl's 7
+        assert multi == (7 if uprobe_multi_expected(args) else 0), tr.links
