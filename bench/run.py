@@ -571,7 +571,9 @@ def targets():
             row("%s, %s: ≤ %.0f µs" % (driver, m, limit),
                 "accounted %.1f µs, measured %.1f ± %.1f µs" % (a, me[0], me[1]),
                 a <= limit and me[0] <= limit)
-            if inproc:
+            # 8x: the driver-level figure's reason (4 µs against ~35 in process); with the
+            # call site the issue allows 10 µs, about 3.5x: the ratio is shown, not a target
+            if inproc and limit == 4.0:
                 row("%s, %s: ≥ 8x cheaper than in-process (%.1f µs)" % (driver, m, inproc),
                     "%.1fx accounted, %.1fx measured" % (inproc / a, inproc / max(me[0], 0.01)),
                     inproc / a >= 8 and inproc / max(me[0], 0.01) >= 8)

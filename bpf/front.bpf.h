@@ -30,30 +30,6 @@ _Static_assert(FRONT_BAT_DATA <= WIN_READ_MAX, "batched parts read through win_b
 #define PG_GSS_REQUEST 80877104u
 #define PG_CANCEL_REQ  80877102u
 
-/* front_state.flags */
-#define FR_STARTUP (1 << 0) /* a StartupMessage (or TLS) comes next: after an SSLRequest */
-#define FR_GAP	   (1 << 1) /* a record was lost: mark the next one */
-
-/* Where the walk of a socket's frontend stream stands between sends. */
-struct front_state {
-	__u32 body_left; /* bytes of the current message body not yet walked */
-	__u32 body_len;
-	__u32 cap;    /* body bytes to send of the current message */
-	__u32 copied; /* body bytes sent so far */
-	__u8 type;    /* current message type (0: StartupMessage) */
-	__u8 hdr_have;
-	__u8 flags;
-	__u8 _pad;
-	__u8 hdr[8];
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, struct fd_key);
-	__type(value, struct front_state);
-} fronts SEC(".maps");
-
 /* The walk of one send, per thread. */
 struct fwalk {
 	__u64 buf;
@@ -72,8 +48,7 @@ struct fwalk {
 	__u64 iov;
 	__u64 left;   /* bytes sent not walked yet */
 	__u64 vec[2]; /* the iovec being read: base, length */
-	int how;
-	__u32 dead; /* the socket's stream was given up (front_bad): the send is not walked on */
+	__u32 dead;   /* the socket's stream was given up (front_bad): the send is not walked on */
 	struct batch bat; /* the EV_FMSG records of this send (the thread's scratch area) */
 	struct win win;	  /* the first bytes of the buffer being walked (Bind, Execute, Sync) */
 	__u8 junk[SQLSPAN_NAME_LEN]; /* where names are read to measure them */
@@ -200,26 +175,29 @@ static __noinline int front_probe(struct fwalk *w)
  * Make the socket a wire socket: both walk states, at a message boundary. Created from zeroes
  * (not from structs on the stack: see request.bpf.h on why stacks stay under 64 bytes).
  */
-static __noinline struct front_state *front_track(struct fwalk *w, int how)
+static __noinline struct fd_state *front_track(struct fwalk *w, int how)
 {
 	__u32 zero = 0;
 	void *z = bpf_map_lookup_elem(&zeroes, &zero);
-	struct front_state *fs;
 	struct fd_state *st;
 
-	if (!z || bpf_map_update_elem(&fds, &w->key, z, BPF_ANY) ||
-	    bpf_map_update_elem(&fronts, &w->key, z, BPF_ANY)) {
+	if (!z || bpf_map_update_elem(&fds, &w->key, z, BPF_ANY)) {
 		stat_add(ST_FD_FULL, 1);
 		return NULL;
 	}
 	st = bpf_map_lookup_elem(&fds, &w->key);
-	fs = bpf_map_lookup_elem(&fronts, &w->key);
-	if (!st || !fs)
+	if (!st)
 		return NULL;
 	/* a new connection: the replies are followed from the StartupMessage on */
 	st->flags = how == 1 ? FS_WIRE : FS_WIRE | FS_SYNCED;
-	fs->flags = how == 1 ? FR_STARTUP : 0;
-	return fs;
+	st->front.flags = how == 1 ? FR_STARTUP : 0;
+	return st;
+}
+
+/* The socket state a send walk's front_state is part of (the verifier follows the offset). */
+static __always_inline struct fd_state *front_socket_state(struct front_state *fs)
+{
+	return (struct fd_state *)((__u8 *)fs - __builtin_offsetof(struct fd_state, front));
 }
 
 /* ---- the walk ---- */
@@ -361,7 +339,6 @@ static __always_inline int front_bad(void *ctx, struct fwalk *w, struct front_st
 	e = rec_reserve(sizeof(*e));
 	fs->body_left = 0;
 	fs->hdr_have = 0;
-	bpf_map_delete_elem(&fronts, &w->key);
 	if (why != DESYNC_TLS)
 		bpf_map_delete_elem(&fds, &w->key);
 	if (why != DESYNC_TLS)
@@ -410,10 +387,10 @@ static __noinline int front_startup(void *ctx, struct fwalk *w, struct front_sta
 	if (w->n - w->pos < 8 || win_bytes(&w->win, w->buf, w->hdr, 8, w->pos))
 		return front_bad(ctx, w, fs, bat, DESYNC_BAD_HEADER);
 	fs->flags &= ~FR_STARTUP;
+	st = front_socket_state(fs);
 	if (w->hdr[0] == 22 && w->hdr[1] == 3) { /* a TLS ClientHello */
-		st = bpf_map_lookup_elem(&fds, &w->key);
-		if (st) /* the replies are TLS records: not walked */
-			st->flags = (st->flags & ~FS_SYNCED) | FS_TLS;
+		/* the replies are TLS records: not walked */
+		st->flags = (st->flags & ~FS_SYNCED) | FS_TLS;
 		tls_bind(w, 0); /* the plaintext, where libssl has it */
 		return front_bad(ctx, w, fs, bat, DESYNC_TLS);
 	}
@@ -425,13 +402,11 @@ static __noinline int front_startup(void *ctx, struct fwalk *w, struct front_sta
 	}
 	if (len < 8 || be32(&w->hdr[4]) != PG_PROTO_3)
 		return front_bad(ctx, w, fs, bat, DESYNC_BAD_HEADER);
-	st = bpf_map_lookup_elem(&fds, &w->key);
-	if (st) { /* the server's replies start now: at a message boundary */
-		st->flags |= FS_SYNCED;
-		st->body_left = 0;
-		st->hdr_have = 0;
-		st->rows = 0;
-	}
+	/* the server's replies start now: at a message boundary */
+	st->flags |= FS_SYNCED;
+	st->body_left = 0;
+	st->hdr_have = 0;
+	st->rows = 0;
 	w->pos += 4;
 	fs->type = 0;
 	fs->body_len = len - 4;
@@ -612,26 +587,26 @@ static __noinline __u64 sendmsg_iovecs(struct fwalk *w)
 
 /*
  * Is the socket one to walk? Not a libpq socket (its probes tell) nor an encrypted one; a new one
- * only if its first buffer looks like the protocol (w->how, see front_probe). A database socket
- * whose replies were lost track of is taken up again at this request.
+ * only if its first buffer looks like the protocol (see front_probe), and then it is tracked from
+ * now on. A database socket whose replies were lost track of is taken up again at this request.
+ * Its state if it is to be walked, else NULL.
  */
-static __noinline int front_socket(struct fwalk *w)
+static __noinline struct fd_state *front_socket(struct fwalk *w)
 {
 	struct fd_state *st = bpf_map_lookup_elem(&fds, &w->key);
-
 	__u8 first = 0;
+	int how;
 
-	w->how = 0;
 	if (st && (!(st->flags & FS_WIRE) || (st->flags & FS_TLS)))
-		return 0;
+		return NULL;
 	if (!st) {
 		/* a TLS record (application data) right after this thread's libssl took whole
 		 * frontend messages: a database connection from before the attach, encrypted */
 		if (!bpf_probe_read_user(&first, 1, (const void *)w->buf) && first == 23 &&
 		    tls_bind(w, 1))
-			return 0;
-		w->how = front_probe(w);
-		return w->how;
+			return NULL;
+		how = front_probe(w);
+		return how ? front_track(w, how) : NULL;
 	}
 	if (!(st->flags & FS_SYNCED)) {
 		st->flags |= FS_SYNCED;
@@ -639,18 +614,16 @@ static __noinline int front_socket(struct fwalk *w)
 		st->hdr_have = 0;
 		st->rows = 0;
 	}
-	return 1;
+	return st;
 }
 
 /* The walk of a send's buffers; the messages found go out as one record (more if long). */
-static __noinline void front_walk(void *ctx, struct fwalk *w, __u64 niov)
+static __noinline void front_walk(void *ctx, struct fwalk *w, struct fd_state *st, __u64 niov)
 {
 	struct front_loop fl = {.ctx = ctx, .w = w};
 
-	fl.fs = w->how ? front_track(w, w->how) : bpf_map_lookup_elem(&fronts, &w->key);
+	fl.fs = &st->front;
 	fl.bat = fwalk_scratch(w);
-	if (!fl.fs)
-		return;
 	w->dead = 0;
 	w->bat.n = 0;
 	w->bat.len = 0;
@@ -661,19 +634,25 @@ static __noinline void front_walk(void *ctx, struct fwalk *w, __u64 niov)
 /* Walk a send: its buffers (niov; the first in w->vec), after the thread's Python stack. */
 static __always_inline void front_send(void *ctx, struct fwalk *w, __u64 niov)
 {
+	struct fd_state *st;
+
 	w->buf = w->vec[0];
 	w->n = w->vec[1] < w->left ? w->vec[1] : w->left;
 	w->pos = 0;
 	w->replay_len = 0;
-	if (!front_socket(w)) {
+	st = front_socket(w);
+	if (!st) {
 		/* an encrypted send that tied its SSL object: the plaintext it carries instead */
 		if (!w->replay_len || !tls_replay(w))
+			return;
+		st = bpf_map_lookup_elem(&fds, &w->key); /* its TLS stream's */
+		if (!st)
 			return;
 		niov = 1;
 	}
 	win_fill(&w->win, w->buf, w->n);
 	front_stack(ctx, w);
-	front_walk(ctx, w, niov);
+	front_walk(ctx, w, st, niov);
 }
 
 #endif

@@ -41,7 +41,27 @@ struct fd_key {
 #define FS_WIRE	  (1 << 2) /* a socket of a driver that speaks the protocol itself (front.bpf.h) */
 #define FS_TLS	  (1 << 3) /* a wire socket that switched to TLS: its bytes are not walked */
 
-/* Where the walk of a socket's backend message stream stands between reads. */
+/* front_state.flags */
+#define FR_STARTUP (1 << 0) /* a StartupMessage (or TLS) comes next: after an SSLRequest */
+#define FR_GAP	   (1 << 1) /* a record was lost: mark the next one */
+
+/* Where the walk of a socket's frontend stream stands between sends. */
+struct front_state {
+	__u32 body_left; /* bytes of the current message body not yet walked */
+	__u32 body_len;
+	__u32 cap;    /* body bytes to send of the current message */
+	__u32 copied; /* body bytes sent so far */
+	__u8 type;    /* current message type (0: StartupMessage) */
+	__u8 hdr_have;
+	__u8 flags;
+	__u8 _pad;
+	__u8 hdr[8];
+};
+
+/*
+ * Where the walks of a socket's message streams stand between reads (backend) and sends
+ * (frontend, for drivers that speak the protocol: front.bpf.h): one lookup finds both.
+ */
 struct fd_state {
 	__u64 conn;	 /* PGconn * that owns the socket */
 	__u32 body_left; /* bytes of the current message body not yet read */
@@ -54,6 +74,7 @@ struct fd_state {
 	__u8 flags;
 	__u8 _pad;
 	__u8 hdr[8]; /* the first bytes of a header split across reads */
+	struct front_state front;
 };
 
 /* Sockets of traced processes that carry libpq connections. */

@@ -48,6 +48,9 @@ struct {
 
 #define HOT_SEEN (1u << 31) /* stack_buf.hot: the code object is in hot_codes */
 
+/* An object's fields are read with one read of its first PY_OB bytes (ob_load, ob64). */
+#define PY_OB 256
+
 /* an ev_stack with room for its frames, and the walk's own variables after them */
 struct stack_buf {
 	struct ev_hdr h;
@@ -79,6 +82,10 @@ struct stack_buf {
 	__u32 glet;		     /* walking the greenlet's frames */
 	char name[24];		     /* a name being compared */
 	__u8 fb[SQLSPAN_FRAME_READ]; /* one frame's first bytes */
+	__u64 ob_addr;		     /* ob holds [ob_addr, ob_addr + ob_len) of the process */
+	__u32 ob_len;
+	__u32 _ob_pad;
+	__u8 ob[PY_OB]; /* an object's first bytes (ob_load) */
 };
 
 _Static_assert(sizeof(struct stack_buf) <= sizeof(struct scratch), "stack_buf fits");
@@ -118,6 +125,47 @@ static __always_inline __u64 rd64(__u64 addr)
 
 	bpf_probe_read_user(&v, sizeof(v), (const void *)addr);
 	return v;
+}
+
+static __always_inline __u32 rd32(__u64 addr)
+{
+	__u32 v = 0;
+
+	bpf_probe_read_user(&v, sizeof(v), (const void *)addr);
+	return v;
+}
+
+/*
+ * The first n bytes (at most PY_OB) of the object at addr, in one read: its fields then come from
+ * the copy (ob64), not one read each (a read costs about the same for 8 bytes as for 256). A
+ * read that fails (an object at the end of a mapping) leaves the copy empty: fields are then read
+ * one by one.
+ */
+static __noinline void ob_load(struct stack_buf *sb, __u64 addr, __u32 n)
+{
+	n = n < PY_OB ? n : PY_OB;
+	n = ((n - 1) & (PY_OB - 1)) + 1; /* 1 to PY_OB, the verifier sure */
+	sb->ob_len = 0;
+	if (addr && !bpf_probe_read_user(sb->ob, n, (const void *)addr)) {
+		sb->ob_addr = addr;
+		sb->ob_len = n;
+	}
+}
+
+/* The 8 bytes at off (8-aligned) in the object at addr: from ob_load's copy if it has them. */
+static __always_inline __u64 ob64(struct stack_buf *sb, __u64 addr, __u64 off)
+{
+	if (addr == sb->ob_addr && !(off & 7) && off + 8 <= sb->ob_len)
+		return *(__u64 *)&sb->ob[off & (PY_OB - 8)];
+	return rd64(addr + off);
+}
+
+/* The same for 4 bytes (4-aligned). */
+static __always_inline __u32 ob32(struct stack_buf *sb, __u64 addr, __u64 off)
+{
+	if (addr == sb->ob_addr && !(off & 3) && off + 4 <= sb->ob_len)
+		return *(__u32 *)&sb->ob[off & (PY_OB - 4)];
+	return rd32(addr + off);
 }
 
 struct walk_ctx {
@@ -404,6 +452,7 @@ static __noinline void sa_engine_read(struct py_cfg *cfg, struct stack_buf *sb)
  * asyncio's Handle._run frame (just added): the Handle's callback holds the Task it steps or
  * wakes up; the Task's name is copied now (the Task may be gone by the time userspace reads the
  * record). Only what userspace has learnt and said in cfg is followed; anything else, nothing.
+ * Field by field: bounded-loop kernels (task_read_loop for the others).
  */
 static __noinline void task_read(struct py_cfg *cfg, struct stack_buf *sb)
 {
@@ -466,7 +515,97 @@ static __noinline void task_read(struct py_cfg *cfg, struct stack_buf *sb)
 	}
 }
 
-/* Does the frame object at sb->gtmp belong to a greenlet's saved state? One candidate per call. */
+/* The callback's bytes to read: up to the field its Task is in, either kind. */
+static __always_inline __u32 task_cb_read(struct py_cfg *cfg)
+{
+	__s32 off = cfg->lr.task_step_off > cfg->lr.task_meth_off ? cfg->lr.task_step_off
+								  : cfg->lr.task_meth_off;
+
+	return (off & 0xff) + 8;
+}
+
+/*
+ * The same, each object in one read (ob_load): bpf_loop kernels. The bounded-loop kernels'
+ * verifier budget (their request program verifies at 99% of the limit) has no room for the
+ * branches that takes: they keep task_read, field by field.
+ */
+static __noinline void task_read_loop(struct py_cfg *cfg, struct stack_buf *sb)
+{
+	__u64 handle = sb->frames[(sb->nframes - 1) & (SQLSPAN_MAX_FRAMES - 1)].local[0];
+	__u64 cb, type, task, name, state = 0, len = 0, at;
+
+	if (cfg->code_tagged)
+		handle &= ~3ULL;
+	/* each object in one read: its type and the field followed (ob_load) */
+	ob_load(sb, handle, (cfg->lr.task_cb_off & 0xfff) + 8);
+	sb->task_handle_type = handle ? ob64(sb, handle, 8) : 0;
+	if (!sb->task_handle_type || sb->task_handle_type != cfg->lr.task_handle_type ||
+	    cfg->lr.task_cb_off <= 0)
+		return;
+	cb = ob64(sb, handle, cfg->lr.task_cb_off & 0xfff);
+	ob_load(sb, cb, task_cb_read(cfg));
+	type = cb ? ob64(sb, cb, 8) : 0;
+	if (!type)
+		return;
+	if (type == cfg->lr.task_step_type && cfg->lr.task_step_off > 0) {
+		task = ob64(sb, cb, cfg->lr.task_step_off & 0xff);
+	} else if (type == cfg->lr.task_meth_type && cfg->lr.task_meth_off > 0) {
+		task = ob64(sb, cb, cfg->lr.task_meth_off & 0xff);
+	} else {
+		/* for userspace to learn from (types live long, and so do Tasks) */
+		sb->task_cb_type = type;
+		/* while the first stacks wake userspace: a Task that may never be learnt
+		 * (pure Python tasks) must not cost every statement a read */
+		if (!cfg->lr.task_type && cfg->sa_wake_left)
+			sb->task_obj = rd64(cb + STEP_WRAPPER_TASK);
+		return;
+	}
+	if (task && !cfg->lr.task_type)
+		sb->task_obj = task;
+	if (!task || cfg->lr.task_name_off <= 0)
+		return;
+	ob_load(sb, task, (cfg->lr.task_name_off & 0xfff) + 8);
+	if (ob64(sb, task, 8) != cfg->lr.task_type)
+		return;
+	name = ob64(sb, task, cfg->lr.task_name_off & 0xfff);
+	/* the str's header and a name that fits, in one read */
+	ob_load(sb, name, (cfg->str_ascii & 0xff) + SQLSPAN_TASK_NAME);
+	type = name ? ob64(sb, name, 8) : 0;
+	if (type && type == cfg->str_type) {
+		/* compact ASCII only (state bits: compact 5, ascii 6); others unnamed */
+		state = ob32(sb, name, cfg->str_state & 0xff);
+		len = ob64(sb, name, cfg->str_length & 0xff);
+		if ((state & 0x60) != 0x60 || len > (1u << 20))
+			return;
+		/* at most SQLSPAN_TASK_NAME - 1 bytes: the mask keeps the verifier sure
+		 */
+		len = len < SQLSPAN_TASK_NAME - 1 ? len : SQLSPAN_TASK_NAME - 1;
+		len &= SQLSPAN_TASK_NAME - 1;
+		at = cfg->str_ascii & 0x7f;
+		if (name == sb->ob_addr && at == cfg->str_ascii && at + len <= sb->ob_len) {
+			if (bpf_probe_read_kernel(sb->task_name, len, &sb->ob[at]))
+				return;
+		} else if (bpf_probe_read_user(sb->task_name, len,
+					       (const void *)(name + (cfg->str_ascii & 0xff)))) {
+			return;
+		}
+		sb->task_len = len;
+		sb->task_kind = TASK_NAME_STR;
+	} else if (type && type == cfg->int_type) {
+		/* one 30-bit digit, positive: a task counter */
+		__u64 tag = ob64(sb, name, cfg->long_tag & 0xff);
+		__u32 digit = 0;
+
+		if (cfg->long_tagged ? (tag >> 3) != 1 || (tag & 3) != 0 : tag != 1)
+			return;
+		digit = ob32(sb, name, cfg->long_digits & 0xff);
+		sb->task_num = digit & 0x3fffffff;
+		sb->task_kind = TASK_NAME_NUM;
+	}
+}
+
+/* Does the frame object at sb->gtmp belong to a greenlet's saved state? One
+ * candidate per call. */
 static long gl_scan_cb(__u32 i, void *data)
 {
 	struct walk_ctx *wc = data;
@@ -481,10 +620,12 @@ static long gl_scan_cb(__u32 i, void *data)
 }
 
 /*
- * greenlet_spawn's frame (sb->gs_frame): sb->gframe becomes the innermost frame of the greenlet
- * it holds, suspended in the middle of the sync code (SQLAlchemy's Connection, the statement)
- * while this thread runs the event loop. Which local is the greenlet, and where greenlet keeps its
- * saved frame, are found here the first time (bpf_loop kernels only: older ones never call this).
+ * greenlet_spawn's frame (sb->gs_frame): sb->gframe becomes the innermost
+ * frame of the greenlet it holds, suspended in the middle of the sync code
+ * (SQLAlchemy's Connection, the statement) while this thread runs the event
+ * loop. Which local is the greenlet, and where greenlet keeps its saved
+ * frame, are found here the first time (bpf_loop kernels only: older ones
+ * never call this).
  */
 static __noinline void greenlet_follow(struct py_cfg *cfg, struct stack_buf *sb)
 {
@@ -510,20 +651,23 @@ static __noinline void greenlet_follow(struct py_cfg *cfg, struct stack_buf *sb)
 		sb->gframe = rd64(fo + cfg->fo_frame_off);
 }
 
-/* Cheap test, inline, per frame: could the frame just added be greenlet_spawn's? */
+/* Cheap test, inline, per frame: could the frame just added be
+ * greenlet_spawn's? */
 static __always_inline bool greenlet_maybe(struct py_cfg *cfg, struct stack_buf *sb)
 {
 	struct ev_frame *f = &sb->frames[(sb->nframes - 1) & (SQLSPAN_MAX_FRAMES - 1)];
 
-	/* a long-lived code object userspace named is greenlet_spawn only if it says so */
+	/* a long-lived code object userspace named is greenlet_spawn only
+	 * if it says so */
 	return cfg->gs_code ? f->code == cfg->gs_code
 			    : cfg->gs_search && f->owner == PY_OWNED_BY_GENERATOR &&
 				      (!(sb->hot & HOT_SEEN) || (sb->hot & HOT_GS));
 }
 
 /*
- * After a frame was added (bpf_loop kernels): is it SQLAlchemy's greenlet_spawn (learnt here the
- * first time), whose greenlet is then followed?
+ * After a frame was added (bpf_loop kernels): is it SQLAlchemy's
+ * greenlet_spawn (learnt here the first time), whose greenlet is then
+ * followed?
  */
 static __noinline void greenlet_check(struct py_cfg *cfg, struct stack_buf *sb)
 {
@@ -573,7 +717,7 @@ static __noinline void greenlet_check(struct py_cfg *cfg, struct stack_buf *sb)
 		if (r == 0 && !sb->task_handle_type && wc->cfg->lr.task_run_code &&                \
 		    sb->frames[(sb->nframes - 1) & (SQLSPAN_MAX_FRAMES - 1)].code ==               \
 			    wc->cfg->lr.task_run_code)                                             \
-			task_read(wc->cfg, sb);                                                    \
+			(GREENLETS ? task_read_loop : task_read)(wc->cfg, sb);                     \
 		sb->frame = fb64(sb, wc->cfg->frame_previous);                                     \
 		/* past the call site, nothing more is needed (asyncio: once past Handle._run); */ \
 		/* bpf_loop kernels only (the others' verifier budget) */                          \
@@ -585,12 +729,13 @@ static __noinline void greenlet_check(struct py_cfg *cfg, struct stack_buf *sb)
 		return 0;                                                                          \
 	}
 
-/* Kernels without bpf_loop do not follow greenlets (where they keep frames is found by a
- * scan) */
+/* Kernels without bpf_loop do not follow greenlets (where they keep frames
+ * is found by a scan) */
 DEFINE_FRAME_CB(frame_cb, 0)
 DEFINE_FRAME_CB(frame_cb_loop, 1)
 
-/* Walk the frames from sb->frame into the record. LOOPED: with bpf_loop (5.17+). */
+/* Walk the frames from sb->frame into the record. LOOPED: with bpf_loop
+ * (5.17+). */
 #define DEFINE_PY_FRAMES(NAME, LOOPED)                                                             \
 	static __noinline void NAME(struct py_cfg *cfg, struct stack_buf *sb)                      \
 	{                                                                                          \
@@ -613,9 +758,10 @@ DEFINE_FRAME_CB(frame_cb_loop, 1)
 	}
 
 /*
- * Send the stack of the current thread, keyed like its request (pid_tgid, ts). Global functions:
- * the verifier checks each once. Their variables live in the thread's stack_buf (see
- * request.bpf.h on why the stack stays small).
+ * Send the stack of the current thread, keyed like its request (pid_tgid,
+ * ts). Global functions: the verifier checks each once. Their variables
+ * live in the thread's stack_buf (see request.bpf.h on why the stack stays
+ * small).
  */
 #define DEFINE_SEND_STACK(NAME, TSTATE, FRAMES, PRE, CTX)                                          \
 	PRE __noinline int NAME(CTX *ctx, __u64 pid_tgid, __u64 ts_key)                            \
@@ -688,7 +834,8 @@ DEFINE_PY_FRAMES(py_frames, 0)
 DEFINE_PY_FRAMES(py_frames_loop, 1)
 DEFINE_SEND_STACK(send_stack, py_tstate, py_frames, , struct pt_regs)
 DEFINE_SEND_STACK(send_stack_loop, py_tstate_loop, py_frames_loop, , struct pt_regs)
-/* for syscall tracepoints (wire sockets): static, so verified with its caller's context */
+/* for syscall tracepoints (wire sockets): static, so verified with its
+ * caller's context */
 DEFINE_SEND_STACK(send_stack_tp, py_tstate_loop, py_frames_loop, static, void)
 
 #endif

@@ -221,7 +221,7 @@ static __noinline void req_conn(void *ctx, struct req_work *rw)
 		 * libpq connected): start over */
 		st->conn = conn;
 		st->flags &= ~(FS_SYNCED | FS_WIRE | FS_TLS);
-		bpf_map_delete_elem(&fronts, &rw->key);
+		__builtin_memset(&st->front, 0, sizeof(st->front));
 		rw->r.h.flags |= EVF_NEW_FD;
 	}
 	/*

@@ -461,7 +461,6 @@ int tp_enter_close(struct trace_event_raw_sys_enter *ctx)
 	if (st->flags & FS_TLS)
 		tls_close(&k);
 	bpf_map_delete_elem(&fds, &k);
-	bpf_map_delete_elem(&fronts, &k);
 	send_conn_event(ctx, EV_CLOSE, conn, k.fd, 0);
 	return 0;
 }

@@ -90,7 +90,6 @@ static __noinline int tls_bind(struct fwalk *w, int established)
 	struct ssl_last *last = bpf_map_lookup_elem(&ssl_last, &tid);
 	struct ssl_key k = {.tgid = w->key.tgid};
 	struct fd_key pk = {.tgid = w->key.tgid, .fd = w->fd | SQLSPAN_TLS_FD};
-	struct front_state *fs;
 	struct fd_state *st;
 	void *z;
 
@@ -105,17 +104,15 @@ static __noinline int tls_bind(struct fwalk *w, int established)
 	if (!z || bpf_map_update_elem(&ssl_fds, &k, &w->fd, BPF_ANY) ||
 	    bpf_map_update_elem(&fd_ssls, &w->key, &k.ssl, BPF_ANY) ||
 	    bpf_map_update_elem(&fds, &pk, z, BPF_ANY) ||
-	    bpf_map_update_elem(&fronts, &pk, z, BPF_ANY) ||
 	    (established && bpf_map_update_elem(&fds, &w->key, z, BPF_ANY))) {
 		stat_add(ST_FD_FULL, 1);
 		return 0;
 	}
 	st = bpf_map_lookup_elem(&fds, &pk);
-	fs = bpf_map_lookup_elem(&fronts, &pk);
-	if (st)
+	if (st) {
 		st->flags = established ? FS_WIRE | FS_SYNCED : FS_WIRE;
-	if (fs)
-		fs->flags = established ? 0 : FR_STARTUP;
+		st->front.flags = established ? 0 : FR_STARTUP;
+	}
 	if (established) { /* the socket itself: known as encrypted, its bytes not walked */
 		st = bpf_map_lookup_elem(&fds, &w->key);
 		if (st)
@@ -145,7 +142,6 @@ static __noinline int tls_replay(struct fwalk *w)
 	w->iov = 0;
 	w->pos = 0;
 	w->replay_len = 0;
-	w->how = 0;
 	return w->n && front_probe(w) == 2;
 }
 
@@ -162,7 +158,6 @@ static __always_inline void tls_close(struct fd_key *k)
 	bpf_map_delete_elem(&ssl_fds, &sk);
 	bpf_map_delete_elem(&fd_ssls, k);
 	bpf_map_delete_elem(&fds, &pk);
-	bpf_map_delete_elem(&fronts, &pk);
 }
 
 #endif
