@@ -17,17 +17,3 @@ int empty_tp(void *ctx)
 {
 	return 0;
 }
-
-/* An empty raw tracepoint program on raw_syscalls:sys_exit (every system call of the host). */
-SEC("raw_tp/sys_exit")
-int empty_raw(void *ctx)
-{
-	return 0;
-}
-
-/* The same as a BTF-typed tracepoint. */
-SEC("tp_btf/sys_exit")
-int empty_btf(void *ctx)
-{
-	return 0;
-}

@@ -9,10 +9,9 @@
  * process until stdin closes, attached as sqlspan attaches its own (ulink.h): the cost of a design
  * that probes there.
  *
- * floor tracepoints SET: empty programs on system call tracepoints until stdin closes: what the
- * tracepoints cost every process's system calls with nothing done in them. SET: "syscalls" (the
- * ones sqlspan uses on bpf_loop kernels), "exit" (its sys_exit_* ones only), "raw" (one raw
- * tracepoint on raw_syscalls:sys_exit), "btf" (the same, BTF-typed).
+ * floor tracepoints: an empty program on each system call tracepoint sqlspan uses on bpf_loop
+ * kernels, until stdin closes: what the tracepoints cost every process's system calls with
+ * nothing done in them.
  *
  * floor stats: what kernel.bpf_stats_enabled reports as the run time of an empty program (the
  * clock reads around every run are in it): the part of every program's reported time that is
@@ -111,31 +110,22 @@ static int attach_other(int argc, char **argv)
 	return 0;
 }
 
-static int tracepoints(const char *set)
+static int tracepoints(void)
 {
-	static const char *const enter[] = {"sys_enter_close", "sys_enter_mmap", "sys_enter_connect"};
-	static const char *const ex[] = {"sys_exit_sendto", "sys_exit_recvfrom", "sys_exit_sendmsg"};
-	struct bpf_link *links[8] = {0};
+	static const char *const tps[] = {"sys_exit_sendto",  "sys_exit_recvfrom",
+					  "sys_exit_sendmsg", "sys_enter_close",
+					  "sys_enter_mmap",   "sys_enter_connect"};
+	struct bpf_link *links[sizeof(tps) / sizeof(tps[0])] = {0};
 	struct floor_bpf *skel = floor_bpf__open_and_load();
-	int n = 0, bad = !skel;
+	size_t n = 0;
 	char buf[256];
 
-	if (skel && !strcmp(set, "raw"))
-		bad = !(links[n++] = bpf_program__attach_raw_tracepoint(skel->progs.empty_raw,
-									 "sys_exit"));
-	else if (skel && !strcmp(set, "btf"))
-		bad = !(links[n++] = bpf_program__attach_trace(skel->progs.empty_btf));
-	else if (skel && (!strcmp(set, "syscalls") || !strcmp(set, "exit"))) {
-		for (size_t i = 0; i < 3 && !bad; i++)
-			bad = !(links[n++] = bpf_program__attach_tracepoint(skel->progs.empty_tp,
-									    "syscalls", ex[i]));
-		for (size_t i = 0; i < 3 && !bad && !strcmp(set, "syscalls"); i++)
-			bad = !(links[n++] = bpf_program__attach_tracepoint(skel->progs.empty_tp,
-									    "syscalls", enter[i]));
-	} else
-		bad = 1;
-	if (bad) {
-		fprintf(stderr, "floor: cannot attach tracepoints '%s'\n", set);
+	while (skel && n < sizeof(tps) / sizeof(tps[0]) &&
+	       (links[n] = bpf_program__attach_tracepoint(skel->progs.empty_tp, "syscalls",
+							   tps[n])))
+		n++;
+	if (n < sizeof(tps) / sizeof(tps[0])) {
+		fprintf(stderr, "floor: cannot attach the syscall tracepoints\n");
 		return 1;
 	}
 	printf("attached\n");
@@ -190,8 +180,8 @@ int main(int argc, char **argv)
 	libbpf_set_print(silent);
 	if (argc > 1 && !strcmp(argv[1], "attach"))
 		return attach_other(argc, argv);
-	if (argc > 2 && !strcmp(argv[1], "tracepoints"))
-		return tracepoints(argv[2]);
+	if (argc > 1 && !strcmp(argv[1], "tracepoints"))
+		return tracepoints();
 	len = readlink("/proc/self/exe", self, sizeof(self) - 1);
 	if (len <= 0)
 		return 1;

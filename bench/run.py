@@ -302,7 +302,7 @@ def latency(cluster, env, floor_ns, overhead_ns):
                 elif m == "in-process tracer":
                     app.cmd("otel on")
                 elif m.startswith("empty syscall tracepoints"):
-                    floor_p = subprocess.Popen([FLOOR, "tracepoints", "syscalls"],
+                    floor_p = subprocess.Popen([FLOOR, "tracepoints"],
                                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                                text=True)
                     floor_p.stdout.readline()

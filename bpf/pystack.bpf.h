@@ -449,6 +449,20 @@ static __noinline void sa_engine_read(struct py_cfg *cfg, struct stack_buf *sb)
 }
 
 /*
+ * A Handle callback of a type userspace has not said how to follow: its type, for userspace to
+ * learn from (types live long, and so do Tasks), and the Task it may hold, read only while the
+ * first stacks wake userspace (a Task that may never be learnt, pure Python tasks, must not cost
+ * every statement a read).
+ */
+static __always_inline void task_cb_unknown(struct py_cfg *cfg, struct stack_buf *sb, __u64 cb,
+					    __u64 type)
+{
+	sb->task_cb_type = type;
+	if (!cfg->lr.task_type && cfg->sa_wake_left)
+		sb->task_obj = rd64(cb + STEP_WRAPPER_TASK);
+}
+
+/*
  * asyncio's Handle._run frame (just added): the Handle's callback holds the Task it steps or
  * wakes up; the Task's name is copied now (the Task may be gone by the time userspace reads the
  * record). Only what userspace has learnt and said in cfg is followed; anything else, nothing.
@@ -474,12 +488,7 @@ static __noinline void task_read(struct py_cfg *cfg, struct stack_buf *sb)
 	} else if (type == cfg->lr.task_meth_type && cfg->lr.task_meth_off > 0) {
 		task = rd64(cb + (cfg->lr.task_meth_off & 0xff));
 	} else {
-		/* for userspace to learn from (types live long, and so do Tasks) */
-		sb->task_cb_type = type;
-		/* while the first stacks wake userspace: a Task that may never be learnt (pure
-		 * Python tasks) must not cost every statement a read */
-		if (!cfg->lr.task_type && cfg->sa_wake_left)
-			sb->task_obj = rd64(cb + STEP_WRAPPER_TASK);
+		task_cb_unknown(cfg, sb, cb, type);
 		return;
 	}
 	if (task && !cfg->lr.task_type)
@@ -552,12 +561,7 @@ static __noinline void task_read_loop(struct py_cfg *cfg, struct stack_buf *sb)
 	} else if (type == cfg->lr.task_meth_type && cfg->lr.task_meth_off > 0) {
 		task = ob64(sb, cb, cfg->lr.task_meth_off & 0xff);
 	} else {
-		/* for userspace to learn from (types live long, and so do Tasks) */
-		sb->task_cb_type = type;
-		/* while the first stacks wake userspace: a Task that may never be learnt
-		 * (pure Python tasks) must not cost every statement a read */
-		if (!cfg->lr.task_type && cfg->sa_wake_left)
-			sb->task_obj = rd64(cb + STEP_WRAPPER_TASK);
+		task_cb_unknown(cfg, sb, cb, type);
 		return;
 	}
 	if (task && !cfg->lr.task_type)
@@ -577,8 +581,7 @@ static __noinline void task_read_loop(struct py_cfg *cfg, struct stack_buf *sb)
 		len = ob64(sb, name, cfg->str_length & 0xff);
 		if ((state & 0x60) != 0x60 || len > (1u << 20))
 			return;
-		/* at most SQLSPAN_TASK_NAME - 1 bytes: the mask keeps the verifier sure
-		 */
+		/* at most SQLSPAN_TASK_NAME - 1 bytes: the mask keeps the verifier sure */
 		len = len < SQLSPAN_TASK_NAME - 1 ? len : SQLSPAN_TASK_NAME - 1;
 		len &= SQLSPAN_TASK_NAME - 1;
 		at = cfg->str_ascii & 0x7f;
@@ -604,8 +607,7 @@ static __noinline void task_read_loop(struct py_cfg *cfg, struct stack_buf *sb)
 	}
 }
 
-/* Does the frame object at sb->gtmp belong to a greenlet's saved state? One
- * candidate per call. */
+/* Does the frame object at sb->gtmp belong to a greenlet's saved state? One candidate per call. */
 static long gl_scan_cb(__u32 i, void *data)
 {
 	struct walk_ctx *wc = data;
@@ -620,12 +622,10 @@ static long gl_scan_cb(__u32 i, void *data)
 }
 
 /*
- * greenlet_spawn's frame (sb->gs_frame): sb->gframe becomes the innermost
- * frame of the greenlet it holds, suspended in the middle of the sync code
- * (SQLAlchemy's Connection, the statement) while this thread runs the event
- * loop. Which local is the greenlet, and where greenlet keeps its saved
- * frame, are found here the first time (bpf_loop kernels only: older ones
- * never call this).
+ * greenlet_spawn's frame (sb->gs_frame): sb->gframe becomes the innermost frame of the greenlet
+ * it holds, suspended in the middle of the sync code (SQLAlchemy's Connection, the statement)
+ * while this thread runs the event loop. Which local is the greenlet, and where greenlet keeps its
+ * saved frame, are found here the first time (bpf_loop kernels only: older ones never call this).
  */
 static __noinline void greenlet_follow(struct py_cfg *cfg, struct stack_buf *sb)
 {
@@ -651,23 +651,20 @@ static __noinline void greenlet_follow(struct py_cfg *cfg, struct stack_buf *sb)
 		sb->gframe = rd64(fo + cfg->fo_frame_off);
 }
 
-/* Cheap test, inline, per frame: could the frame just added be
- * greenlet_spawn's? */
+/* Cheap test, inline, per frame: could the frame just added be greenlet_spawn's? */
 static __always_inline bool greenlet_maybe(struct py_cfg *cfg, struct stack_buf *sb)
 {
 	struct ev_frame *f = &sb->frames[(sb->nframes - 1) & (SQLSPAN_MAX_FRAMES - 1)];
 
-	/* a long-lived code object userspace named is greenlet_spawn only
-	 * if it says so */
+	/* a long-lived code object userspace named is greenlet_spawn only if it says so */
 	return cfg->gs_code ? f->code == cfg->gs_code
 			    : cfg->gs_search && f->owner == PY_OWNED_BY_GENERATOR &&
 				      (!(sb->hot & HOT_SEEN) || (sb->hot & HOT_GS));
 }
 
 /*
- * After a frame was added (bpf_loop kernels): is it SQLAlchemy's
- * greenlet_spawn (learnt here the first time), whose greenlet is then
- * followed?
+ * After a frame was added (bpf_loop kernels): is it SQLAlchemy's greenlet_spawn (learnt here the
+ * first time), whose greenlet is then followed?
  */
 static __noinline void greenlet_check(struct py_cfg *cfg, struct stack_buf *sb)
 {
@@ -729,13 +726,12 @@ static __noinline void greenlet_check(struct py_cfg *cfg, struct stack_buf *sb)
 		return 0;                                                                          \
 	}
 
-/* Kernels without bpf_loop do not follow greenlets (where they keep frames
- * is found by a scan) */
+/* Kernels without bpf_loop do not follow greenlets (where they keep frames is found by a
+ * scan) */
 DEFINE_FRAME_CB(frame_cb, 0)
 DEFINE_FRAME_CB(frame_cb_loop, 1)
 
-/* Walk the frames from sb->frame into the record. LOOPED: with bpf_loop
- * (5.17+). */
+/* Walk the frames from sb->frame into the record. LOOPED: with bpf_loop (5.17+). */
 #define DEFINE_PY_FRAMES(NAME, LOOPED)                                                             \
 	static __noinline void NAME(struct py_cfg *cfg, struct stack_buf *sb)                      \
 	{                                                                                          \
@@ -758,10 +754,9 @@ DEFINE_FRAME_CB(frame_cb_loop, 1)
 	}
 
 /*
- * Send the stack of the current thread, keyed like its request (pid_tgid,
- * ts). Global functions: the verifier checks each once. Their variables
- * live in the thread's stack_buf (see request.bpf.h on why the stack stays
- * small).
+ * Send the stack of the current thread, keyed like its request (pid_tgid, ts). Global functions:
+ * the verifier checks each once. Their variables live in the thread's stack_buf (see
+ * request.bpf.h on why the stack stays small).
  */
 #define DEFINE_SEND_STACK(NAME, TSTATE, FRAMES, PRE, CTX)                                          \
 	PRE __noinline int NAME(CTX *ctx, __u64 pid_tgid, __u64 ts_key)                            \
@@ -834,8 +829,7 @@ DEFINE_PY_FRAMES(py_frames, 0)
 DEFINE_PY_FRAMES(py_frames_loop, 1)
 DEFINE_SEND_STACK(send_stack, py_tstate, py_frames, , struct pt_regs)
 DEFINE_SEND_STACK(send_stack_loop, py_tstate_loop, py_frames_loop, , struct pt_regs)
-/* for syscall tracepoints (wire sockets): static, so verified with its
- * caller's context */
+/* for syscall tracepoints (wire sockets): static, so verified with its caller's context */
 DEFINE_SEND_STACK(send_stack_tp, py_tstate_loop, py_frames_loop, static, void)
 
 #endif

@@ -549,6 +549,7 @@ static int open_and_load(struct tracer *t)
 {
 	struct sqlspan_bpf *skel = sqlspan_bpf__open();
 	uint32_t chunks;
+	bool multi;
 	int err;
 
 	if (!skel) {
@@ -594,10 +595,10 @@ static int open_and_load(struct tracer *t)
 		bpf_map__set_max_entries(skel->maps.events, 0);
 	}
 	/* uprobes that cost the process nothing until hit (ulink.h) */
-	t->uprobe_multi = !t->cli.perf_uprobes && ulink_multi_supported();
-	if (t->uprobe_multi)
+	multi = !t->cli.perf_uprobes && ulink_multi_supported();
+	if (multi)
 		ulink_use_multi(skel->obj);
-	vlog(t, "uprobes attached as %s", t->uprobe_multi ? "uprobe_multi links" : "perf events");
+	vlog(t, "uprobes attached as %s", multi ? "uprobe_multi links" : "perf events");
 	err = sqlspan_bpf__load(skel);
 	if (err) {
 		fprintf(stderr,

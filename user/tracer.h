@@ -66,7 +66,6 @@ struct tracer {
 	int width;
 	bool use_ringbuf;
 	bool use_loop;	    /* the kernel has bpf_loop */
-	bool uprobe_multi;  /* uprobes as uprobe_multi links (ulink.h) */
 	bool wire_attached; /* the tracepoints of wire sockets are attached */
 	uint64_t shown, filtered;
 	uint64_t perf_lost;

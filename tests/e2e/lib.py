@@ -268,6 +268,11 @@ def link_types(pid):
     return types
 
 
+def uprobe_multi_links(tr):
+    """sqlspan's uprobe_multi links (entry and return probes) while it was attached."""
+    return tr.links.get("uprobe_multi", 0) + tr.links.get("uretprobe_multi", 0)
+
+
 def uprobe_multi_expected(args=()):
     """Whether sqlspan's uprobes should be uprobe_multi links on this kernel: True from 6.10 (the
     links' process-wide PID filter), False before 6.6 (no such links) or with --perf-uprobes,

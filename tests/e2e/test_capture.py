@@ -5,7 +5,7 @@ import os
 import pytest
 
 from lib import (check_against_record, check_against_server, check_counted, executed, libpq_capture,
-                 skipped_runs, trace_app, uprobe_multi_expected)
+                 skipped_runs, trace_app, uprobe_multi_expected, uprobe_multi_links)
 
 
 def check_identity(spans, cluster, backends, address, port=None, transport="unix", args=()):
@@ -44,7 +44,7 @@ def test_sqlalchemy_psycopg2(cluster, tmp_path, args):
     backends = record["backends"]
     assert len(backends) >= 8  # threads on connections of their own
     if "--libpq-uprobes" in args and uprobe_multi_expected(args) is not None:
-        multi = tr.links.get("uprobe_multi", 0)
+        multi = uprobe_multi_links(tr)
         assert (multi >= 5) if uprobe_multi_expected(args) else multi == 0, tr.links
     lost = skipped_runs(tr)
     if lost:  # a 7.x kernel skipped runs: what is shown is right, what is missing was counted
@@ -128,5 +128,5 @@ def test_libpq_over_tls(tls_cluster, tmp_path, scenario, args):
         if s["sqlspan.capture"] == "wire":
             assert s.get("sqlspan.connection.tls") is True, s
     if libpq_capture() == "wire" and uprobe_multi_expected(args) is not None:
-        multi = tr.links.get("uprobe_multi", 0) + tr.links.get("uretprobe_multi", 0)  # libssl's 7
+        multi = uprobe_multi_links(tr)  # libssl's 7
         assert multi == (7 if uprobe_multi_expected(args) else 0), tr.links
