@@ -112,9 +112,10 @@ static int attach_other(int argc, char **argv)
 
 static int tracepoints(void)
 {
+	/* sqlspan's on bpf_loop kernels: syscall exits only */
 	static const char *const tps[] = {"sys_exit_sendto",  "sys_exit_recvfrom",
-					  "sys_exit_sendmsg", "sys_enter_close",
-					  "sys_enter_mmap",   "sys_enter_connect"};
+					  "sys_exit_sendmsg", "sys_exit_close",
+					  "sys_exit_mmap",    "sys_exit_connect"};
 	struct bpf_link *links[sizeof(tps) / sizeof(tps[0])] = {0};
 	struct floor_bpf *skel = floor_bpf__open_and_load();
 	size_t n = 0;

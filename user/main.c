@@ -573,7 +573,12 @@ static int open_and_load(struct tracer *t)
 	bpf_program__set_autoload(skel->progs.up_request_loop, t->use_loop);
 	bpf_program__set_autoload(skel->progs.up_request, !t->use_loop);
 	bpf_program__set_autoload(skel->progs.tp_exit_sendto_loop, t->use_loop);
-	bpf_program__set_autoload(skel->progs.tp_enter_connect, t->use_loop);
+	/* syscall entries: only where the exits cannot read the arguments (see tp_exit_close) */
+	bpf_program__set_autoload(skel->progs.tp_exit_connect, t->use_loop);
+	bpf_program__set_autoload(skel->progs.tp_enter_close, !t->use_loop);
+	bpf_program__set_autoload(skel->progs.tp_exit_close, t->use_loop);
+	bpf_program__set_autoload(skel->progs.tp_enter_mmap, !t->use_loop);
+	bpf_program__set_autoload(skel->progs.tp_exit_mmap, t->use_loop);
 	bpf_program__set_autoload(skel->progs.tp_exit_sendmsg_loop, t->use_loop);
 	bpf_program__set_autoload(skel->progs.up_ssl_handshake, t->use_loop);
 	bpf_program__set_autoload(skel->progs.up_ssl_write, t->use_loop);
@@ -645,9 +650,11 @@ static int attach_tracepoints(struct tracer *t)
 		{t->use_loop ? t->skel->progs.tp_exit_recvfrom_loop
 			     : t->skel->progs.tp_exit_recvfrom,
 		 "syscalls", "sys_exit_recvfrom"},
-		{t->skel->progs.tp_enter_close, "syscalls", "sys_enter_close"},
+		{t->use_loop ? NULL : t->skel->progs.tp_enter_close, "syscalls", "sys_enter_close"},
+		{t->use_loop ? t->skel->progs.tp_exit_close : NULL, "syscalls", "sys_exit_close"},
 		{t->skel->progs.tp_process_exit, "sched", "sched_process_exit"},
-		{t->skel->progs.tp_enter_mmap, "syscalls", "sys_enter_mmap"},
+		{t->use_loop ? NULL : t->skel->progs.tp_enter_mmap, "syscalls", "sys_enter_mmap"},
+		{t->use_loop ? t->skel->progs.tp_exit_mmap : NULL, "syscalls", "sys_exit_mmap"},
 	};
 	char msg[256];
 
@@ -683,7 +690,7 @@ static int attach_wire_tracepoints(struct tracer *t)
 	} tps[] = {
 		{t->skel->progs.tp_exit_sendto_loop, "sys_exit_sendto"},
 		{t->skel->progs.tp_exit_sendmsg_loop, "sys_exit_sendmsg"},
-		{t->skel->progs.tp_enter_connect, "sys_enter_connect"},
+		{t->skel->progs.tp_exit_connect, "sys_exit_connect"},
 	};
 
 	if (t->wire_attached || !t->use_loop)
