@@ -507,15 +507,15 @@ static long front_cb(__u32 i, void *data)
 
 /*
  * The Python stack of the thread, once per send that starts a request (Query, Parse, Bind or
- * Execute first): the statements in it take it. Called from the program itself, not from the
- * walk, which is already deep in calls.
+ * Execute first): the statements in it take it (if the process is a Python one: send_stack_tp
+ * looks it up). Called from the program itself, not from the walk, which is already deep in
+ * calls.
  */
 static __noinline void front_stack(void *ctx, struct fwalk *w)
 {
-	__u32 tgid = w->pid_tgid >> 32;
 	__u8 t = w->win.bytes[0];
 
-	if (!python_stacks || !w->win.len || !bpf_map_lookup_elem(&pyprocs, &tgid))
+	if (!python_stacks || !w->win.len)
 		return;
 	if (t == 'Q' || t == 'P' || t == 'B' || t == 'E')
 		send_stack_tp(ctx, w->pid_tgid, w->ts);

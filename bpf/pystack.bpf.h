@@ -699,10 +699,13 @@ static __noinline void greenlet_check(struct py_cfg *cfg, struct stack_buf *sb)
 			sb->flags |= STACK_FAULT;                                                  \
 			return 1;                                                                  \
 		}                                                                                  \
-		/* a coroutine's frame lives in its object: its caller is elsewhere */             \
-		sb->win_try =                                                                      \
-			wc->win && sb->fb[wc->cfg->frame_owner & (SQLSPAN_FRAME_READ - 1)] !=      \
-					   PY_OWNED_BY_GENERATOR;                                  \
+		/* a window for the caller if it is just below (a coroutine's frame lives in its   \
+		 */                                                                                \
+		/* object, its caller elsewhere; an await's callee may be far from the awaiter) */ \
+		sb->win_try = GREENLETS && wc->win &&                                              \
+			      fb64(sb, wc->cfg->frame_previous) < sb->frame &&                     \
+			      sb->frame - fb64(sb, wc->cfg->frame_previous) <                      \
+				      PY_WIN - SQLSPAN_FRAME_READ;                                 \
 		r = py_add_frame(wc->cfg, sb);                                                     \
 		if (r == 1)                                                                        \
 			return 1;                                                                  \
@@ -720,6 +723,11 @@ static __noinline void greenlet_check(struct py_cfg *cfg, struct stack_buf *sb)
 		/* bpf_loop kernels only (the others' verifier budget) */                          \
 		if (GREENLETS && sb->site && !sb->glet && wc->cfg->site_only &&                    \
 		    (!wc->cfg->lr.task_run_code || sb->task_handle_type)) {                        \
+			sb->frame = 0;                                                             \
+			return 1;                                                                  \
+		}                                                                                  \
+		/* in a greenlet, past SQLAlchemy's Connection: the rest is SQLAlchemy's own */    \
+		if (GREENLETS && sb->glet && sb->sa_type && wc->cfg->site_only) {                  \
 			sb->frame = 0;                                                             \
 			return 1;                                                                  \
 		}                                                                                  \
