@@ -538,7 +538,12 @@ int tp_enter_mmap(struct trace_event_raw_sys_enter *ctx)
 	return on_mmap(ctx, ctx->args[2], (__s64)ctx->args[4]);
 }
 
-/* The others: at the exit (see tp_exit_close), once the mapping is made: prot and fd saved. */
+/*
+ * The others: at the exit (see tp_exit_close), once the mapping is made: prot and fd saved. Only
+ * for processes whose loader has no probe (up_loader): the program runs at every mmap of the
+ * host, and Python's allocator maps and unmaps arenas all the time (twice per statement of the
+ * asyncpg bench app).
+ */
 SEC("tracepoint/syscalls/sys_exit_mmap")
 int tp_exit_mmap(struct trace_event_raw_sys_exit *ctx)
 {
@@ -548,4 +553,29 @@ int tp_exit_mmap(struct trace_event_raw_sys_exit *ctx)
 		return 0;
 	regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 	return on_mmap(ctx, regs->dx, (__s64)regs->r8);
+}
+
+/*
+ * The dynamic loader's hook for debuggers (_dl_debug_state, its r_brk): called whenever it is
+ * about to change, or has changed, the list of loaded objects (dlopen, dlclose). Where it can be
+ * probed at no cost until hit (uprobe_multi links), libraries are watched here instead of at
+ * every mmap.
+ */
+SEC("uprobe")
+int up_loader(struct pt_regs *ctx)
+{
+	if (!traced(bpf_get_current_pid_tgid() >> 32))
+		return 0;
+	send_conn_event(ctx, EV_MMAP, 0, -1, 0);
+	return 0;
+}
+
+/* A traced process exec'd: a new image, a new loader (userspace looks again, mmap included). */
+SEC("tracepoint/sched/sched_process_exec")
+int tp_process_exec(void *ctx)
+{
+	if (!traced(bpf_get_current_pid_tgid() >> 32))
+		return 0;
+	send_conn_event(ctx, EV_MMAP, 0, -1, EV_MMAP_EXEC);
+	return 0;
 }

@@ -46,8 +46,10 @@ enum ev_kind {
 	EV_CLOSE = 5,  /* a tracked socket was closed */
 	EV_FINISH = 6, /* PQfinish / PQreset on a connection */
 	EV_EXIT = 7,   /* a traced process exited */
-	EV_MMAP = 8,   /* a traced process mapped an executable file (a library may have loaded) */
-	EV_IDENT = 9,  /* who a connection is: read from its PGconn when its socket is first seen */
+	EV_MMAP =
+		8,    /* a traced process mapped an executable file, or its loader changed its
+		       * list of objects (a library may have loaded); arg: EV_MMAP_EXEC if it exec'd */
+	EV_IDENT = 9, /* who a connection is: read from its PGconn when its socket is first seen */
 	EV_STACK =
 		10, /* the Python stack of the thread that made a request, sent before its EV_REQ */
 	EV_FMSG = 11,	 /* a frontend message a process sent on a wire socket (no libpq) */
@@ -373,8 +375,10 @@ struct ev_conn {
 	struct ev_hdr h;
 	__u64 conn; /* PGconn * for EV_FINISH */
 	__s32 fd;
-	__u32 arg; /* EV_DESYNC: reason; EV_FINISH: 1 = PQreset, 0 = PQfinish */
+	__u32 arg; /* EV_DESYNC: reason; EV_FINISH: 1 = PQreset, 0 = PQfinish; EV_MMAP: below */
 };
+
+#define EV_MMAP_EXEC 1 /* EV_MMAP's arg: the process exec'd */
 
 enum desync_reason {
 	DESYNC_BAD_HEADER = 1, /* a message header that no backend sends */

@@ -344,6 +344,10 @@ static int on_record(void *ctx, void *data, size_t size)
 	const struct ev_hdr *h = data;
 
 	if (size >= sizeof(*h) && h->kind == EV_MMAP) {
+		/* a new image has a new loader (its probe may not follow): every mmap, from now */
+		if (size >= sizeof(struct ev_conn) &&
+		    ((const struct ev_conn *)data)->arg == EV_MMAP_EXEC)
+			tracer_watch_mmap(t);
 		/* a library arrives, or the process exec'd: look again, name included */
 		for (int i = 0; i < t->nprocs; i++) {
 			if (t->procs[i].pid == (pid_t)h->pid)
@@ -549,7 +553,6 @@ static int open_and_load(struct tracer *t)
 {
 	struct sqlspan_bpf *skel = sqlspan_bpf__open();
 	uint32_t chunks;
-	bool multi;
 	int err;
 
 	if (!skel) {
@@ -579,6 +582,9 @@ static int open_and_load(struct tracer *t)
 	bpf_program__set_autoload(skel->progs.tp_exit_close, t->use_loop);
 	bpf_program__set_autoload(skel->progs.tp_enter_mmap, !t->use_loop);
 	bpf_program__set_autoload(skel->progs.tp_exit_mmap, t->use_loop);
+	/* libraries seen loaded through the loader's probe (bpf_loop kernels, uprobe_multi links)
+	 */
+	bpf_program__set_autoload(skel->progs.up_loader, t->use_loop && t->uprobe_multi);
 	bpf_program__set_autoload(skel->progs.tp_exit_sendmsg_loop, t->use_loop);
 	bpf_program__set_autoload(skel->progs.up_ssl_handshake, t->use_loop);
 	bpf_program__set_autoload(skel->progs.up_ssl_write, t->use_loop);
@@ -600,10 +606,13 @@ static int open_and_load(struct tracer *t)
 		bpf_map__set_max_entries(skel->maps.events, 0);
 	}
 	/* uprobes that cost the process nothing until hit (ulink.h) */
-	multi = !t->cli.perf_uprobes && ulink_multi_supported();
-	if (multi)
+	t->uprobe_multi = !t->cli.perf_uprobes && ulink_multi_supported();
+	if (t->uprobe_multi)
 		ulink_use_multi(skel->obj);
-	vlog(t, "uprobes attached as %s", multi ? "uprobe_multi links" : "perf events");
+	vlog(t, "uprobes attached as %s", t->uprobe_multi ? "uprobe_multi links" : "perf events");
+	/* libraries seen loaded through the loader's probe (bpf_loop kernels, uprobe_multi links)
+	 */
+	bpf_program__set_autoload(skel->progs.up_loader, t->use_loop && t->uprobe_multi);
 	err = sqlspan_bpf__load(skel);
 	if (err) {
 		fprintf(stderr,
@@ -638,6 +647,43 @@ static int open_and_load(struct tracer *t)
 	return 0;
 }
 
+/* A tracepoint of sqlspan's; 0, or -1 said on stderr. */
+static int attach_tp(struct tracer *t, struct bpf_program *prog, const char *cat, const char *name)
+{
+	struct bpf_link *l;
+	char msg[256];
+
+	if (ensure_tracefs(msg, sizeof(msg))) {
+		die_line(msg);
+		return -1;
+	}
+	if (t->ntp_links >= (int)(sizeof(t->tp_links) / sizeof(t->tp_links[0]))) {
+		fprintf(stderr, "sqlspan: too many tracepoints\n");
+		return -1;
+	}
+	l = bpf_program__attach_tracepoint(prog, cat, name);
+	if (!l) {
+		fprintf(stderr, "sqlspan: cannot attach to tracepoint %s:%s: %s\n", cat, name,
+			strerror(errno));
+		return -1;
+	}
+	t->tp_links[t->ntp_links++] = l;
+	return 0;
+}
+
+int tracer_watch_mmap(struct tracer *t)
+{
+	if (t->mmap_watched)
+		return 0;
+	if (t->use_loop ? attach_tp(t, t->skel->progs.tp_exit_mmap, "syscalls", "sys_exit_mmap")
+			: attach_tp(t, t->skel->progs.tp_enter_mmap, "syscalls", "sys_enter_mmap"))
+		return -1;
+	t->mmap_watched = true;
+	t->rescan = true; /* what was loaded before it was there */
+	vlog(t, "libraries watched at every mmap");
+	return 0;
+}
+
 static int attach_tracepoints(struct tracer *t)
 {
 	struct {
@@ -653,29 +699,18 @@ static int attach_tracepoints(struct tracer *t)
 		{t->use_loop ? NULL : t->skel->progs.tp_enter_close, "syscalls", "sys_enter_close"},
 		{t->use_loop ? t->skel->progs.tp_exit_close : NULL, "syscalls", "sys_exit_close"},
 		{t->skel->progs.tp_process_exit, "sched", "sched_process_exit"},
-		{t->use_loop ? NULL : t->skel->progs.tp_enter_mmap, "syscalls", "sys_enter_mmap"},
-		{t->use_loop ? t->skel->progs.tp_exit_mmap : NULL, "syscalls", "sys_exit_mmap"},
+		{t->skel->progs.tp_process_exec, "sched", "sched_process_exec"},
 	};
-	char msg[256];
+	bool mmap = false;
 
-	if (ensure_tracefs(msg, sizeof(msg))) {
-		die_line(msg);
-		return -1;
-	}
 	for (size_t i = 0; i < sizeof(tps) / sizeof(tps[0]); i++) {
-		struct bpf_link *l;
-
-		if (!tps[i].prog)
-			continue;
-		l = bpf_program__attach_tracepoint(tps[i].prog, tps[i].cat, tps[i].name);
-		if (!l) {
-			fprintf(stderr, "sqlspan: cannot attach to tracepoint %s:%s: %s\n",
-				tps[i].cat, tps[i].name, strerror(errno));
+		if (tps[i].prog && attach_tp(t, tps[i].prog, tps[i].cat, tps[i].name))
 			return -1;
-		}
-		t->tp_links[t->ntp_links++] = l;
 	}
-	return 0;
+	/* the loaders of all the processes probed (probes_scan), or every mmap watched */
+	for (int i = 0; i < t->nprocs; i++)
+		mmap |= !t->procs[i].loader.is_multi;
+	return mmap ? tracer_watch_mmap(t) : 0;
 }
 
 /*

@@ -271,8 +271,44 @@ static void greenlet_seen(struct tracer *t, struct proc_target *p)
 			     BPF_EXIST);
 }
 
+/*
+ * Probe the process's dynamic loader where it tells debuggers its list of objects changed
+ * (_dl_debug_state, glibc's and musl's): libraries are then seen loaded without a program run
+ * at every mmap of the host. Only as a uprobe_multi link (a perf-event uprobe would cost the
+ * process at each context switch: ulink.h), on bpf_loop kernels (mmap is watched at its exit
+ * there, the registers read). Otherwise, or if it cannot be, every mmap is watched
+ * (tracer_watch_mmap, by attach_tracepoints at the start).
+ */
+static void loader_probe(struct tracer *t, struct proc_target *p, const char *path,
+			 const char *shown)
+{
+	struct elf_file *ef;
+	uint64_t va, size, foff = (uint64_t)-1;
+
+	p->loader_tried = true;
+	if (!t->use_loop || !t->uprobe_multi)
+		return;
+	ef = path[0] ? elff_open(path) : NULL;
+	if (ef && !elff_sym(ef, "_dl_debug_state", &va, &size))
+		foff = elff_file_offset(ef, va);
+	if (ef)
+		elff_close(ef);
+	if (foff == (uint64_t)-1 ||
+	    ulink_attach(&p->loader, t->skel->progs.up_loader, false, p->pid, path, foff)) {
+		vlog(t, "PID %d: no probe on a dynamic loader's _dl_debug_state (%s: %s)", p->pid,
+		     path[0] ? shown : "none mapped",
+		     foff == (uint64_t)-1 ? "not found" : strerror(errno));
+		if (t->ntp_links) /* after the start (attach_tracepoints does it then) */
+			tracer_watch_mmap(t);
+		return;
+	}
+	vlog(t, "PID %d: libraries seen loaded by %s (_dl_debug_state)", p->pid, shown);
+	t->rescan = true; /* what it loaded while this was attached */
+}
+
 int probes_scan(struct tracer *t, struct proc_target *p)
 {
+	char ld_path[PATH_MAX + 64] = "", ld_shown[PATH_MAX] = "";
 	char path[64], line[1024];
 	struct map_entry e;
 	bool changed = false, wire = false;
@@ -293,6 +329,12 @@ int probes_scan(struct tracer *t, struct proc_target *p)
 		if (maps_parse_line(line, &e) || !e.exec || !e.path[0])
 			continue;
 		if (!is_libpq_name(e.path)) {
+			if (!p->loader_tried && !ld_path[0] &&
+			    (strstr(e.path, "/ld-linux") || strstr(e.path, "/ld-musl"))) {
+				snprintf(ld_path, sizeof(ld_path), "/proc/%d/root%s", p->pid,
+					 e.path);
+				snprintf(ld_shown, sizeof(ld_shown), "%s", e.path);
+			}
 			if (!p->greenlet && strstr(e.path, "/greenlet/_greenlet."))
 				greenlet_seen(t, p);
 			if (!ssl_path[0] && strstr(e.path, "/libssl.so")) {
@@ -340,6 +382,8 @@ int probes_scan(struct tracer *t, struct proc_target *p)
 		mapped++;
 	}
 	fclose(f);
+	if (!p->loader_tried)
+		loader_probe(t, p, ld_path, ld_shown);
 	p->nmapped = mapped;
 	if (changed)
 		push_libs(t, p);
@@ -423,6 +467,8 @@ void probes_detach(struct tracer *t, struct proc_target *p)
 	p->nlibs = 0;
 	tls_detach(p);
 	p->tls_tried = false;
+	ulink_destroy(&p->loader);
+	p->loader_tried = false;
 	if (t->skel) {
 		bpf_map__delete_elem(t->skel->maps.libs, &key, sizeof(key), 0);
 		probes_pid_flags(t, p->pid, 0);

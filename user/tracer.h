@@ -51,6 +51,8 @@ struct proc_target {
 	bool tls_tried;			   /* libssl seen (probed, or found wanting) */
 	struct ulink tls_links[TLS_LINKS]; /* libssl's probes (tlsprobes.c) */
 	int ntls;
+	bool loader_tried;   /* its dynamic loader's probe tried (probes_scan) */
+	struct ulink loader; /* the probe on _dl_debug_state: libraries it loads (up_loader) */
 };
 
 struct tracer {
@@ -67,6 +69,8 @@ struct tracer {
 	bool use_ringbuf;
 	bool use_loop;	    /* the kernel has bpf_loop */
 	bool wire_attached; /* the tracepoints of wire sockets are attached */
+	bool uprobe_multi;  /* uprobes are uprobe_multi links (ulink.h) */
+	bool mmap_watched;  /* the mmap tracepoint is attached (tracer_watch_mmap) */
 	uint64_t shown, filtered;
 	uint64_t perf_lost;
 	uint64_t misses_seen; /* kernel-skipped runs already acted on (asm_realign) */
@@ -90,6 +94,11 @@ static inline bool libpq_on_wire(const struct tracer *t)
  * followed (asyncpg, --wire).
  */
 int probes_scan(struct tracer *t, struct proc_target *p);
+/*
+ * Libraries a process loads are seen at every mmap of the host (a syscall tracepoint): where its
+ * loader cannot be probed, or after an exec. Attached once; 0 or -1 (said on stderr).
+ */
+int tracer_watch_mmap(struct tracer *t);
 /* --wait: also attach to the libpq the process would load from its root filesystem. */
 int probes_predict(struct tracer *t, struct proc_target *p);
 /* Remove every probe of a process. */

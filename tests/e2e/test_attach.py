@@ -3,8 +3,10 @@ import os
 import signal
 import time
 
+import pytest
+
 from lib import (App, Tracer, check_against_record, check_against_server, executed,
-                 skip_if_kernel_skipped_runs, trace_app)
+                 skip_if_kernel_skipped_runs, trace_app, uprobe_multi_expected)
 
 
 def test_attach_after_connect(cluster, tmp_path):
@@ -22,15 +24,41 @@ def test_attach_after_connect(cluster, tmp_path):
         assert s["server.address"] == cluster.sockpath
 
 
-def test_library_loaded_after_attach(cluster, tmp_path):
-    """The app imports psycopg2 only after sqlspan attached (--wait): nothing is missed."""
+@pytest.mark.parametrize("how", ["loader", "mmap"])
+def test_library_loaded_after_attach(cluster, tmp_path, how):
+    """The app imports psycopg2 only after sqlspan attached (--wait): nothing is missed. Seen
+    through the dynamic loader's probe where uprobes are uprobe_multi links, else (and with
+    --perf-uprobes) at every mmap."""
+    args = ["--wait", "-v"] + (["--perf-uprobes"] if how == "mmap" else [])
     app = App(cluster, "late-import", str(tmp_path))
-    tr = Tracer([app.pid], ["--wait"])
-    tr.wait_ready()
-    assert "waiting for PID %d" % app.pid in tr.stderr
-    app.go()
-    record = app.wait()
-    assert tr.finish() == 0, tr.stderr
+    stats = "/proc/sys/kernel/bpf_stats_enabled"  # run counts in sqlspan -v's summary
+    with open(stats) as f:
+        old = f.read().strip()
+    with open(stats, "w") as f:
+        f.write("1")
+    try:
+        tr = Tracer([app.pid], args)
+        tr.wait_ready()
+        assert "waiting for PID %d" % app.pid in tr.stderr
+        app.go()
+        record = app.wait()
+        assert tr.finish() == 0, tr.stderr
+    finally:
+        with open(stats, "w") as f:
+            f.write(old)
+    loader = "sqlspan: PID %d: libraries seen loaded by " % app.pid
+    every_mmap = "sqlspan: libraries watched at every mmap\n"
+    multi = uprobe_multi_expected(args)
+    use_loop = int(os.uname().release.split(".")[0]) * 100 + int(
+        os.uname().release.split(".")[1]) >= 517
+    # the import's dlopen hit the loader's probe, or the mmap tracepoint saw its mappings
+    if multi and use_loop:
+        assert any(x.startswith(loader) for x in tr.err_lines), tr.stderr
+        assert every_mmap not in tr.err_lines, tr.stderr
+        assert "sqlspan: bpf time: up_loader: " in tr.stderr, tr.stderr
+    elif multi is False:
+        assert every_mmap in tr.err_lines, tr.stderr
+        assert "_mmap: " in tr.stderr and "up_loader" not in tr.stderr, tr.stderr
     skip_if_kernel_skipped_runs(tr)
     spans = tr.spans()
     backends = record["backends"]
