@@ -112,10 +112,9 @@ static int attach_other(int argc, char **argv)
 
 static int tracepoints(void)
 {
-	/* sqlspan's on bpf_loop kernels: syscall exits only */
-	static const char *const tps[] = {"sys_exit_sendto",  "sys_exit_recvfrom",
-					  "sys_exit_sendmsg", "sys_exit_close",
-					  "sys_exit_mmap",    "sys_exit_connect"};
+	/* sqlspan's on bpf_loop kernels with uprobe_multi links: syscall exits only, no mmap */
+	static const char *const tps[] = {"sys_exit_sendto", "sys_exit_recvfrom", "sys_exit_sendmsg",
+					  "sys_exit_close", "sys_exit_connect"};
 	struct bpf_link *links[sizeof(tps) / sizeof(tps[0])] = {0};
 	struct floor_bpf *skel = floor_bpf__open_and_load();
 	size_t n = 0;
