@@ -699,9 +699,8 @@ static __noinline void greenlet_check(struct py_cfg *cfg, struct stack_buf *sb)
 			sb->flags |= STACK_FAULT;                                                  \
 			return 1;                                                                  \
 		}                                                                                  \
-		/* a window for the caller if it is just below (a coroutine's frame lives in its   \
-		 */                                                                                \
-		/* object, its caller elsewhere; an await's callee may be far from the awaiter) */ \
+		/* a window for the caller only if it is just below: a coroutine's frame lives */  \
+		/* in its object, its caller elsewhere (an await's callee, too) */                 \
 		sb->win_try = GREENLETS && wc->win &&                                              \
 			      fb64(sb, wc->cfg->frame_previous) < sb->frame &&                     \
 			      sb->frame - fb64(sb, wc->cfg->frame_previous) <                      \

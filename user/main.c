@@ -582,9 +582,6 @@ static int open_and_load(struct tracer *t)
 	bpf_program__set_autoload(skel->progs.tp_exit_close, t->use_loop);
 	bpf_program__set_autoload(skel->progs.tp_enter_mmap, !t->use_loop);
 	bpf_program__set_autoload(skel->progs.tp_exit_mmap, t->use_loop);
-	/* libraries seen loaded through the loader's probe (bpf_loop kernels, uprobe_multi links)
-	 */
-	bpf_program__set_autoload(skel->progs.up_loader, t->use_loop && t->uprobe_multi);
 	bpf_program__set_autoload(skel->progs.tp_exit_sendmsg_loop, t->use_loop);
 	bpf_program__set_autoload(skel->progs.up_ssl_handshake, t->use_loop);
 	bpf_program__set_autoload(skel->progs.up_ssl_write, t->use_loop);
@@ -610,8 +607,7 @@ static int open_and_load(struct tracer *t)
 	if (t->uprobe_multi)
 		ulink_use_multi(skel->obj);
 	vlog(t, "uprobes attached as %s", t->uprobe_multi ? "uprobe_multi links" : "perf events");
-	/* libraries seen loaded through the loader's probe (bpf_loop kernels, uprobe_multi links)
-	 */
+	/* libraries seen loaded at the loader's probe: bpf_loop kernels, uprobe_multi links */
 	bpf_program__set_autoload(skel->progs.up_loader, t->use_loop && t->uprobe_multi);
 	err = sqlspan_bpf__load(skel);
 	if (err) {
