@@ -84,8 +84,9 @@ struct stack_buf {
 	__u8 fb[SQLSPAN_FRAME_READ]; /* one frame's first bytes */
 	__u64 ob_addr;		     /* ob holds [ob_addr, ob_addr + ob_len) of the process */
 	__u32 ob_len;
-	__u32 _ob_pad;
-	__u8 ob[PY_OB]; /* an object's first bytes (ob_load) */
+	__u32 tstate_tgid; /* the process of: */
+	__u64 tstate_seen; /* the thread's PyThreadState, as last found (bpf_loop kernels) */
+	__u8 ob[PY_OB];	   /* an object's first bytes (ob_load) */
 };
 
 _Static_assert(sizeof(struct stack_buf) <= sizeof(struct scratch), "stack_buf fits");
@@ -204,18 +205,29 @@ static long thread_cb(__u32 i, void *data)
 #define DEFINE_PY_TSTATE(NAME, LOOPED)                                                             \
 	static __noinline void NAME(struct py_cfg *cfg, struct stack_buf *sb)                      \
 	{                                                                                          \
-		struct task_struct *task = (struct task_struct *)bpf_get_current_task();           \
 		struct walk_ctx wc = {.cfg = cfg, .sb = sb};                                       \
 		__u64 *cached;                                                                     \
                                                                                                    \
 		sb->tstate = 0;                                                                    \
-		sb->fsbase = BPF_CORE_READ(task, thread.fsbase);                                   \
+		if (LOOPED) { /* a typed pointer: a plain load, no helper call */                  \
+			sb->fsbase = bpf_get_current_task_btf()->thread.fsbase;                    \
+		} else {                                                                           \
+			struct task_struct *task = (struct task_struct *)bpf_get_current_task();   \
+                                                                                                   \
+			sb->fsbase = BPF_CORE_READ(task, thread.fsbase);                           \
+		}                                                                                  \
 		if (!sb->fsbase)                                                                   \
 			return;                                                                    \
+		/* bpf_loop kernels: the thread's own stack_buf remembers it (no lookup) */        \
+		if (LOOPED && sb->tstate_seen && sb->tstate_tgid == sb->h.pid &&                   \
+		    rd64(sb->tstate_seen + cfg->tstate_thread_id) == sb->fsbase) {                 \
+			sb->tstate = sb->tstate_seen;                                              \
+			return;                                                                    \
+		}                                                                                  \
 		cached = bpf_map_lookup_elem(&tstates, &sb->tid);                                  \
 		if (cached && *cached && rd64(*cached + cfg->tstate_thread_id) == sb->fsbase) {    \
 			sb->tstate = *cached;                                                      \
-			return;                                                                    \
+			goto seen;                                                                 \
 		}                                                                                  \
 		sb->frame = rd64(cfg->runtime + cfg->interp_head); /* the interpreter */           \
 		if (!sb->frame)                                                                    \
@@ -231,6 +243,11 @@ static long thread_cb(__u32 i, void *data)
 		}                                                                                  \
 		if (sb->tstate)                                                                    \
 			bpf_map_update_elem(&tstates, &sb->tid, &sb->tstate, BPF_ANY);             \
+	seen:                                                                                      \
+		if (LOOPED) {                                                                      \
+			sb->tstate_seen = sb->tstate;                                              \
+			sb->tstate_tgid = sb->h.pid;                                               \
+		}                                                                                  \
 	}
 
 static __always_inline __u64 fb64(struct stack_buf *sb, __s32 off)
@@ -416,6 +433,7 @@ static __always_inline bool sa_frame(struct py_cfg *cfg, struct stack_buf *sb)
 /*
  * The Connection (first local of the frame just added): its type, and if userspace has said
  * where that type keeps `engine`, the engine, read now while the Connection surely lives.
+ * Field by field: bounded-loop kernels (sa_engine_read_loop for the others).
  */
 static __noinline void sa_engine_read(struct py_cfg *cfg, struct stack_buf *sb)
 {
@@ -445,6 +463,62 @@ static __noinline void sa_engine_read(struct py_cfg *cfg, struct stack_buf *sb)
 		}
 	}
 	if (values)
+		sb->sa_engine = rd64(values + cfg->lr.sa_slot);
+}
+
+/* The byte at off in the object at addr: from ob_load's copy if it has it. */
+static __always_inline __u8 ob8(struct stack_buf *sb, __u64 addr, __u64 off)
+{
+	__u8 v = 0;
+
+	if (addr == sb->ob_addr && off < sb->ob_len)
+		return sb->ob[off & (PY_OB - 1)];
+	bpf_probe_read_user(&v, 1, (const void *)(addr + off));
+	return v;
+}
+
+/* sa_engine_read_loop reads a Connection from this far below it: 3.11 and 3.12 keep its dict
+ * or values pointer there (its pre-header) */
+#define SA_PRE 32
+
+/*
+ * The same, the object in one read (ob_load), from its pre-header to the engine's slot where
+ * the values are inline (3.13+): bpf_loop kernels. 1 read where the engine is inline, 2 where it
+ * is in a values array (3.11), instead of 3. The bounded-loop kernels' request program has no
+ * room for it (see task_read_loop).
+ */
+static __noinline void sa_engine_read_loop(struct py_cfg *cfg, struct stack_buf *sb)
+{
+	__u64 conn = sb->frames[(sb->nframes - 1) & (SQLSPAN_MAX_FRAMES - 1)].local[0];
+	__u64 values = 0, d, base;
+	__s32 hi = 16;
+
+	if (cfg->code_tagged)
+		conn &= ~3ULL;
+	if (!conn)
+		return;
+	base = conn - SA_PRE;
+	if (cfg->sa_mode == SA_VALUES_INLINE && cfg->lr.sa_slot + 8 > hi)
+		hi = cfg->lr.sa_slot + 8;
+	ob_load(sb, base, SA_PRE + (hi & 0xff));
+	sb->sa_type = ob64(sb, base, SA_PRE + 8);
+	if (!sb->sa_type || sb->sa_type != cfg->lr.sa_type || cfg->lr.sa_slot < 0)
+		return;
+	if (cfg->sa_mode == SA_VALUES_INLINE) {
+		values = ob8(sb, base, SA_PRE + cfg->lr.sa_valid) ? conn : 0;
+	} else if (cfg->sa_mode == SA_VALUES_312) {
+		d = ob64(sb, base, SA_PRE + cfg->sa_managed_dict);
+		values = d & 1 ? d + 1 : d ? rd64(d + cfg->sa_dict_values) : 0;
+	} else if (cfg->sa_mode == SA_VALUES_311) {
+		values = ob64(sb, base, SA_PRE + cfg->sa_managed_values);
+		if (!values) {
+			d = ob64(sb, base, SA_PRE + cfg->sa_managed_dict);
+			values = d ? rd64(d + cfg->sa_dict_values) : 0;
+		}
+	}
+	if (values == conn)
+		sb->sa_engine = ob64(sb, base, SA_PRE + cfg->lr.sa_slot);
+	else if (values)
 		sb->sa_engine = rd64(values + cfg->lr.sa_slot);
 }
 
@@ -712,7 +786,7 @@ static __noinline void greenlet_check(struct py_cfg *cfg, struct stack_buf *sb)
 		    greenlet_maybe(wc->cfg, sb))                                                   \
 			greenlet_check(wc->cfg, sb);                                               \
 		if (r == 0 && !sb->sa_type && sa_frame(wc->cfg, sb))                               \
-			sa_engine_read(wc->cfg, sb);                                               \
+			(GREENLETS ? sa_engine_read_loop : sa_engine_read)(wc->cfg, sb);           \
 		if (r == 0 && !sb->task_handle_type && wc->cfg->lr.task_run_code &&                \
 		    sb->frames[(sb->nframes - 1) & (SQLSPAN_MAX_FRAMES - 1)].code ==               \
 			    wc->cfg->lr.task_run_code)                                             \
