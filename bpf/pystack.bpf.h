@@ -433,7 +433,8 @@ static __always_inline bool sa_frame(struct py_cfg *cfg, struct stack_buf *sb)
 /*
  * The Connection (first local of the frame just added): its type, and if userspace has said
  * where that type keeps `engine`, the engine, read now while the Connection surely lives.
- * Field by field: bounded-loop kernels (sa_engine_read_loop for the others).
+ * Field by field, on every kernel: a version reading the object in one read (ob_load, 2 reads
+ * fewer) made the kernel verify the bpf_loop programs ~45 ms longer at each attach.
  */
 static __noinline void sa_engine_read(struct py_cfg *cfg, struct stack_buf *sb)
 {
@@ -463,62 +464,6 @@ static __noinline void sa_engine_read(struct py_cfg *cfg, struct stack_buf *sb)
 		}
 	}
 	if (values)
-		sb->sa_engine = rd64(values + cfg->lr.sa_slot);
-}
-
-/* The byte at off in the object at addr: from ob_load's copy if it has it. */
-static __always_inline __u8 ob8(struct stack_buf *sb, __u64 addr, __u64 off)
-{
-	__u8 v = 0;
-
-	if (addr == sb->ob_addr && off < sb->ob_len)
-		return sb->ob[off & (PY_OB - 1)];
-	bpf_probe_read_user(&v, 1, (const void *)(addr + off));
-	return v;
-}
-
-/* sa_engine_read_loop reads a Connection from this far below it: 3.11 and 3.12 keep its dict
- * or values pointer there (its pre-header) */
-#define SA_PRE 32
-
-/*
- * The same, the object in one read (ob_load), from its pre-header to the engine's slot where
- * the values are inline (3.13+): bpf_loop kernels. 1 read where the engine is inline, 2 where it
- * is in a values array (3.11), instead of 3. The bounded-loop kernels' request program has no
- * room for it (see task_read_loop).
- */
-static __noinline void sa_engine_read_loop(struct py_cfg *cfg, struct stack_buf *sb)
-{
-	__u64 conn = sb->frames[(sb->nframes - 1) & (SQLSPAN_MAX_FRAMES - 1)].local[0];
-	__u64 values = 0, d, base;
-	__s32 hi = 16;
-
-	if (cfg->code_tagged)
-		conn &= ~3ULL;
-	if (!conn)
-		return;
-	base = conn - SA_PRE;
-	if (cfg->sa_mode == SA_VALUES_INLINE && cfg->lr.sa_slot + 8 > hi)
-		hi = cfg->lr.sa_slot + 8;
-	ob_load(sb, base, SA_PRE + (hi & 0xff));
-	sb->sa_type = ob64(sb, base, SA_PRE + 8);
-	if (!sb->sa_type || sb->sa_type != cfg->lr.sa_type || cfg->lr.sa_slot < 0)
-		return;
-	if (cfg->sa_mode == SA_VALUES_INLINE) {
-		values = ob8(sb, base, SA_PRE + cfg->lr.sa_valid) ? conn : 0;
-	} else if (cfg->sa_mode == SA_VALUES_312) {
-		d = ob64(sb, base, SA_PRE + cfg->sa_managed_dict);
-		values = d & 1 ? d + 1 : d ? rd64(d + cfg->sa_dict_values) : 0;
-	} else if (cfg->sa_mode == SA_VALUES_311) {
-		values = ob64(sb, base, SA_PRE + cfg->sa_managed_values);
-		if (!values) {
-			d = ob64(sb, base, SA_PRE + cfg->sa_managed_dict);
-			values = d ? rd64(d + cfg->sa_dict_values) : 0;
-		}
-	}
-	if (values == conn)
-		sb->sa_engine = ob64(sb, base, SA_PRE + cfg->lr.sa_slot);
-	else if (values)
 		sb->sa_engine = rd64(values + cfg->lr.sa_slot);
 }
 
@@ -786,7 +731,7 @@ static __noinline void greenlet_check(struct py_cfg *cfg, struct stack_buf *sb)
 		    greenlet_maybe(wc->cfg, sb))                                                   \
 			greenlet_check(wc->cfg, sb);                                               \
 		if (r == 0 && !sb->sa_type && sa_frame(wc->cfg, sb))                               \
-			(GREENLETS ? sa_engine_read_loop : sa_engine_read)(wc->cfg, sb);           \
+			sa_engine_read(wc->cfg, sb);                                               \
 		if (r == 0 && !sb->task_handle_type && wc->cfg->lr.task_run_code &&                \
 		    sb->frames[(sb->nframes - 1) & (SQLSPAN_MAX_FRAMES - 1)].code ==               \
 			    wc->cfg->lr.task_run_code)                                             \
