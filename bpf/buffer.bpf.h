@@ -44,6 +44,16 @@ struct {
 	__type(value, struct scratch);
 } zeroes SEC(".maps");
 
+/*
+ * The registers the current syscall saved at its entry: a syscall exit's arguments (a typed
+ * pointer: its fields are plain loads, no helper call). bpf_loop kernels only (5.15+ have
+ * bpf_task_pt_regs).
+ */
+static __always_inline struct pt_regs *syscall_regs(void)
+{
+	return (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+}
+
 /* The calling thread's entry in a per-thread map, created on first use. */
 static __always_inline void *thread_entry(void *map)
 {

@@ -560,8 +560,7 @@ static __always_inline struct fwalk *front_entry(struct trace_event_raw_sys_exit
 	w = thread_fwalk();
 	if (!w)
 		return NULL;
-	/* a typed pointer: its fields are loaded directly, not through helper calls */
-	regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	regs = syscall_regs();
 	w->key.tgid = tgid;
 	w->key.fd = (__s32)regs->di;
 	w->fd = w->key.fd;

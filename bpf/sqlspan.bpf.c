@@ -226,8 +226,7 @@ int tp_exit_recvfrom_loop(struct trace_event_raw_sys_exit *ctx)
 	k.tgid = pid_tgid >> 32;
 	if (!traced(k.tgid))
 		return 0;
-	/* a typed pointer: its fields are loaded directly, not through helper calls */
-	regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	regs = syscall_regs();
 	k.fd = (__s32)regs->di;
 	st = bpf_map_lookup_elem(&fds, &k);
 	if (!st)
@@ -425,7 +424,7 @@ int tp_exit_connect(struct trace_event_raw_sys_exit *ctx)
 	if ((ctx->ret && ctx->ret != -SQLSPAN_EINPROGRESS) ||
 	    !wire_process(bpf_get_current_pid_tgid() >> 32))
 		return 0;
-	regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	regs = syscall_regs();
 	addr = regs->si;
 	len = regs->dx;
 	e = rec_reserve(sizeof(*e));
@@ -503,7 +502,7 @@ int tp_exit_close(struct trace_event_raw_sys_exit *ctx)
 
 	if (ctx->ret == -SQLSPAN_EBADF || !traced(tgid))
 		return 0;
-	regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	regs = syscall_regs();
 	return on_close(ctx, tgid, (__s32)regs->di);
 }
 
@@ -551,7 +550,7 @@ int tp_exit_mmap(struct trace_event_raw_sys_exit *ctx)
 
 	if (ctx->ret < 0)
 		return 0;
-	regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	regs = syscall_regs();
 	return on_mmap(ctx, regs->dx, (__s64)regs->r8);
 }
 

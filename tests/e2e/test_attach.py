@@ -6,7 +6,8 @@ import time
 import pytest
 
 from lib import (App, Tracer, check_against_record, check_against_server, executed,
-                 skip_if_kernel_skipped_runs, trace_app, uprobe_multi_expected)
+                 kernel_has_bpf_loop, skip_if_kernel_skipped_runs, trace_app,
+                 uprobe_multi_expected)
 
 
 def test_attach_after_connect(cluster, tmp_path):
