@@ -7,7 +7,9 @@ Driven over stdin/stdout by bench/run.py, one line per command:
   otel on|off  -> an in-process tracer on SQLAlchemy's cursor events, as OpenTelemetry's SQLAlchemy
                   instrumentation does it: an SDK span per statement, with its attributes
   quit
-Usage: app.py DRIVER SOCKET_DIR PORT   (DRIVER: psycopg2, psycopg, asyncpg)
+Usage: app.py DRIVER SOCKET_DIR PORT   (DRIVER: psycopg2, psycopg, asyncpg, asyncpg-session:
+asyncpg through an AsyncSession, whose Session runs in the greenlet, rather than an
+AsyncConnection)
 """
 import asyncio
 import os
@@ -21,6 +23,7 @@ URLS = {
     "psycopg2": "postgresql+psycopg2://postgres@/postgres?host=%s&port=%s",
     "psycopg": "postgresql+psycopg://postgres@/postgres?host=%s&port=%s",
     "asyncpg": "postgresql+asyncpg://postgres@/postgres?host=%s&port=%s",
+    "asyncpg-session": "postgresql+asyncpg://postgres@/postgres?host=%s&port=%s",
 }
 
 
@@ -75,11 +78,14 @@ def main():
     url = URLS[DRIVER] % (SOCK, PORT)
     tracer = None
     stmt = text("SELECT 1")
-    if DRIVER == "asyncpg":
-        from sqlalchemy.ext.asyncio import create_async_engine
+    if DRIVER.startswith("asyncpg"):
+        from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
         loop = asyncio.new_event_loop()
         engine = create_async_engine(url)
-        aconn = loop.run_until_complete(engine.connect())
+        if DRIVER == "asyncpg-session":
+            aconn = AsyncSession(engine)  # the ORM's path: Session.execute in the greenlet
+        else:
+            aconn = loop.run_until_complete(engine.connect())
         sync_engine = engine.sync_engine
 
         async def many(n):

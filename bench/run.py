@@ -267,7 +267,7 @@ def latency(cluster, env, floor_ns, overhead_ns):
     say("|---|---|---|---|---|---|---|")
     summary = {}
     accounts = []
-    for driver in ("psycopg2", "psycopg", "asyncpg"):
+    for driver in ("psycopg2", "psycopg", "asyncpg", "asyncpg-session"):
         apps = [App(driver, cluster, env), App(driver, cluster, env)]
         libpq = libpq_of(apps[0].pid)
         modes = ["untraced", "in-process tracer",
@@ -275,6 +275,8 @@ def latency(cluster, env, floor_ns, overhead_ns):
                  "sqlspan --perf-uprobes --no-python (its uprobes as perf events on the task, "
                  "driver level)",
                  "empty syscall tracepoints (sqlspan's set)"]
+        if driver == "asyncpg-session":  # what differs from asyncpg: the call site's cost
+            modes = modes[:4]
         site = None
         if libpq:  # asyncpg: no libpq, no uprobes (its sockets' syscall tracepoints)
             # libpq's statements are read off its sockets; its uprobes (older kernels) compared
@@ -561,7 +563,7 @@ def targets():
     def row(what, result, ok):
         out.append("| %s | %s | %s |" % (what, result, "yes" if ok else "**no**"))
 
-    for driver in ("psycopg2", "psycopg", "asyncpg"):
+    for driver in ("psycopg2", "psycopg", "asyncpg", "asyncpg-session"):
         for m, limit in (("sqlspan --no-python (driver level)", 4.0),
                          ("sqlspan (with Python call site)", 10.0)):
             a, me = R.get(("accounted", driver, m)), R.get(("measured", driver, m))

@@ -59,6 +59,7 @@ struct stack_buf {
 	__u32 flags;
 	__u64 sa_type;
 	__u64 sa_engine;
+	__u64 sa_conn;
 	__u64 task_handle_type;
 	__u64 task_cb_type;
 	__u64 task_obj;
@@ -73,6 +74,7 @@ struct stack_buf {
 	__u64 gs_frame; /* greenlet_spawn's frame on this stack */
 	__u64 gframe;	/* the innermost frame of the greenlet it holds */
 	__u64 gtmp;
+	__u64 gs_conn; /* greenlet_spawn's function is a bound method of this Connection */
 	__u64 win_lo;  /* the window holds [win_lo, win_lo + win_len) of the process */
 	__u32 win_len; /* 0: no window */
 	__u32 win_try; /* the last frame was on a data stack: read a window for the next */
@@ -95,7 +97,9 @@ _Static_assert(__builtin_offsetof(struct stack_buf, frames) == sizeof(struct ev_
 		       __builtin_offsetof(struct stack_buf, task_name) ==
 			       __builtin_offsetof(struct ev_stack, task_name) &&
 		       __builtin_offsetof(struct stack_buf, sa_type) ==
-			       __builtin_offsetof(struct ev_stack, sa_type),
+			       __builtin_offsetof(struct ev_stack, sa_type) &&
+		       __builtin_offsetof(struct stack_buf, sa_conn) ==
+			       __builtin_offsetof(struct ev_stack, sa_conn),
 	       "stack_buf starts as an ev_stack");
 
 /* per thread, like the scratch space (see buffer.bpf.h) */
@@ -312,6 +316,9 @@ single:
 	return bpf_probe_read_user(sb->fb, 96, (const void *)sb->frame) ? -1 : 0;
 }
 
+/* PyMethodObject.im_self (after PyObject_HEAD and im_func), 3.11 to 3.14 */
+#define PY_METHOD_SELF 24
+
 /* _PyInterpreterFrame.owner of a coroutine's frame, 3.11 to 3.14 */
 #define PY_OWNED_BY_GENERATOR 1
 
@@ -431,14 +438,14 @@ static __always_inline bool sa_frame(struct py_cfg *cfg, struct stack_buf *sb)
 }
 
 /*
- * The Connection (first local of the frame just added): its type, and if userspace has said
- * where that type keeps `engine`, the engine, read now while the Connection surely lives.
+ * The Connection (the first local of its frame just added, or greenlet_spawn's): its type, and
+ * if userspace has said where that type keeps `engine`, the engine, read now while the
+ * Connection surely lives.
  * Field by field, on every kernel: a version reading the object in one read (ob_load, 2 reads
  * fewer) made the kernel verify the bpf_loop programs ~45 ms longer at each attach.
  */
-static __noinline void sa_engine_read(struct py_cfg *cfg, struct stack_buf *sb)
+static __always_inline void sa_engine_of(struct py_cfg *cfg, struct stack_buf *sb, __u64 conn)
 {
-	__u64 conn = sb->frames[(sb->nframes - 1) & (SQLSPAN_MAX_FRAMES - 1)].local[0];
 	__u64 values = 0, d;
 
 	if (cfg->code_tagged)
@@ -465,6 +472,12 @@ static __noinline void sa_engine_read(struct py_cfg *cfg, struct stack_buf *sb)
 	}
 	if (values)
 		sb->sa_engine = rd64(values + cfg->lr.sa_slot);
+}
+
+/* The Connection of the frame just added (one of py_cfg.lr.sa_code). */
+static __noinline void sa_engine_read(struct py_cfg *cfg, struct stack_buf *sb)
+{
+	sa_engine_of(cfg, sb, sb->frames[(sb->nframes - 1) & (SQLSPAN_MAX_FRAMES - 1)].local[0]);
 }
 
 /*
@@ -682,6 +695,25 @@ static __always_inline bool greenlet_maybe(struct py_cfg *cfg, struct stack_buf 
 }
 
 /*
+ * greenlet_spawn's function (its first local): a method bound to a Connection of the type
+ * userspace learnt? Then sb->gs_conn is that Connection (gs_fast_check decides at the next
+ * frame whether it is the statement's).
+ */
+static __always_inline void gs_bound(struct py_cfg *cfg, struct stack_buf *sb, __u64 fn)
+{
+	__u64 self;
+
+	if (cfg->code_tagged)
+		fn &= ~3ULL;
+	if (!fn || !cfg->method_type || !cfg->lr.sa_type || !cfg->lr.gs_fast[0] ||
+	    rd64(fn + 8) != cfg->method_type)
+		return;
+	self = rd64(fn + PY_METHOD_SELF);
+	if (self && rd64(self + 8) == cfg->lr.sa_type)
+		sb->gs_conn = self;
+}
+
+/*
  * After a frame was added (bpf_loop kernels): is it SQLAlchemy's greenlet_spawn (learnt here the
  * first time), whose greenlet is then followed?
  */
@@ -696,7 +728,31 @@ static __noinline void greenlet_check(struct py_cfg *cfg, struct stack_buf *sb)
 	if (cfg->gs_code && f->code == cfg->gs_code) {
 		sb->gs_frame = sb->frame;
 		greenlet_follow(cfg, sb);
+		gs_bound(cfg, sb, f->local[0]);
 	}
+}
+
+/*
+ * The frame that awaited greenlet_spawn (just added): one of AsyncConnection's statement methods
+ * (gs_fast), then the Connection greenlet_spawn was called for is the statement's, and for the
+ * call site alone the greenlet is not walked: its frames are SQLAlchemy's, and they sit in a data
+ * stack chunk the greenlet mapped anew, whose first read by the kernel costs several
+ * microseconds on some hypervisors (~5 on this project's VMs, against ~0.1 for the frames of
+ * the running stack).
+ */
+static __noinline void gs_fast_check(struct py_cfg *cfg, struct stack_buf *sb)
+{
+	__u64 code = sb->frames[(sb->nframes - 1) & (SQLSPAN_MAX_FRAMES - 1)].code;
+	__u64 conn = sb->gs_conn;
+
+	sb->gs_conn = 0; /* looked at once: for the caller of greenlet_spawn */
+	if (code != cfg->lr.gs_fast[0] && code != cfg->lr.gs_fast[1] &&
+	    code != cfg->lr.gs_fast[2] && code != cfg->lr.gs_fast[3])
+		return;
+	sb->sa_conn = conn;
+	sa_engine_of(cfg, sb, conn);
+	if (cfg->site_only)
+		sb->gframe = 0;
 }
 
 /* One frame of the walk (sb->frame); 1 when the walk is over. */
@@ -727,6 +783,8 @@ static __noinline void greenlet_check(struct py_cfg *cfg, struct stack_buf *sb)
 		r = py_add_frame(wc->cfg, sb);                                                     \
 		if (r == 1)                                                                        \
 			return 1;                                                                  \
+		if (GREENLETS && r == 0 && sb->gs_conn && sb->frame != sb->gs_frame)               \
+			gs_fast_check(wc->cfg, sb);                                                \
 		if (GREENLETS && r == 0 && !sb->glet && !sb->gs_frame &&                           \
 		    greenlet_maybe(wc->cfg, sb))                                                   \
 			greenlet_check(wc->cfg, sb);                                               \
@@ -763,9 +821,11 @@ DEFINE_FRAME_CB(frame_cb_loop, 1)
 	{                                                                                          \
 		struct frames_ctx wc = {.cfg = cfg, .sb = sb};                                     \
                                                                                                    \
-		/* bounded-loop kernels: frame by frame (the verifier's budget) */                 \
+		/* bounded-loop kernels: frame by frame (the verifier's budget); the running */    \
+		/* stack's first frame alone: whether a window pays is up to where its caller */   \
+		/* is (an async driver's top frame is called from a coroutine elsewhere) */        \
 		sb->win_len = 0;                                                                   \
-		sb->win_try = LOOPED;                                                              \
+		sb->win_try = LOOPED && sb->glet;                                                  \
 		if (LOOPED) {                                                                      \
 			wc.win = scratch_area();                                                   \
 			if (!wc.win)                                                               \
@@ -784,7 +844,7 @@ DEFINE_FRAME_CB(frame_cb_loop, 1)
  * the verifier checks each once. Their variables live in the thread's stack_buf (see
  * request.bpf.h on why the stack stays small).
  */
-#define DEFINE_SEND_STACK(NAME, TSTATE, FRAMES, PRE, CTX)                                          \
+#define DEFINE_SEND_STACK(NAME, TSTATE, FRAMES, PRE, CTX, LOOPED)                                  \
 	PRE __noinline int NAME(CTX *ctx, __u64 pid_tgid, __u64 ts_key)                            \
 	{                                                                                          \
 		__u32 tgid = pid_tgid >> 32;                                                       \
@@ -810,6 +870,10 @@ DEFINE_FRAME_CB(frame_cb_loop, 1)
 		sb->glet = 0;                                                                      \
 		sb->sa_type = 0;                                                                   \
 		sb->sa_engine = 0;                                                                 \
+		if (LOOPED) { /* set on bpf_loop kernels only */                                   \
+			sb->sa_conn = 0;                                                           \
+			sb->gs_conn = 0;                                                           \
+		}                                                                                  \
 		sb->task_handle_type = 0;                                                          \
 		sb->task_cb_type = 0;                                                              \
 		sb->task_obj = 0;                                                                  \
@@ -853,9 +917,9 @@ DEFINE_PY_TSTATE(py_tstate, 0)
 DEFINE_PY_TSTATE(py_tstate_loop, 1)
 DEFINE_PY_FRAMES(py_frames, 0)
 DEFINE_PY_FRAMES(py_frames_loop, 1)
-DEFINE_SEND_STACK(send_stack, py_tstate, py_frames, , struct pt_regs)
-DEFINE_SEND_STACK(send_stack_loop, py_tstate_loop, py_frames_loop, , struct pt_regs)
+DEFINE_SEND_STACK(send_stack, py_tstate, py_frames, , struct pt_regs, 0)
+DEFINE_SEND_STACK(send_stack_loop, py_tstate_loop, py_frames_loop, , struct pt_regs, 1)
 /* for syscall tracepoints (wire sockets): static, so verified with its caller's context */
-DEFINE_SEND_STACK(send_stack_tp, py_tstate_loop, py_frames_loop, static, void)
+DEFINE_SEND_STACK(send_stack_tp, py_tstate_loop, py_frames_loop, static, void, 1)
 
 #endif

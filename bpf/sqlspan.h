@@ -195,6 +195,7 @@ struct ev_connect {
 /* Python frames sent per request at most, and the frame bytes read to find what is in one. */
 #define SQLSPAN_MAX_FRAMES 128
 #define SQLSPAN_SA_CODES   3 /* SQLAlchemy Connection methods recognised by the BPF side */
+#define SQLSPAN_GS_FAST	   4 /* AsyncConnection methods whose greenlet need not be walked */
 /* Records of a TLS connection's plaintext (read where libssl takes and gives it) carry fd | this */
 #define SQLSPAN_TLS_FD	     (1 << 30)
 #define SQLSPAN_TASK_NAME    32 /* bytes of an asyncio task's name kept */
@@ -272,6 +273,12 @@ struct ev_stack {
 	__u64 sa_type;
 	__u64 sa_engine;
 	/*
+	 * The Connection, when it was found on the running stack rather than in a frame of the
+	 * greenlet (greenlet_spawn called for a bound method of it: py_learnt.gs_fast); 0
+	 * otherwise.
+	 */
+	__u64 sa_conn;
+	/*
 	 * The asyncio Task running the statement (its Handle._run frame is on the stack): its name,
 	 * copied at the statement (TASK_NAME_STR: task_name, cut to fit), or its number (3.12+
 	 * keep an unnamed task's number until asked: "Task-<task_num>"); task_handle_type: the
@@ -310,6 +317,13 @@ struct ev_stack {
  */
 struct py_learnt {
 	__u64 sa_code[SQLSPAN_SA_CODES];
+	/*
+	 * AsyncConnection's statement methods (execute, exec_driver_sql, stream): when one awaits
+	 * greenlet_spawn for a bound method of a Connection of sa_type, that Connection is the
+	 * statement's, and the greenlet (its frames sit in memory mapped anew for each statement,
+	 * costly to read) is not walked for the call site alone.
+	 */
+	__u64 gs_fast[SQLSPAN_GS_FAST];
 	__u64 sa_type;
 	__u64 task_run_code, task_handle_type, task_step_type, task_meth_type, task_type;
 	__s32 sa_slot, sa_valid;
@@ -332,7 +346,8 @@ struct py_cfg {
 	 * frame_type, and writes it here); where a frame object points to its interpreter frame.
 	 */
 	__u64 gs_code;
-	__u64 frame_type; /* PyFrame_Type */
+	__u64 frame_type;  /* PyFrame_Type */
+	__u64 method_type; /* PyMethod_Type: greenlet_spawn's function, a bound method */
 	__s32 gs_ctx_off;
 	__s32 gl_pimpl_off; /* PyGreenlet.pimpl */
 	__s32 gl_frame_off; /* in greenlet's C++ Greenlet: python_state._top_frame */
@@ -451,9 +466,9 @@ SQLSPAN_ASSERT(sizeof(struct ev_fmsg) == sizeof(struct ev_msg), "EV_MSGS records
 SQLSPAN_ASSERT(sizeof(struct ev_connect) == 160, "ev_connect size");
 SQLSPAN_ASSERT(sizeof(struct lib_range) == 48, "lib_range size");
 SQLSPAN_ASSERT(sizeof(struct ev_frame) == 56, "ev_frame size");
-SQLSPAN_ASSERT(sizeof(struct ev_stack) == 56 + 40 + SQLSPAN_TASK_NAME, "ev_stack size");
+SQLSPAN_ASSERT(sizeof(struct ev_stack) == 56 + 48 + SQLSPAN_TASK_NAME, "ev_stack size");
 SQLSPAN_ASSERT(sizeof(struct hot_code) == 24, "hot_code size");
-SQLSPAN_ASSERT(sizeof(struct py_learnt) == 96, "py_learnt size");
-SQLSPAN_ASSERT(sizeof(struct py_cfg) == 272, "py_cfg size");
+SQLSPAN_ASSERT(sizeof(struct py_learnt) == 128, "py_learnt size");
+SQLSPAN_ASSERT(sizeof(struct py_cfg) == 312, "py_cfg size");
 
 #endif

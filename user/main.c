@@ -219,6 +219,7 @@ static void python_setup(struct tracer *t, struct proc_target *p)
 	cfg.site_only = !t->cli.stack;
 	/* SQLAlchemy's greenlets: the BPF side learns where things are as they show up */
 	cfg.frame_type = pt.frame_type;
+	cfg.method_type = pt.method_type;
 	cfg.gs_ctx_off = -1;
 	cfg.gl_pimpl_off = 32; /* PyGreenlet{PyObject_HEAD; weakreflist; dict; pimpl} */
 	cfg.gl_frame_off = -1;

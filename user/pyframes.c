@@ -52,6 +52,20 @@ bool py_is_sa_connection_frame(const char *file, const char *qualname)
 		!strcmp(qualname, "Connection._execute_context"));
 }
 
+bool py_is_sa_async_statement(const char *file, const char *qualname)
+{
+	return file && qualname && ends_with(file, "sqlalchemy/ext/asyncio/engine.py") &&
+	       (!strcmp(qualname, "AsyncConnection.execute") ||
+		!strcmp(qualname, "AsyncConnection.exec_driver_sql") ||
+		!strcmp(qualname, "AsyncConnection.stream"));
+}
+
+bool py_is_sa_asyncpg_prepare(const char *file, const char *qualname)
+{
+	return file && qualname && ends_with(file, "sqlalchemy/dialects/postgresql/asyncpg.py") &&
+	       !strcmp(qualname, "AsyncAdapt_asyncpg_cursor._prepare_and_execute");
+}
+
 bool py_is_sa_do_execute(const char *file, const char *qualname)
 {
 	const char *dot;

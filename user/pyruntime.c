@@ -156,6 +156,9 @@ enum py_detect_result py_detect(pid_t pid, struct py_target *t, char *why, size_
 		/* builtin methods: asyncio's Task.__wakeup bound to its task */
 		if (!elff_sym(ef, "PyCFunction_Type", &va, NULL))
 			t->cfunc_type = va - elff_first_load(ef) + base;
+		/* greenlet_spawn's function: a Connection's bound method */
+		if (!elff_sym(ef, "PyMethod_Type", &va, NULL))
+			t->method_type = va - elff_first_load(ef) + base;
 	}
 	table = py_layout_table(ver);
 	if (!table) {

@@ -14,12 +14,13 @@
 #include "pylayout.h"
 
 struct py_target {
-	uint32_t version;    /* PY_VERSION_HEX */
-	uint64_t runtime;    /* address of _PyRuntime in the process */
-	uint64_t frame_type; /* address of PyFrame_Type in the process, 0 if not found */
-	uint64_t str_type;   /* PyUnicode_Type, 0 if not found */
-	uint64_t int_type;   /* PyLong_Type, 0 if not found */
-	uint64_t cfunc_type; /* PyCFunction_Type, 0 if not found */
+	uint32_t version;     /* PY_VERSION_HEX */
+	uint64_t runtime;     /* address of _PyRuntime in the process */
+	uint64_t frame_type;  /* address of PyFrame_Type in the process, 0 if not found */
+	uint64_t str_type;    /* PyUnicode_Type, 0 if not found */
+	uint64_t int_type;    /* PyLong_Type, 0 if not found */
+	uint64_t cfunc_type;  /* PyCFunction_Type, 0 if not found */
+	uint64_t method_type; /* PyMethod_Type (bound methods), 0 if not found */
 	struct py_layout layout;
 	bool from_debug_offsets; /* offsets read from the binary's _Py_DebugOffsets */
 	char binary[PATH_MAX];	 /* as the process sees it */

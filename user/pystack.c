@@ -362,6 +362,33 @@ static void sa_learn(struct pyproc *pp, const struct ev_stack *st, uint64_t code
 }
 
 /*
+ * The URL of the engine the BPF side read at the statement from a Connection it found on the
+ * running stack (no frame of it: no dialect to go by), remembered per engine (engines live long).
+ */
+static const char *engine_url_direct(struct pyproc *pp, const struct ev_stack *st)
+{
+	struct dialect_url *du;
+	const char *s;
+
+	if (!st->sa_engine)
+		return NULL;
+	du = hmap_get(&pp->dialect_urls, hkey2(st->sa_engine, 1));
+	if (du)
+		return du->url;
+	s = url_of_engine(pp, st->sa_engine);
+	if (!s)
+		return NULL;
+	du = malloc(sizeof(*du));
+	if (du) {
+		du->engine = st->sa_engine;
+		du->url = s;
+		if (hmap_put(&pp->dialect_urls, hkey2(st->sa_engine, 1), du))
+			free(du);
+	}
+	return s;
+}
+
+/*
  * The URL of the Connection's engine, password hidden. Stacks are resolved a little after the
  * statement (records are read in batches): by then a short-lived Connection may be gone and
  * its memory reused. Remembered per dialect (the Connection's frame passes it along: local 1 of
@@ -380,7 +407,7 @@ static const char *engine_url(struct pyproc *pp, const struct ev_stack *st, uint
 
 	*from = URL_NONE;
 	if (!dialect)
-		return NULL;
+		return engine_url_direct(pp, st);
 	/* known, and the engine read at the statement (if any) is the one checked: no reads */
 	du = hmap_get(&pp->dialect_urls, hkey2(dialect, 0));
 	if (du && (!st->sa_engine || st->sa_engine == du->engine)) {
@@ -550,6 +577,23 @@ void pystacks_prefetch(struct pystacks *ps, const struct ev_stack *st, size_t si
 		ps->learnt(ps->arg, pp);
 }
 
+/*
+ * An AsyncConnection statement method's code object, for the BPF side to take the Connection
+ * from greenlet_spawn's bound method instead of walking the greenlet. True if it is new.
+ */
+static bool gs_fast_learn(struct pyproc *pp, uint64_t code)
+{
+	for (int i = 0; i < SQLSPAN_GS_FAST; i++) {
+		if (pp->lr.gs_fast[i] == code)
+			return false;
+		if (!pp->lr.gs_fast[i]) {
+			pp->lr.gs_fast[i] = code;
+			return true;
+		}
+	}
+	return false;
+}
+
 bool pystacks_all_learnt(const struct pyproc *pp)
 {
 	return pp->lr.sa_type && pp->lr.sa_slot >= 0 && pp->lr.task_type && pp->lr.task_step_type;
@@ -560,7 +604,7 @@ void pystacks_resolve(struct pystacks *ps, const struct ev_stack *st, size_t siz
 {
 	struct pyproc *pp = proc_of(ps, st->h.pid);
 	struct strbuf js = {0};
-	bool found_site = false;
+	bool found_site = false, learnt = false;
 	uint64_t tag_mask, dialect = 0;
 
 	memset(out, 0, sizeof(*out));
@@ -604,6 +648,12 @@ void pystacks_resolve(struct pystacks *ps, const struct ev_stack *st, size_t siz
 		if (!out->sa_statement && py_is_sa_do_execute(c->file, c->qualname))
 			out->sa_statement = py_read_str(pp->pid, f->local[2] & tag_mask,
 							&pp->t.layout, 1 << 20);
+		/* the same text on the running stack, where the greenlet is not walked */
+		if (!out->sa_statement && !glet && py_is_sa_asyncpg_prepare(c->file, c->qualname))
+			out->sa_statement = py_read_str(pp->pid, f->local[1] & tag_mask,
+							&pp->t.layout, 1 << 20);
+		if (!glet && py_is_sa_async_statement(c->file, c->qualname))
+			learnt |= gs_fast_learn(pp, f->code);
 		if (py_is_sa_pool_reset(c->file, c->qualname))
 			out->pool_reset = true;
 		if (ps->want_stack) {
@@ -616,6 +666,13 @@ void pystacks_resolve(struct pystacks *ps, const struct ev_stack *st, size_t siz
 			sb_json(&js, item);
 		}
 	}
+	/* the Connection greenlet_spawn was called for, its greenlet not walked (gs_fast) */
+	if (!out->sa_conn && st->sa_conn) {
+		out->sa_conn = st->sa_conn;
+		dialect = 0;
+	}
+	if (learnt && ps->learnt)
+		ps->learnt(ps->arg, pp);
 	if (out->sa_conn) {
 		enum url_from from;
 

@@ -3,6 +3,7 @@
 #include <unistd.h>
 #include "check.h"
 #include "pylayout.h"
+#include "pyframes.h"
 #include "pyline.h"
 #include "pystack.h"
 #include "span.h"
@@ -255,9 +256,42 @@ TEST(hot_code_named_then_dropped_when_replaced)
 	pystacks_free(&ps);
 }
 
+/*
+ * SQLAlchemy's frames by file and qualified name: the AsyncConnection methods whose greenlet holds
+ * the statement alone (the BPF side then takes the Connection from greenlet_spawn's bound method
+ * and leaves the greenlet unwalked) are execute, exec_driver_sql and stream, of 1.4 and 2.0
+ * alike; not close, commit or rollback, whose greenlet may return the connection to the pool
+ * (its reset is told by the pool's frames in the greenlet), nor AsyncSession's.
+ */
+TEST(sqlalchemy_frames)
+{
+	const char *eng = "/usr/lib/python3/dist-packages/sqlalchemy/ext/asyncio/engine.py";
+	const char *pg = "/usr/lib/python3/dist-packages/sqlalchemy/dialects/postgresql/asyncpg.py";
+
+	CHECK(py_is_sa_async_statement(eng, "AsyncConnection.execute"));
+	CHECK(py_is_sa_async_statement(eng, "AsyncConnection.exec_driver_sql"));
+	CHECK(py_is_sa_async_statement(eng, "AsyncConnection.stream"));
+	CHECK(!py_is_sa_async_statement(eng, "AsyncConnection.close"));
+	CHECK(!py_is_sa_async_statement(eng, "AsyncConnection.commit"));
+	CHECK(!py_is_sa_async_statement(eng, "AsyncConnection.rollback"));
+	CHECK(!py_is_sa_async_statement(eng, "AsyncConnection.run_sync"));
+	CHECK(!py_is_sa_async_statement(
+		"/usr/lib/python3/dist-packages/sqlalchemy/ext/asyncio/session.py",
+		"AsyncSession.execute"));
+	CHECK(!py_is_sa_async_statement("/srv/app/engine.py", "AsyncConnection.execute"));
+	CHECK(!py_is_sa_async_statement(NULL, "AsyncConnection.execute"));
+	CHECK(py_is_sa_asyncpg_prepare(pg, "AsyncAdapt_asyncpg_cursor._prepare_and_execute"));
+	CHECK(!py_is_sa_asyncpg_prepare(pg, "AsyncAdapt_asyncpg_cursor.execute"));
+	CHECK(!py_is_sa_asyncpg_prepare(eng, "AsyncAdapt_asyncpg_cursor._prepare_and_execute"));
+	CHECK(py_is_sa_connection_frame("/x/sqlalchemy/engine/base.py",
+					"Connection._execute_context"));
+	CHECK(!py_is_sa_connection_frame("/x/sqlalchemy/engine/base.py", "Connection.execute"));
+}
+
 int main(void)
 {
 	static const struct test_case cases[] = {CASE(line_tables), CASE(layout_tables),
-						 CASE(hot_code_named_then_dropped_when_replaced)};
+						 CASE(hot_code_named_then_dropped_when_replaced),
+						 CASE(sqlalchemy_frames)};
 	return RUN("python", cases);
 }
