@@ -60,6 +60,8 @@ struct stack_buf {
 	__u64 sa_type;
 	__u64 sa_engine;
 	__u64 sa_conn;
+	__u64 gs_self_type;
+	__u64 st_tx_type;
 	__u64 task_handle_type;
 	__u64 task_cb_type;
 	__u64 task_obj;
@@ -438,6 +440,32 @@ static __always_inline bool sa_frame(struct py_cfg *cfg, struct stack_buf *sb)
 }
 
 /*
+ * Where the attribute values of obj (an instance of a class without __slots__) are, by
+ * cfg->sa_mode; valid_off: 3.13+ inline values' valid flag, learnt per type. 0: not there.
+ */
+static __always_inline __u64 inst_values(struct py_cfg *cfg, __u64 obj, __s32 valid_off)
+{
+	__u64 values = 0, d;
+
+	if (cfg->sa_mode == SA_VALUES_INLINE) {
+		__u8 valid = 0;
+
+		bpf_probe_read_user(&valid, 1, (const void *)(obj + valid_off));
+		values = valid ? obj : 0;
+	} else if (cfg->sa_mode == SA_VALUES_312) {
+		d = rd64(obj + cfg->sa_managed_dict);
+		values = d & 1 ? d + 1 : d ? rd64(d + cfg->sa_dict_values) : 0;
+	} else if (cfg->sa_mode == SA_VALUES_311) {
+		values = rd64(obj + cfg->sa_managed_values);
+		if (!values) {
+			d = rd64(obj + cfg->sa_managed_dict);
+			values = d ? rd64(d + cfg->sa_dict_values) : 0;
+		}
+	}
+	return values;
+}
+
+/*
  * The Connection (the first local of its frame just added, or greenlet_spawn's): its type, and
  * if userspace has said where that type keeps `engine`, the engine, read now while the
  * Connection surely lives.
@@ -446,7 +474,7 @@ static __always_inline bool sa_frame(struct py_cfg *cfg, struct stack_buf *sb)
  */
 static __always_inline void sa_engine_of(struct py_cfg *cfg, struct stack_buf *sb, __u64 conn)
 {
-	__u64 values = 0, d;
+	__u64 values;
 
 	if (cfg->code_tagged)
 		conn &= ~3ULL;
@@ -455,21 +483,7 @@ static __always_inline void sa_engine_of(struct py_cfg *cfg, struct stack_buf *s
 	sb->sa_type = rd64(conn + 8);
 	if (!sb->sa_type || sb->sa_type != cfg->lr.sa_type || cfg->lr.sa_slot < 0)
 		return;
-	if (cfg->sa_mode == SA_VALUES_INLINE) {
-		__u8 valid = 0;
-
-		bpf_probe_read_user(&valid, 1, (const void *)(conn + cfg->lr.sa_valid));
-		values = valid ? conn : 0;
-	} else if (cfg->sa_mode == SA_VALUES_312) {
-		d = rd64(conn + cfg->sa_managed_dict);
-		values = d & 1 ? d + 1 : d ? rd64(d + cfg->sa_dict_values) : 0;
-	} else if (cfg->sa_mode == SA_VALUES_311) {
-		values = rd64(conn + cfg->sa_managed_values);
-		if (!values) {
-			d = rd64(conn + cfg->sa_managed_dict);
-			values = d ? rd64(d + cfg->sa_dict_values) : 0;
-		}
-	}
+	values = inst_values(cfg, conn, cfg->lr.sa_valid);
 	if (values)
 		sb->sa_engine = rd64(values + cfg->lr.sa_slot);
 }
@@ -695,22 +709,66 @@ static __always_inline bool greenlet_maybe(struct py_cfg *cfg, struct stack_buf 
 }
 
 /*
+ * The one Connection of a Session (of the type userspace learnt), 0 if it has none or several:
+ * its innermost SessionTransaction's `_connections` dict holds (Connection, transaction, ...)
+ * under two keys, the Connection and its engine: two entries, one tuple. A global function: the
+ * verifier checks it once, not at each call with each state (~20 ms of attach as a static one).
+ */
+__noinline __u64 session_conn(struct py_cfg *cfg, struct stack_buf *sb, __u64 session)
+{
+	__u64 v, tx, d, keys, e, conn;
+	__u8 lib = 0, kind = 1;
+
+	if (!cfg || !sb) /* global: verified once, on its own */
+		return 0;
+
+	v = inst_values(cfg, session, cfg->lr.ss_tx_valid);
+	tx = v && cfg->lr.ss_tx_slot >= 0 ? rd64(v + cfg->lr.ss_tx_slot) : 0;
+	if (tx && !cfg->lr.st_type)
+		sb->st_tx_type = rd64(tx + 8); /* for userspace to learn from */
+	if (!tx || rd64(tx + 8) != cfg->lr.st_type)
+		return 0;
+	v = inst_values(cfg, tx, cfg->lr.st_conns_valid);
+	d = v && cfg->lr.st_conns_slot >= 0 ? rd64(v + cfg->lr.st_conns_slot) : 0;
+	if (!d || rd64(d + 8) != cfg->dict_type || rd64(d + cfg->dict_values))
+		return 0; /* not a dict, or a split one */
+	keys = rd64(d + cfg->dict_keys);
+	if (!keys || rd64(keys + cfg->keys_nentries) != 2 ||
+	    bpf_probe_read_user(&lib, 1, (const void *)(keys + cfg->keys_log2_index_bytes)) ||
+	    bpf_probe_read_user(&kind, 1, (const void *)(keys + cfg->keys_kind)) || kind != 0 ||
+	    lib > 7)
+		return 0; /* not two entries of the general kind (hash, key, value) */
+	e = keys + cfg->keys_indices + (1ULL << lib);
+	v = rd64(e + 16);
+	if (!v || rd64(e + 24 + 16) != v || rd64(v + 8) != cfg->tuple_type ||
+	    (__s64)rd64(v + cfg->tuple_size) < 1)
+		return 0;
+	conn = rd64(v + cfg->tuple_items);
+	return conn && rd64(conn + 8) == cfg->lr.sa_type ? conn : 0;
+}
+
+/*
  * greenlet_spawn's function (its first local): a method bound to a Connection of the type
- * userspace learnt? Then sb->gs_conn is that Connection (gs_fast_check decides at the next
- * frame whether it is the statement's).
+ * userspace learnt, or to a Session bound to one Connection? Then sb->gs_conn is that
+ * Connection (gs_fast_check decides at the next frame whether it is the statement's).
  */
 static __always_inline void gs_bound(struct py_cfg *cfg, struct stack_buf *sb, __u64 fn)
 {
-	__u64 self;
+	__u64 self, type;
 
 	if (cfg->code_tagged)
 		fn &= ~3ULL;
-	if (!fn || !cfg->method_type || !cfg->lr.sa_type || !cfg->lr.gs_fast[0] ||
-	    rd64(fn + 8) != cfg->method_type)
+	if (!fn || !cfg->site_only || !cfg->method_type || !cfg->lr.sa_type ||
+	    !cfg->lr.gs_fast[0] || rd64(fn + 8) != cfg->method_type)
 		return;
 	self = rd64(fn + PY_METHOD_SELF);
-	if (self && rd64(self + 8) == cfg->lr.sa_type)
+	type = self ? rd64(self + 8) : 0;
+	if (type && type == cfg->lr.sa_type)
 		sb->gs_conn = self;
+	else if (type && type == cfg->lr.ss_type)
+		sb->gs_conn = session_conn(cfg, sb, self);
+	else if (!cfg->lr.ss_type)
+		sb->gs_self_type = type; /* for userspace to learn from: a Session's? */
 }
 
 /*
@@ -733,12 +791,12 @@ static __noinline void greenlet_check(struct py_cfg *cfg, struct stack_buf *sb)
 }
 
 /*
- * The frame that awaited greenlet_spawn (just added): one of AsyncConnection's statement methods
- * (gs_fast), then the Connection greenlet_spawn was called for is the statement's, and for the
- * call site alone the greenlet is not walked: its frames are SQLAlchemy's, and they sit in a data
- * stack chunk the greenlet mapped anew, whose first read by the kernel costs several
- * microseconds on some hypervisors (~5 on this project's VMs, against ~0.1 for the frames of
- * the running stack).
+ * The frame that awaited greenlet_spawn (just added): one of AsyncConnection's or AsyncSession's
+ * statement methods (gs_fast), then the Connection greenlet_spawn was called for (or its
+ * Session's) is the statement's, and for the call site alone the greenlet is not walked: its frames
+ * are SQLAlchemy's, and they sit in a data stack chunk the greenlet mapped anew, whose first read
+ * by the kernel costs several microseconds on some hypervisors (~5 on this project's VMs, against
+ * ~0.1 for the frames of the running stack).
  */
 static __noinline void gs_fast_check(struct py_cfg *cfg, struct stack_buf *sb)
 {
@@ -746,9 +804,12 @@ static __noinline void gs_fast_check(struct py_cfg *cfg, struct stack_buf *sb)
 	__u64 conn = sb->gs_conn;
 
 	sb->gs_conn = 0; /* looked at once: for the caller of greenlet_spawn */
-	if (code != cfg->lr.gs_fast[0] && code != cfg->lr.gs_fast[1] &&
-	    code != cfg->lr.gs_fast[2] && code != cfg->lr.gs_fast[3])
-		return;
+	for (int i = 0; i < SQLSPAN_GS_FAST; i++) {
+		if (code == cfg->lr.gs_fast[i])
+			goto fast;
+	}
+	return;
+fast:
 	sb->sa_conn = conn;
 	sa_engine_of(cfg, sb, conn);
 	if (cfg->site_only)
@@ -873,6 +934,8 @@ DEFINE_FRAME_CB(frame_cb_loop, 1)
 		if (LOOPED) { /* set on bpf_loop kernels only */                                   \
 			sb->sa_conn = 0;                                                           \
 			sb->gs_conn = 0;                                                           \
+			sb->gs_self_type = 0;                                                      \
+			sb->st_tx_type = 0;                                                        \
 		}                                                                                  \
 		sb->task_handle_type = 0;                                                          \
 		sb->task_cb_type = 0;                                                              \

@@ -195,7 +195,7 @@ struct ev_connect {
 /* Python frames sent per request at most, and the frame bytes read to find what is in one. */
 #define SQLSPAN_MAX_FRAMES 128
 #define SQLSPAN_SA_CODES   3 /* SQLAlchemy Connection methods recognised by the BPF side */
-#define SQLSPAN_GS_FAST	   4 /* AsyncConnection methods whose greenlet need not be walked */
+#define SQLSPAN_GS_FAST	   8 /* AsyncConnection/AsyncSession methods: greenlet not walked */
 /* Records of a TLS connection's plaintext (read where libssl takes and gives it) carry fd | this */
 #define SQLSPAN_TLS_FD	     (1 << 30)
 #define SQLSPAN_TASK_NAME    32 /* bytes of an asyncio task's name kept */
@@ -279,6 +279,13 @@ struct ev_stack {
 	 */
 	__u64 sa_conn;
 	/*
+	 * For userspace to learn a Session's layout from (py_learnt.ss_type, st_type), while it has
+	 * not: the type of the object greenlet_spawn's bound method is bound to, and that of a
+	 * Session's `_transaction`. 0 otherwise.
+	 */
+	__u64 gs_self_type;
+	__u64 st_tx_type;
+	/*
 	 * The asyncio Task running the statement (its Handle._run frame is on the stack): its name,
 	 * copied at the statement (TASK_NAME_STR: task_name, cut to fit), or its number (3.12+
 	 * keep an unnamed task's number until asked: "Task-<task_num>"); task_handle_type: the
@@ -318,12 +325,19 @@ struct ev_stack {
 struct py_learnt {
 	__u64 sa_code[SQLSPAN_SA_CODES];
 	/*
-	 * AsyncConnection's statement methods (execute, exec_driver_sql, stream): when one awaits
-	 * greenlet_spawn for a bound method of a Connection of sa_type, that Connection is the
-	 * statement's, and the greenlet (its frames sit in memory mapped anew for each statement,
-	 * costly to read) is not walked for the call site alone.
+	 * AsyncConnection's and AsyncSession's statement methods (execute, exec_driver_sql, stream;
+	 * execute, scalar, stream, get): when one awaits greenlet_spawn for a bound method of a
+	 * Connection of sa_type, or of a Session of ss_type bound to one Connection, that
+	 * Connection is the statement's, and the greenlet (its frames sit in memory mapped anew for
+	 * each statement, costly to read) is not walked for the call site alone.
 	 */
 	__u64 gs_fast[SQLSPAN_GS_FAST];
+	/*
+	 * The Session's type, where it keeps `_transaction`; the SessionTransaction's type, where
+	 * it keeps `_connections` (slot and valid as sa_slot and sa_valid).
+	 */
+	__u64 ss_type, st_type;
+	__s32 ss_tx_slot, ss_tx_valid, st_conns_slot, st_conns_valid;
 	__u64 sa_type;
 	__u64 task_run_code, task_handle_type, task_step_type, task_meth_type, task_type;
 	__s32 sa_slot, sa_valid;
@@ -348,6 +362,12 @@ struct py_cfg {
 	__u64 gs_code;
 	__u64 frame_type;  /* PyFrame_Type */
 	__u64 method_type; /* PyMethod_Type: greenlet_spawn's function, a bound method */
+	__u64 dict_type;   /* PyDict_Type and PyTuple_Type: a Session's connections */
+	__u64 tuple_type;
+	__s32 dict_keys, dict_values; /* PyDictObject.ma_keys, ma_values */
+	/* PyDictKeysObject: dk_log2_index_bytes, dk_kind, dk_nentries, dk_indices */
+	__s32 keys_log2_index_bytes, keys_kind, keys_nentries, keys_indices;
+	__s32 tuple_size, tuple_items;
 	__s32 gs_ctx_off;
 	__s32 gl_pimpl_off; /* PyGreenlet.pimpl */
 	__s32 gl_frame_off; /* in greenlet's C++ Greenlet: python_state._top_frame */
@@ -466,9 +486,9 @@ SQLSPAN_ASSERT(sizeof(struct ev_fmsg) == sizeof(struct ev_msg), "EV_MSGS records
 SQLSPAN_ASSERT(sizeof(struct ev_connect) == 160, "ev_connect size");
 SQLSPAN_ASSERT(sizeof(struct lib_range) == 48, "lib_range size");
 SQLSPAN_ASSERT(sizeof(struct ev_frame) == 56, "ev_frame size");
-SQLSPAN_ASSERT(sizeof(struct ev_stack) == 56 + 48 + SQLSPAN_TASK_NAME, "ev_stack size");
+SQLSPAN_ASSERT(sizeof(struct ev_stack) == 56 + 64 + SQLSPAN_TASK_NAME, "ev_stack size");
 SQLSPAN_ASSERT(sizeof(struct hot_code) == 24, "hot_code size");
-SQLSPAN_ASSERT(sizeof(struct py_learnt) == 128, "py_learnt size");
-SQLSPAN_ASSERT(sizeof(struct py_cfg) == 312, "py_cfg size");
+SQLSPAN_ASSERT(sizeof(struct py_learnt) == 192, "py_learnt size");
+SQLSPAN_ASSERT(sizeof(struct py_cfg) == 424, "py_cfg size");
 
 #endif

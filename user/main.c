@@ -150,6 +150,15 @@ static void hook_py(void *arg, const struct ev_stack *st, size_t size, struct sp
  * statement: where SQLAlchemy's Connection keeps its engine, how to find the running asyncio
  * Task's name. The rest of the process's py_cfg (some of it written by the BPF side) is kept.
  */
+static int gs_fast_count(const struct py_learnt *lr)
+{
+	int n = 0;
+
+	for (int i = 0; i < SQLSPAN_GS_FAST; i++)
+		n += lr->gs_fast[i] != 0;
+	return n;
+}
+
 static void hook_py_learnt(void *arg, const struct pyproc *pp)
 {
 	struct tracer *t = arg;
@@ -165,9 +174,11 @@ static void hook_py_learnt(void *arg, const struct pyproc *pp)
 			     BPF_EXIST);
 	vlog(t,
 	     "PID %d: read at each statement: Connection.engine (type %#lx, slot %d), asyncio "
-	     "Task names (Task type %#lx, name at +%d)",
+	     "Task names (Task type %#lx, name at +%d); greenlets not walked for %d "
+	     "AsyncConnection/AsyncSession methods (Session type %#lx)",
 	     pp->pid, (unsigned long)pp->lr.sa_type, pp->lr.sa_slot,
-	     (unsigned long)pp->lr.task_type, pp->lr.task_name_off);
+	     (unsigned long)pp->lr.task_type, pp->lr.task_name_off, gs_fast_count(&pp->lr),
+	     (unsigned long)pp->lr.ss_type);
 }
 
 /* A long-lived code object whose identity the BPF side no longer reads (or a freed slot). */
@@ -220,6 +231,16 @@ static void python_setup(struct tracer *t, struct proc_target *p)
 	/* SQLAlchemy's greenlets: the BPF side learns where things are as they show up */
 	cfg.frame_type = pt.frame_type;
 	cfg.method_type = pt.method_type;
+	cfg.dict_type = pt.dict_type;
+	cfg.tuple_type = pt.tuple_type;
+	cfg.dict_keys = l->dict_keys;
+	cfg.dict_values = l->dict_values;
+	cfg.keys_log2_index_bytes = l->keys_log2_index_bytes;
+	cfg.keys_kind = l->keys_kind;
+	cfg.keys_nentries = l->keys_nentries;
+	cfg.keys_indices = l->keys_indices;
+	cfg.tuple_size = l->tuple_size;
+	cfg.tuple_items = l->tuple_items;
 	cfg.gs_ctx_off = -1;
 	cfg.gl_pimpl_off = 32; /* PyGreenlet{PyObject_HEAD; weakreflist; dict; pimpl} */
 	cfg.gl_frame_off = -1;

@@ -54,10 +54,18 @@ bool py_is_sa_connection_frame(const char *file, const char *qualname)
 
 bool py_is_sa_async_statement(const char *file, const char *qualname)
 {
-	return file && qualname && ends_with(file, "sqlalchemy/ext/asyncio/engine.py") &&
-	       (!strcmp(qualname, "AsyncConnection.execute") ||
-		!strcmp(qualname, "AsyncConnection.exec_driver_sql") ||
-		!strcmp(qualname, "AsyncConnection.stream"));
+	if (!file || !qualname)
+		return false;
+	if (ends_with(file, "sqlalchemy/ext/asyncio/engine.py"))
+		return !strcmp(qualname, "AsyncConnection.execute") ||
+		       !strcmp(qualname, "AsyncConnection.exec_driver_sql") ||
+		       !strcmp(qualname, "AsyncConnection.stream");
+	if (ends_with(file, "sqlalchemy/ext/asyncio/session.py"))
+		return !strcmp(qualname, "AsyncSession.execute") ||
+		       !strcmp(qualname, "AsyncSession.scalar") ||
+		       !strcmp(qualname, "AsyncSession.stream") ||
+		       !strcmp(qualname, "AsyncSession.get");
+	return false;
 }
 
 bool py_is_sa_asyncpg_prepare(const char *file, const char *qualname)

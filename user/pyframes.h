@@ -15,7 +15,8 @@ bool py_is_app_file(const char *file, const char *const *app_paths);
 
 /* SQLAlchemy's Connection method whose `self` (first local) is the sync Connection. */
 bool py_is_sa_connection_frame(const char *file, const char *qualname);
-/* AsyncConnection's statement methods: they await greenlet_spawn for the Connection's own */
+/* AsyncConnection's and AsyncSession's statement methods: they await greenlet_spawn for the
+ * Connection's or the Session's own */
 bool py_is_sa_async_statement(const char *file, const char *qualname);
 /* SQLAlchemy's asyncpg cursor coroutine: its second local is the statement text */
 bool py_is_sa_asyncpg_prepare(const char *file, const char *qualname);

@@ -159,6 +159,11 @@ enum py_detect_result py_detect(pid_t pid, struct py_target *t, char *why, size_
 		/* greenlet_spawn's function: a Connection's bound method */
 		if (!elff_sym(ef, "PyMethod_Type", &va, NULL))
 			t->method_type = va - elff_first_load(ef) + base;
+		/* and a Session's connections: a dict of tuples */
+		if (!elff_sym(ef, "PyDict_Type", &va, NULL))
+			t->dict_type = va - elff_first_load(ef) + base;
+		if (!elff_sym(ef, "PyTuple_Type", &va, NULL))
+			t->tuple_type = va - elff_first_load(ef) + base;
 	}
 	table = py_layout_table(ver);
 	if (!table) {

@@ -21,6 +21,8 @@ struct py_target {
 	uint64_t int_type;    /* PyLong_Type, 0 if not found */
 	uint64_t cfunc_type;  /* PyCFunction_Type, 0 if not found */
 	uint64_t method_type; /* PyMethod_Type (bound methods), 0 if not found */
+	uint64_t dict_type;   /* PyDict_Type, PyTuple_Type: 0 if not found */
+	uint64_t tuple_type;
 	struct py_layout layout;
 	bool from_debug_offsets; /* offsets read from the binary's _Py_DebugOffsets */
 	char binary[PATH_MAX];	 /* as the process sees it */

@@ -52,6 +52,7 @@ struct pyproc *pystacks_add(struct pystacks *ps, pid_t pid, const struct py_targ
 	np->lr.task_meth_off = t->cfunc_type ? t->layout.cfunc_self : -1;
 	np->prefetch_left = 256;
 	np->retry_left = 256;
+	np->session_tries = 64;
 	hmap_init(&np->codes);
 	hmap_init(&np->slots);
 	hmap_init(&np->urls);
@@ -329,16 +330,39 @@ static const char *url_of_engine(struct pyproc *pp, uint64_t engine)
 }
 
 /*
+ * Where instances of type keep attribute `name` among their values, for the BPF side
+ * (inst_values): slot, and 3.13+ inline values' valid flag (from the object). 0, or -1.
+ */
+static int attr_slot(struct pyproc *pp, uint64_t type, const char *name, int32_t *slot,
+		     int32_t *valid)
+{
+	struct pyobj_src src = {pp->pid, &pp->t.layout, &pp->slots};
+	const struct py_layout *l = &pp->t.layout;
+	int64_t idx, basic;
+
+	if (pyobj_type_key_index(&src, type, name, &idx))
+		return -1;
+	*slot = l->values_items + 8 * idx;
+	*valid = 0;
+	if (l->values_valid >= 0) { /* inline values, after the object's basic size */
+		basic = pyobj_type_basicsize(&src, type);
+		if (basic < 0)
+			return -1;
+		*slot += basic;
+		*valid = basic + l->values_valid;
+	}
+	return 0;
+}
+
+/*
  * Teach the BPF side to read Connection.engine at the statement: the code objects of the
  * Connection methods on the stack (long-lived: readable whenever the record is), then, from the
  * type the BPF side saw there, where that type keeps `engine` among an instance's values.
  */
 static void sa_learn(struct pyproc *pp, const struct ev_stack *st, uint64_t code)
 {
-	struct pyobj_src src = {pp->pid, &pp->t.layout, &pp->slots};
-	const struct py_layout *l = &pp->t.layout;
 	int free_slot = -1;
-	int64_t idx, basic;
+	int32_t slot, valid;
 
 	for (int i = 0; i < SQLSPAN_SA_CODES && code; i++) {
 		if (pp->lr.sa_code[i] == code)
@@ -349,16 +373,47 @@ static void sa_learn(struct pyproc *pp, const struct ev_stack *st, uint64_t code
 	if (code && free_slot >= 0)
 		pp->lr.sa_code[free_slot] = code;
 	if (st->sa_type && st->sa_type != pp->lr.sa_type &&
-	    !pyobj_type_key_index(&src, st->sa_type, "engine", &idx)) {
+	    !attr_slot(pp, st->sa_type, "engine", &slot, &valid)) {
 		pp->lr.sa_type = st->sa_type;
-		pp->lr.sa_slot = l->values_items + 8 * idx;
-		pp->lr.sa_valid = 0;
-		if (l->values_valid >= 0) { /* inline values, after the object's basic size */
-			basic = pyobj_type_basicsize(&src, st->sa_type);
-			pp->lr.sa_slot = basic < 0 ? -1 : basic + pp->lr.sa_slot;
-			pp->lr.sa_valid = basic < 0 ? 0 : basic + l->values_valid;
-		}
+		pp->lr.sa_slot = slot;
+		pp->lr.sa_valid = valid;
 	}
+}
+
+/*
+ * Teach the BPF side a Session's Connection (session_conn), from the types the BPF side saw at a
+ * statement while it did not know them: the object greenlet_spawn's bound method is bound to (a
+ * Session: where it keeps `_transaction`), then that Session's `_transaction` (a
+ * SessionTransaction: where it keeps `_connections`). Types live long: read when the record is.
+ * Subclasses of Session are not taken (their Connection is read in the greenlet). True if
+ * something was learnt.
+ */
+static bool session_learn(struct pyproc *pp, const struct ev_stack *st)
+{
+	struct pyobj_src src = {pp->pid, &pp->t.layout, &pp->slots};
+	int32_t slot, valid;
+	bool learnt = false;
+
+	if (pp->session_tries <= 0)
+		return false;
+	pp->session_tries--; /* bounded: what cannot be learnt must not cost every statement */
+	if (st->gs_self_type && !pp->lr.ss_type &&
+	    pyobj_type_is_type(&src, st->gs_self_type, "Session") &&
+	    !attr_slot(pp, st->gs_self_type, "_transaction", &slot, &valid)) {
+		pp->lr.ss_type = st->gs_self_type;
+		pp->lr.ss_tx_slot = slot;
+		pp->lr.ss_tx_valid = valid;
+		learnt = true;
+	}
+	if (st->st_tx_type && pp->lr.ss_type && !pp->lr.st_type &&
+	    pyobj_type_is_type(&src, st->st_tx_type, "SessionTransaction") &&
+	    !attr_slot(pp, st->st_tx_type, "_connections", &slot, &valid)) {
+		pp->lr.st_type = st->st_tx_type;
+		pp->lr.st_conns_slot = slot;
+		pp->lr.st_conns_valid = valid;
+		learnt = true;
+	}
+	return learnt;
 }
 
 /*
@@ -406,8 +461,11 @@ static const char *engine_url(struct pyproc *pp, const struct ev_stack *st, uint
 	const char *s = NULL;
 
 	*from = URL_NONE;
-	if (!dialect)
-		return engine_url_direct(pp, st);
+	if (!dialect) {
+		s = engine_url_direct(pp, st);
+		*from = s ? URL_STATEMENT : URL_NONE;
+		return s;
+	}
 	/* known, and the engine read at the statement (if any) is the one checked: no reads */
 	du = hmap_get(&pp->dialect_urls, hkey2(dialect, 0));
 	if (du && (!st->sa_engine || st->sa_engine == du->engine)) {
@@ -666,6 +724,8 @@ void pystacks_resolve(struct pystacks *ps, const struct ev_stack *st, size_t siz
 			sb_json(&js, item);
 		}
 	}
+	if ((st->gs_self_type && !pp->lr.ss_type) || (st->st_tx_type && !pp->lr.st_type))
+		learnt |= session_learn(pp, st);
 	/* the Connection greenlet_spawn was called for, its greenlet not walked (gs_fast) */
 	if (!out->sa_conn && st->sa_conn) {
 		out->sa_conn = st->sa_conn;

@@ -33,6 +33,7 @@ struct pyproc {
 	struct hmap dialect_urls; /* dialect -> struct dialect_url: its engine, checked, and URL */
 	int prefetch_left;	  /* stacks still read at arrival whatever they hold */
 	int retry_left;		  /* later stacks still read at arrival to learn what is missing */
+	int session_tries;	  /* Session layouts still to try learning from (session_learn) */
 };
 
 /* Where a span's sqlalchemy.engine.url came from */

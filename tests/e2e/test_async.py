@@ -221,7 +221,7 @@ def test_async_orm(cluster, tmp_path):
     """AsyncSession ORM and Core over asyncpg: SQLAlchemy's prepared-statement cache (Parse once,
     then Bind/Execute by name), executemany, explicit transactions, errors at execute and at
     parse, non-ASCII, multi-line and 20 KB statements."""
-    record, spans, tr, _ = trace_async(cluster, "async-orm", str(tmp_path))
+    record, spans, tr, _ = trace_async(cluster, "async-orm", str(tmp_path), args=["-v"])
     if record is None:
         return  # no bpf_loop: refused, as checked by trace_async
     view, n = check_all(cluster, record, spans, tr)
@@ -242,6 +242,16 @@ def test_async_orm(cluster, tmp_path):
     assert [r for r in record["records"] if r.get("many", 0) > 1]  # executemany ran
     check_sync_side(record, spans)
     assert "s3cret-Pw" not in "".join(tr.out_lines + tr.err_lines)  # the app's URL password
+    # the Connection and its engine were taken, once learnt, from greenlet_spawn's bound method
+    # (AsyncConnection) or its Session's one connection (AsyncSession), without walking the
+    # greenlet (check_sync_side above holds them to the app's own record); what sqlspan says it
+    # learnt, and where the engine URLs came from
+    learnt = re.findall(r"greenlets not walked for (\d+) AsyncConnection/AsyncSession methods "
+                        r"\(Session type (\w+)\)", tr.stderr)
+    assert learnt and int(learnt[-1][0]) >= 2 and learnt[-1][1] != "0", learnt[-1:]
+    m = re.search(r"sqlalchemy.engine.url: (\d+) read at the statement, (\d+) from a live "
+                  r"Connection, (\d+) remembered by dialect, (\d+) unknown", tr.stderr)
+    assert m and int(m.group(4)) == 0 and int(m.group(1)) >= 0.8 * n, m and m.group(0)
 
 
 @pytest.mark.parametrize("scenario", ["async-orm", "asyncpg-raw"])

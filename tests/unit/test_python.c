@@ -257,16 +257,18 @@ TEST(hot_code_named_then_dropped_when_replaced)
 }
 
 /*
- * SQLAlchemy's frames by file and qualified name: the AsyncConnection methods whose greenlet holds
- * the statement alone (the BPF side then takes the Connection from greenlet_spawn's bound method
- * and leaves the greenlet unwalked) are execute, exec_driver_sql and stream, of 1.4 and 2.0
- * alike; not close, commit or rollback, whose greenlet may return the connection to the pool
- * (its reset is told by the pool's frames in the greenlet), nor AsyncSession's.
+ * SQLAlchemy's frames by file and qualified name: the AsyncConnection and AsyncSession methods
+ * whose greenlet holds the statement alone (the BPF side then takes the Connection from
+ * greenlet_spawn's bound method and leaves the greenlet unwalked) are execute, exec_driver_sql
+ * and stream; execute, scalar, stream and get, of 1.4 and 2.0 alike; not close, commit or
+ * rollback, whose greenlet may return the connection to the pool (its reset is told by the
+ * pool's frames in the greenlet), nor run_sync (any function of the app's).
  */
 TEST(sqlalchemy_frames)
 {
 	const char *eng = "/usr/lib/python3/dist-packages/sqlalchemy/ext/asyncio/engine.py";
 	const char *pg = "/usr/lib/python3/dist-packages/sqlalchemy/dialects/postgresql/asyncpg.py";
+	const char *ses = "/usr/lib/python3/dist-packages/sqlalchemy/ext/asyncio/session.py";
 
 	CHECK(py_is_sa_async_statement(eng, "AsyncConnection.execute"));
 	CHECK(py_is_sa_async_statement(eng, "AsyncConnection.exec_driver_sql"));
@@ -275,9 +277,14 @@ TEST(sqlalchemy_frames)
 	CHECK(!py_is_sa_async_statement(eng, "AsyncConnection.commit"));
 	CHECK(!py_is_sa_async_statement(eng, "AsyncConnection.rollback"));
 	CHECK(!py_is_sa_async_statement(eng, "AsyncConnection.run_sync"));
-	CHECK(!py_is_sa_async_statement(
-		"/usr/lib/python3/dist-packages/sqlalchemy/ext/asyncio/session.py",
-		"AsyncSession.execute"));
+	CHECK(py_is_sa_async_statement(ses, "AsyncSession.execute"));
+	CHECK(py_is_sa_async_statement(ses, "AsyncSession.scalar"));
+	CHECK(py_is_sa_async_statement(ses, "AsyncSession.get"));
+	CHECK(!py_is_sa_async_statement(ses, "AsyncSession.commit"));
+	CHECK(!py_is_sa_async_statement(ses, "AsyncSession.close"));
+	CHECK(!py_is_sa_async_statement(ses, "AsyncSession.flush"));
+	CHECK(!py_is_sa_async_statement(ses, "AsyncSession.run_sync"));
+	CHECK(!py_is_sa_async_statement(eng, "AsyncSession.execute"));
 	CHECK(!py_is_sa_async_statement("/srv/app/engine.py", "AsyncConnection.execute"));
 	CHECK(!py_is_sa_async_statement(NULL, "AsyncConnection.execute"));
 	CHECK(py_is_sa_asyncpg_prepare(pg, "AsyncAdapt_asyncpg_cursor._prepare_and_execute"));
