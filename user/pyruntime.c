@@ -143,27 +143,25 @@ enum py_detect_result py_detect(pid_t pid, struct py_target *t, char *why, size_
 	t->version = ver;
 	t->runtime = rt_va - elff_first_load(ef) + base;
 	{
+		/* the types the BPF side recognises objects by (0 where the symbol is missing) */
+		const struct {
+			const char *sym;
+			uint64_t *at;
+		} types[] = {
+			{"PyFrame_Type", &t->frame_type}, /* frames held by suspended greenlets */
+			{"PyUnicode_Type", &t->str_type}, /* asyncio task names */
+			{"PyLong_Type", &t->int_type},	  /* and numbers */
+			{"PyCFunction_Type", &t->cfunc_type}, /* Task.__wakeup bound to its task */
+			{"PyMethod_Type", &t->method_type},   /* greenlet_spawn's bound method */
+			{"PyDict_Type", &t->dict_type},	      /* a Session's connections */
+			{"PyTuple_Type", &t->tuple_type},
+		};
 		uint64_t va;
 
-		/* to recognise frame objects held by suspended greenlets */
-		if (!elff_sym(ef, "PyFrame_Type", &va, NULL))
-			t->frame_type = va - elff_first_load(ef) + base;
-		/* and the str and int objects naming asyncio tasks */
-		if (!elff_sym(ef, "PyUnicode_Type", &va, NULL))
-			t->str_type = va - elff_first_load(ef) + base;
-		if (!elff_sym(ef, "PyLong_Type", &va, NULL))
-			t->int_type = va - elff_first_load(ef) + base;
-		/* builtin methods: asyncio's Task.__wakeup bound to its task */
-		if (!elff_sym(ef, "PyCFunction_Type", &va, NULL))
-			t->cfunc_type = va - elff_first_load(ef) + base;
-		/* greenlet_spawn's function: a Connection's bound method */
-		if (!elff_sym(ef, "PyMethod_Type", &va, NULL))
-			t->method_type = va - elff_first_load(ef) + base;
-		/* and a Session's connections: a dict of tuples */
-		if (!elff_sym(ef, "PyDict_Type", &va, NULL))
-			t->dict_type = va - elff_first_load(ef) + base;
-		if (!elff_sym(ef, "PyTuple_Type", &va, NULL))
-			t->tuple_type = va - elff_first_load(ef) + base;
+		for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
+			if (!elff_sym(ef, types[i].sym, &va, NULL))
+				*types[i].at = va - elff_first_load(ef) + base;
+		}
 	}
 	table = py_layout_table(ver);
 	if (!table) {

@@ -388,31 +388,31 @@ static void sa_learn(struct pyproc *pp, const struct ev_stack *st, uint64_t code
  * Subclasses of Session are not taken (their Connection is read in the greenlet). True if
  * something was learnt.
  */
-static bool session_learn(struct pyproc *pp, const struct ev_stack *st)
+static bool type_attr_learn(struct pyproc *pp, uint64_t type, const char *name, const char *attr,
+			    __u64 *type_out, __s32 *slot, __s32 *valid)
 {
 	struct pyobj_src src = {pp->pid, &pp->t.layout, &pp->slots};
-	int32_t slot, valid;
-	bool learnt = false;
+
+	if (!type || *type_out || !pyobj_type_is_type(&src, type, name) ||
+	    attr_slot(pp, type, attr, slot, valid))
+		return false;
+	*type_out = type;
+	return true;
+}
+
+static bool session_learn(struct pyproc *pp, const struct ev_stack *st)
+{
+	struct py_learnt *lr = &pp->lr;
+	bool learnt;
 
 	if (pp->session_tries <= 0)
 		return false;
 	pp->session_tries--; /* bounded: what cannot be learnt must not cost every statement */
-	if (st->gs_self_type && !pp->lr.ss_type &&
-	    pyobj_type_is_type(&src, st->gs_self_type, "Session") &&
-	    !attr_slot(pp, st->gs_self_type, "_transaction", &slot, &valid)) {
-		pp->lr.ss_type = st->gs_self_type;
-		pp->lr.ss_tx_slot = slot;
-		pp->lr.ss_tx_valid = valid;
-		learnt = true;
-	}
-	if (st->st_tx_type && pp->lr.ss_type && !pp->lr.st_type &&
-	    pyobj_type_is_type(&src, st->st_tx_type, "SessionTransaction") &&
-	    !attr_slot(pp, st->st_tx_type, "_connections", &slot, &valid)) {
-		pp->lr.st_type = st->st_tx_type;
-		pp->lr.st_conns_slot = slot;
-		pp->lr.st_conns_valid = valid;
-		learnt = true;
-	}
+	learnt = type_attr_learn(pp, st->gs_self_type, "Session", "_transaction", &lr->ss_type,
+				 &lr->ss_tx_slot, &lr->ss_tx_valid);
+	if (lr->ss_type)
+		learnt |= type_attr_learn(pp, st->st_tx_type, "SessionTransaction", "_connections",
+					  &lr->st_type, &lr->st_conns_slot, &lr->st_conns_valid);
 	return learnt;
 }
 
