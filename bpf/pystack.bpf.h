@@ -773,14 +773,17 @@ static __always_inline void gs_bound(struct py_cfg *cfg, struct stack_buf *sb, _
 
 /*
  * After a frame was added (bpf_loop kernels): is it SQLAlchemy's greenlet_spawn (learnt here the
- * first time), whose greenlet is then followed?
+ * first time), whose greenlet is then followed? Global, like gs_fast_check and session_conn: the
+ * verifier checks each once per program, not again at each call with the caller's states (the
+ * loop programs verify fewer instructions than before these functions existed).
  */
-static __noinline void greenlet_check(struct py_cfg *cfg, struct stack_buf *sb)
+__noinline int greenlet_check(struct py_cfg *cfg, struct stack_buf *sb)
 {
-	struct ev_frame *f = &sb->frames[(sb->nframes - 1) & (SQLSPAN_MAX_FRAMES - 1)];
+	struct ev_frame *f;
 
-	if (sb->glet || sb->gs_frame)
-		return;
+	if (!cfg || !sb || sb->glet || sb->gs_frame)
+		return 0;
+	f = &sb->frames[(sb->nframes - 1) & (SQLSPAN_MAX_FRAMES - 1)];
 	if (!cfg->gs_code && f->owner == PY_OWNED_BY_GENERATOR && cfg->gs_search)
 		gs_learn(cfg, sb, f->code);
 	if (cfg->gs_code && f->code == cfg->gs_code) {
@@ -788,6 +791,7 @@ static __noinline void greenlet_check(struct py_cfg *cfg, struct stack_buf *sb)
 		greenlet_follow(cfg, sb);
 		gs_bound(cfg, sb, f->local[0]);
 	}
+	return 0;
 }
 
 /*
@@ -798,22 +802,26 @@ static __noinline void greenlet_check(struct py_cfg *cfg, struct stack_buf *sb)
  * by the kernel costs several microseconds on some hypervisors (~5 on this project's VMs, against
  * ~0.1 for the frames of the running stack).
  */
-static __noinline void gs_fast_check(struct py_cfg *cfg, struct stack_buf *sb)
+__noinline int gs_fast_check(struct py_cfg *cfg, struct stack_buf *sb)
 {
-	__u64 code = sb->frames[(sb->nframes - 1) & (SQLSPAN_MAX_FRAMES - 1)].code;
-	__u64 conn = sb->gs_conn;
+	__u64 code, conn;
 
+	if (!cfg || !sb)
+		return 0;
+	code = sb->frames[(sb->nframes - 1) & (SQLSPAN_MAX_FRAMES - 1)].code;
+	conn = sb->gs_conn;
 	sb->gs_conn = 0; /* looked at once: for the caller of greenlet_spawn */
 	for (int i = 0; i < SQLSPAN_GS_FAST; i++) {
 		if (code == cfg->lr.gs_fast[i])
 			goto fast;
 	}
-	return;
+	return 0;
 fast:
 	sb->sa_conn = conn;
 	sa_engine_of(cfg, sb, conn);
 	if (cfg->site_only)
 		sb->gframe = 0;
+	return 0;
 }
 
 /* One frame of the walk (sb->frame); 1 when the walk is over. */
