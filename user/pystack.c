@@ -330,6 +330,23 @@ static const char *url_of_engine(struct pyproc *pp, uint64_t engine)
 }
 
 /*
+ * Add a code object to a list the BPF side compares frames with (sa_code, gs_fast: zeroes at the
+ * end): true if it was not there and there was room.
+ */
+static bool code_list_add(__u64 *list, int n, uint64_t code)
+{
+	for (int i = 0; i < n; i++) {
+		if (list[i] == code)
+			return false;
+		if (!list[i]) {
+			list[i] = code;
+			return true;
+		}
+	}
+	return false;
+}
+
+/*
  * Where instances of type keep attribute `name` among their values, for the BPF side
  * (inst_values): slot, and 3.13+ inline values' valid flag (from the object). 0, or -1.
  */
@@ -361,17 +378,10 @@ static int attr_slot(struct pyproc *pp, uint64_t type, const char *name, int32_t
  */
 static void sa_learn(struct pyproc *pp, const struct ev_stack *st, uint64_t code)
 {
-	int free_slot = -1;
 	int32_t slot, valid;
 
-	for (int i = 0; i < SQLSPAN_SA_CODES && code; i++) {
-		if (pp->lr.sa_code[i] == code)
-			code = 0;
-		else if (!pp->lr.sa_code[i] && free_slot < 0)
-			free_slot = i;
-	}
-	if (code && free_slot >= 0)
-		pp->lr.sa_code[free_slot] = code;
+	if (code)
+		code_list_add(pp->lr.sa_code, SQLSPAN_SA_CODES, code);
 	if (st->sa_type && st->sa_type != pp->lr.sa_type &&
 	    !attr_slot(pp, st->sa_type, "engine", &slot, &valid)) {
 		pp->lr.sa_type = st->sa_type;
@@ -380,14 +390,7 @@ static void sa_learn(struct pyproc *pp, const struct ev_stack *st, uint64_t code
 	}
 }
 
-/*
- * Teach the BPF side a Session's Connection (session_conn), from the types the BPF side saw at a
- * statement while it did not know them: the object greenlet_spawn's bound method is bound to (a
- * Session: where it keeps `_transaction`), then that Session's `_transaction` (a
- * SessionTransaction: where it keeps `_connections`). Types live long: read when the record is.
- * Subclasses of Session are not taken (their Connection is read in the greenlet). True if
- * something was learnt.
- */
+/* A type named `name` whose instances keep `attr` among their values: learnt into the outs. */
 static bool type_attr_learn(struct pyproc *pp, uint64_t type, const char *name, const char *attr,
 			    __u64 *type_out, __s32 *slot, __s32 *valid)
 {
@@ -400,6 +403,14 @@ static bool type_attr_learn(struct pyproc *pp, uint64_t type, const char *name, 
 	return true;
 }
 
+/*
+ * Teach the BPF side a Session's Connection (session_conn), from the types the BPF side saw at a
+ * statement while it did not know them: the object greenlet_spawn's bound method is bound to (a
+ * Session: where it keeps `_transaction`), then that Session's `_transaction` (a
+ * SessionTransaction: where it keeps `_connections`). Types live long: read when the record is.
+ * Subclasses of Session are not taken (their Connection is read in the greenlet). True if
+ * something was learnt.
+ */
 static bool session_learn(struct pyproc *pp, const struct ev_stack *st)
 {
 	struct py_learnt *lr = &pp->lr;
@@ -635,23 +646,6 @@ void pystacks_prefetch(struct pystacks *ps, const struct ev_stack *st, size_t si
 		ps->learnt(ps->arg, pp);
 }
 
-/*
- * An AsyncConnection statement method's code object, for the BPF side to take the Connection
- * from greenlet_spawn's bound method instead of walking the greenlet. True if it is new.
- */
-static bool gs_fast_learn(struct pyproc *pp, uint64_t code)
-{
-	for (int i = 0; i < SQLSPAN_GS_FAST; i++) {
-		if (pp->lr.gs_fast[i] == code)
-			return false;
-		if (!pp->lr.gs_fast[i]) {
-			pp->lr.gs_fast[i] = code;
-			return true;
-		}
-	}
-	return false;
-}
-
 bool pystacks_all_learnt(const struct pyproc *pp)
 {
 	return pp->lr.sa_type && pp->lr.sa_slot >= 0 && pp->lr.task_type && pp->lr.task_step_type;
@@ -711,7 +705,7 @@ void pystacks_resolve(struct pystacks *ps, const struct ev_stack *st, size_t siz
 			out->sa_statement = py_read_str(pp->pid, f->local[1] & tag_mask,
 							&pp->t.layout, 1 << 20);
 		if (!glet && py_is_sa_async_statement(c->file, c->qualname))
-			learnt |= gs_fast_learn(pp, f->code);
+			learnt |= code_list_add(pp->lr.gs_fast, SQLSPAN_GS_FAST, f->code);
 		if (py_is_sa_pool_reset(c->file, c->qualname))
 			out->pool_reset = true;
 		if (ps->want_stack) {
