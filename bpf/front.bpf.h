@@ -190,6 +190,7 @@ static __noinline struct fd_state *front_track(struct fwalk *w, int how)
 		return NULL;
 	/* a new connection: the replies are followed from the StartupMessage on */
 	st->flags = how == 1 ? FS_WIRE : FS_WIRE | FS_SYNCED;
+	st->epoch = sync_epoch;
 	st->front.flags = how == 1 ? FR_STARTUP : 0;
 	return st;
 }
@@ -404,6 +405,7 @@ static __noinline int front_startup(void *ctx, struct fwalk *w, struct front_sta
 		return front_bad(ctx, w, fs, bat, DESYNC_BAD_HEADER);
 	/* the server's replies start now: at a message boundary */
 	st->flags |= FS_SYNCED;
+	st->epoch = sync_epoch;
 	st->body_left = 0;
 	st->hdr_have = 0;
 	st->rows = 0;
@@ -607,8 +609,9 @@ static __noinline struct fd_state *front_socket(struct fwalk *w)
 		how = front_probe(w);
 		return how ? front_track(w, how) : NULL;
 	}
-	if (!(st->flags & FS_SYNCED)) {
+	if (!(st->flags & FS_SYNCED) || fd_stale(st)) {
 		st->flags |= FS_SYNCED;
+		st->epoch = sync_epoch;
 		st->body_left = 0;
 		st->hdr_have = 0;
 		st->rows = 0;

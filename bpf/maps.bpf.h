@@ -72,10 +72,25 @@ struct fd_state {
 	__u8 type;	 /* current message type */
 	__u8 hdr_have;	 /* bytes of a split header kept in hdr */
 	__u8 flags;
-	__u8 _pad;
+	__u8 epoch;  /* sync_epoch when the stream was last put at a known boundary */
 	__u8 hdr[8]; /* the first bytes of a header split across reads */
 	struct front_state front;
 };
+
+/*
+ * Bumped by the loader each time it sees that the kernel skipped runs of the programs (7.x,
+ * under preemption). A skipped read leaves a stream's walk at a wrong place, and it stays there
+ * (a DataRow's body length taken for a later reply's bytes swallows them): a stream last put at
+ * a boundary before the bump is desynced at its next read (its pending requests end as near a
+ * loss) and put at a boundary again at its next request, as after any desync.
+ */
+volatile __u8 sync_epoch;
+
+/* Is the stream's position from before the last skipped runs the loader saw? */
+static __always_inline bool fd_stale(const struct fd_state *st)
+{
+	return st->epoch != sync_epoch;
+}
 
 /* Sockets of traced processes that carry libpq connections. */
 struct {

@@ -208,6 +208,7 @@ static __noinline void req_conn(void *ctx, struct req_work *rw)
 		rw->init.conn = conn;
 		if (rw->r.pipeline == 0)
 			rw->init.flags = FS_SYNCED;
+		rw->init.epoch = sync_epoch;
 		if (bpf_map_update_elem(&fds, &rw->key, &rw->init, BPF_NOEXIST) &&
 		    !bpf_map_lookup_elem(&fds, &rw->key))
 			stat_add(ST_FD_FULL, 1);
@@ -228,8 +229,9 @@ static __noinline void req_conn(void *ctx, struct req_work *rw)
 	 * Outside pipeline mode libpq only sends when the connection is idle: all of the previous
 	 * response has been read, so the stream is at a message boundary.
 	 */
-	if (rw->r.pipeline == 0 && !(st->flags & FS_SYNCED)) {
+	if (rw->r.pipeline == 0 && (!(st->flags & FS_SYNCED) || fd_stale(st))) {
 		st->flags |= FS_SYNCED;
+		st->epoch = sync_epoch;
 		st->body_left = 0;
 		st->hdr_have = 0;
 		st->rows = 0;

@@ -420,6 +420,8 @@ enum desync_reason {
 	DESYNC_TOO_MANY = 2,   /* more messages in one read than the walker may visit */
 	DESYNC_READ_FAULT = 3, /* the receive buffer could not be read */
 	DESYNC_TLS = 4,	       /* TLS records: the replies are encrypted on the socket */
+	DESYNC_SKIPPED = 5,    /* the kernel skipped runs since the stream was last resynced */
+	DESYNC__COUNT
 };
 
 /* Counters in the per-CPU `stats` map. */

@@ -111,6 +111,7 @@ static __noinline int tls_bind(struct fwalk *w, int established)
 	st = bpf_map_lookup_elem(&fds, &pk);
 	if (st) {
 		st->flags = established ? FS_WIRE | FS_SYNCED : FS_WIRE;
+		st->epoch = sync_epoch;
 		st->front.flags = established ? 0 : FR_STARTUP;
 	}
 	if (established) { /* the socket itself: known as encrypted, its bytes not walked */

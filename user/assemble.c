@@ -992,7 +992,7 @@ static void on_conn(struct assembler *a, const struct ev_conn *e, size_t size)
 	}
 	switch (e->h.kind) {
 	case EV_DESYNC:
-		a->st.desync_why[e->arg < 5 ? e->arg : 0]++;
+		a->st.desync_why[e->arg < DESYNC__COUNT ? e->arg : 0]++;
 		c = conn_get(a, e->h.pid, e->fd, false);
 		if (e->arg == DESYNC_TLS) {
 			/* replies are encrypted: the first one marks the end, its content is

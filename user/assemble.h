@@ -15,6 +15,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include "../bpf/sqlspan.h"
 #include "span.h"
 
 struct ev_stack;
@@ -36,15 +37,15 @@ struct asm_hooks {
 struct asm_stats {
 	uint64_t spans; /* spans emitted */
 	uint64_t by_result[RES_DETACHED + 1];
-	uint64_t texts_lost;	/* statements whose text arrived incomplete */
-	uint64_t orphan_msgs;	/* backend messages with no request waiting */
-	uint64_t orphan_texts;	/* text chunks whose request never came */
-	uint64_t gaps;		/* times records of a socket were lost */
-	uint64_t desyncs;	/* times a socket's stream could not be followed */
-	uint64_t desync_why[5]; /* by enum desync_reason */
-	uint64_t bad_records;	/* records too short or of an unknown kind */
-	uint64_t txns;		/* transactions ended */
-	uint64_t realigned;	/* pending requests ended because the kernel skipped runs */
+	uint64_t texts_lost;		    /* statements whose text arrived incomplete */
+	uint64_t orphan_msgs;		    /* backend messages with no request waiting */
+	uint64_t orphan_texts;		    /* text chunks whose request never came */
+	uint64_t gaps;			    /* times records of a socket were lost */
+	uint64_t desyncs;		    /* times a socket's stream could not be followed */
+	uint64_t desync_why[DESYNC__COUNT]; /* by enum desync_reason */
+	uint64_t bad_records;		    /* records too short or of an unknown kind */
+	uint64_t txns;			    /* transactions ended */
+	uint64_t realigned; /* pending requests ended because the kernel skipped runs */
 };
 
 struct assembler;

@@ -831,10 +831,11 @@ static void summary(struct tracer *t, uint64_t open_at_end)
 	if (st->desyncs)
 		vlog(t,
 		     "streams not followed: %llu bad header, %llu too many messages in one read, "
-		     "%llu unreadable buffer",
+		     "%llu unreadable buffer, %llu after runs the kernel skipped",
 		     (unsigned long long)st->desync_why[DESYNC_BAD_HEADER],
 		     (unsigned long long)st->desync_why[DESYNC_TOO_MANY],
-		     (unsigned long long)st->desync_why[DESYNC_READ_FAULT]);
+		     (unsigned long long)st->desync_why[DESYNC_READ_FAULT],
+		     (unsigned long long)st->desync_why[DESYNC_SKIPPED]);
 }
 
 int main(int argc, char **argv)
@@ -1019,6 +1020,10 @@ int main(int argc, char **argv)
 		 * what was held since the last look may have been touched by them too (outq.h) */
 		misses = kernel_misses(t, false);
 		grew = misses != t->misses_seen;
+		/* streams walked across a skipped run may be at a wrong place: resynced
+		 * (maps.bpf.h) */
+		if (grew)
+			t->skel->bss->sync_epoch++;
 		/* perf buffers: records made before now leave the reorder buffer within its window
 		 */
 		if (grew && pb)
