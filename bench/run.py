@@ -255,8 +255,9 @@ def latency(cluster, env, floor_ns, overhead_ns):
         "turn (%d statements each per phase): whatever the machine does to one batch it does to "
         "its neighbour. In each of %d rounds every mode runs once (order rotated) with one "
         "process traced in that mode and the other as the reference (the roles swap each "
-        "round); what a mode adds is its traced-minus-reference difference less that round's "
-        "difference with neither traced. The table shows the median over rounds ± half the "
+        "round); what a mode adds is its traced-minus-reference difference less the two "
+        "processes' difference with neither traced (the median over the rounds with the same "
+        "roles). The table shows the median over rounds ± half the "
         "interquartile range; each phase's figure is the lower quartile of its batches (the "
         "machine only ever adds time). CPU is the process's own CPU time (user + system: probe "
         "hits are charged to it). Wall time also carries the server and scheduling noise."
@@ -332,9 +333,15 @@ def latency(cluster, env, floor_ns, overhead_ns):
             a.close()
         base = res["untraced"]  # per round: (wall, cpu) of the process, then of the reference
 
+        # the two processes' own difference untraced, for each way round (median over the
+        # rounds that had it: one round's figure would add its noise to every mode's)
+        own = {(p, i): statistics.median(b[i] - b[i + 2] for r, b in enumerate(base)
+                                         if r % 2 == p)
+               for p in (0, 1) for i in (0, 1)}
+
         def added(m, i):
             """what mode m adds per round: traced - reference, less the same untraced"""
-            return [(x[i] - x[i + 2]) - (b[i] - b[i + 2]) for x, b in zip(res[m], base)]
+            return [(x[i] - x[i + 2]) - own[(r % 2, i)] for r, x in enumerate(res[m])]
 
         say("| %s | untraced | %.1f | %.1f | | | |" % (
             driver, statistics.median(x[0] for x in base), statistics.median(x[1] for x in base)))
