@@ -863,6 +863,9 @@ fast:
 		    sb->frames[(sb->nframes - 1) & (SQLSPAN_MAX_FRAMES - 1)].code ==               \
 			    wc->cfg->lr.task_run_code)                                             \
 			(GREENLETS ? task_read_loop : task_read)(wc->cfg, sb);                     \
+		/* walked, looked at, not sent: userspace has no use for it (HOT_SKIP) */          \
+		if (GREENLETS && r == 0 && wc->cfg->site_only && (sb->hot & HOT_SKIP))             \
+			sb->nframes--;                                                             \
 		sb->frame = fb64(sb, wc->cfg->frame_previous);                                     \
 		/* past the call site, nothing more is needed (asyncio: once past Handle._run); */ \
 		/* bpf_loop kernels only (the others' verifier budget) */                          \

@@ -255,6 +255,13 @@ struct hot_code {
 #define HOT_APP 1
 /* SQLAlchemy's greenlet_spawn (any other hot code object is known not to be: not checked) */
 #define HOT_GS 2
+/*
+ * Userspace has no use for this code object's frame when only the call site is wanted (neither
+ * the app's nor one of the SQLAlchemy or asyncio methods whose locals it reads): without --stack
+ * the BPF side walks past such a frame without sending it (bpf_loop kernels; a stack record
+ * costs the traced thread by its size).
+ */
+#define HOT_SKIP 4
 
 #define STACK_CUT	(1u << 0) /* deeper than the frames sent */
 #define STACK_NO_THREAD (1u << 1) /* the thread's PyThreadState was not found */

@@ -98,3 +98,13 @@ bool py_is_sa_pool_reset(const char *file, const char *qualname)
 		!strcmp(qualname, "_finalize_fairy") ||
 		!strcmp(qualname, "_ConnectionFairy._checkin"));
 }
+
+bool py_frame_read(const char *file, const char *qualname, const char *const *app_paths)
+{
+	return py_is_app_file(file, app_paths) ||
+	       (qualname && !strcmp(qualname, "greenlet_spawn")) ||
+	       py_is_sa_connection_frame(file, qualname) ||
+	       py_is_sa_async_statement(file, qualname) ||
+	       py_is_sa_asyncpg_prepare(file, qualname) || py_is_sa_do_execute(file, qualname) ||
+	       py_is_asyncio_handle_run(file, qualname) || py_is_sa_pool_reset(file, qualname);
+}

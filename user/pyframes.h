@@ -26,5 +26,10 @@ bool py_is_sa_do_execute(const char *file, const char *qualname);
 bool py_is_asyncio_handle_run(const char *file, const char *qualname);
 /* Frames of SQLAlchemy's pool returning a connection (its reset rollback). */
 bool py_is_sa_pool_reset(const char *file, const char *qualname);
+/*
+ * Does userspace read anything from a frame of this code object (without --stack): a call site,
+ * greenlet_spawn, or one of the methods above? The others are only walked past.
+ */
+bool py_frame_read(const char *file, const char *qualname, const char *const *app_paths);
 
 #endif

@@ -249,6 +249,9 @@ static void hot_add(struct pystacks *ps, struct pyproc *pp, uint64_t code, struc
 		hc.flags = HOT_APP;
 	if (!strcmp(c->qualname, "greenlet_spawn"))
 		hc.flags |= HOT_GS;
+	/* without --stack, userspace reads only these frames (the BPF side sends no others) */
+	if (!py_frame_read(c->file, c->qualname, ps->app_paths))
+		hc.flags |= HOT_SKIP;
 
 	if (!ps->hot_set || (!ps->hot && !(ps->hot = calloc(SQLSPAN_HOT_CODES, sizeof(*ps->hot)))))
 		return;

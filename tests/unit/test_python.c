@@ -295,10 +295,44 @@ TEST(sqlalchemy_frames)
 	CHECK(!py_is_sa_connection_frame("/x/sqlalchemy/engine/base.py", "Connection.execute"));
 }
 
+/*
+ * Without --stack the BPF side sends only the frames userspace reads (HOT_SKIP on the others):
+ * call sites, greenlet_spawn and the SQLAlchemy, pool and asyncio methods it takes locals or
+ * names from; a driver's or SQLAlchemy's other frames are walked past.
+ */
+TEST(frames_read)
+{
+	const char *dp = "/usr/lib/python3/dist-packages/";
+	const char *const apps[] = {"/srv/app/", NULL};
+	char f[256];
+
+#define IN(rel) (snprintf(f, sizeof(f), "%s%s", dp, rel), f)
+	CHECK(py_frame_read("/srv/app/views.py", "index", NULL));
+	CHECK(py_frame_read("/srv/app/views.py", "index", apps));
+	CHECK(!py_frame_read("/opt/other/views.py", "index", apps));
+	CHECK(py_frame_read(IN("sqlalchemy/util/_concurrency_py3k.py"), "greenlet_spawn", NULL));
+	CHECK(py_frame_read(IN("sqlalchemy/engine/base.py"), "Connection._exec_single_context",
+			    NULL));
+	CHECK(py_frame_read(IN("sqlalchemy/engine/default.py"), "DefaultDialect.do_execute", NULL));
+	CHECK(py_frame_read(IN("sqlalchemy/ext/asyncio/session.py"), "AsyncSession.execute", NULL));
+	CHECK(py_frame_read(IN("sqlalchemy/dialects/postgresql/asyncpg.py"),
+			    "AsyncAdapt_asyncpg_cursor._prepare_and_execute", NULL));
+	CHECK(py_frame_read(IN("sqlalchemy/pool/base.py"), "_finalize_fairy", NULL));
+	CHECK(py_frame_read("/usr/lib/python3.11/asyncio/events.py", "Handle._run", NULL));
+	CHECK(!py_frame_read(IN("sqlalchemy/engine/base.py"), "Connection.execute", NULL));
+	CHECK(!py_frame_read(IN("sqlalchemy/engine/base.py"), "Connection._execute_clauseelement",
+			     NULL));
+	CHECK(!py_frame_read(IN("psycopg/cursor.py"), "Cursor.execute", NULL));
+	CHECK(!py_frame_read(IN("psycopg/waiting.py"), "wait_poll", NULL));
+	CHECK(!py_frame_read("/usr/lib/python3.11/asyncio/base_events.py",
+			     "BaseEventLoop._run_once", NULL));
+#undef IN
+}
+
 int main(void)
 {
 	static const struct test_case cases[] = {CASE(line_tables), CASE(layout_tables),
 						 CASE(hot_code_named_then_dropped_when_replaced),
-						 CASE(sqlalchemy_frames)};
+						 CASE(sqlalchemy_frames), CASE(frames_read)};
 	return RUN("python", cases);
 }
