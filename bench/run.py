@@ -530,7 +530,7 @@ def throughput(cluster):
         R["rss"] = max(R.get("rss", 0), hwm / 1024)
     say("")
     say("Peak RSS includes the ring buffer, which the kernel maps twice into sqlspan (so that a "
-        "record can wrap around its end): the default 4 MiB ring is 8 MiB of it once written "
+        "record can wrap around its end): the default 8 MiB ring is 16 MiB of it once written "
         "all over.")
     say("")
 

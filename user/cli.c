@@ -69,7 +69,7 @@ static const struct argp_option opts[] = {
 	 0},
 	{"no-python", OPT_NO_PYTHON, NULL, 0, "Do not read Python stacks (driver-level spans only)",
 	 0},
-	{"ring-mb", OPT_RING, "MB", 0, "Ring buffer size in MiB (default 4)", 0},
+	{"ring-mb", OPT_RING, "MB", 0, "Ring buffer size in MiB (default 8)", 0},
 	{"verbose", 'v', NULL, 0, "Say more: probe placement, libbpf messages", 0},
 	{"no-bpf-loop", OPT_NO_LOOP, NULL, 0,
 	 "Walk socket reads with bounded loops and tail calls, as on kernels before 5.17", 0},
@@ -304,9 +304,11 @@ int cli_parse(struct cli *c, int argc, char **argv)
 	 * Each record is written where the ring's previous lap left off, one ring's size of memory
 	 * ago: the bigger the ring, the colder those lines. bpf_ringbuf_output costs the traced
 	 * thread ~300 ns with 1-4 MiB, ~460 with 8 and ~580 with 64 on the benchmark's machine (two
-	 * records a statement); 4 MiB is half a second of 20k statements/s.
+	 * records a statement). But 4 MiB lost events under an unthrottled pgbench on 2 busy cores
+	 * (sqlspan starved of CPU for longer than the ring lasts), 8 MiB did not: 8 MiB it is;
+	 * --ring-mb 4 for apps whose bursts are smaller.
 	 */
-	c->ring_mb = 4;
+	c->ring_mb = 8;
 	c->stack_depth = 64;
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h") ||
