@@ -610,6 +610,9 @@ static __noinline struct fd_state *front_socket(struct fwalk *w)
 		return how ? front_track(w, how) : NULL;
 	}
 	if (!(st->flags & FS_SYNCED) || fd_stale(st)) {
+		/* stale and inside a message: a skipped read left it there (maps.bpf.h) */
+		if ((st->flags & FS_SYNCED) && (st->body_left || st->hdr_have))
+			st->front.flags |= FR_GAP;
 		st->flags |= FS_SYNCED;
 		st->epoch = sync_epoch;
 		st->body_left = 0;

@@ -79,10 +79,13 @@ struct fd_state {
 
 /*
  * Bumped by the loader each time it sees that the kernel skipped runs of the programs (7.x,
- * under preemption). A skipped read leaves a stream's walk at a wrong place, and it stays there
- * (a DataRow's body length taken for a later reply's bytes swallows them): a stream last put at
- * a boundary before the bump is desynced at its next read (its pending requests end as near a
- * loss) and put at a boundary again at its next request, as after any desync.
+ * under preemption). A skipped read can leave a stream's walk inside a message that has ended,
+ * and it stays there (the rest of a DataRow's length taken for later replies swallows them)
+ * past the loader's marking of the spans around the skip. A stream last put at a boundary before
+ * the bump is checked at its next request, where it must be at one (libpq outside pipeline mode,
+ * a wire send): if it is inside a message, the requests still pending on it end as unknown,
+ * marked near a loss (EVF_GAP on the request); either way it is at a boundary again. A stale
+ * stream closed is marked too (EV_CLOSE_STALE).
  */
 volatile __u8 sync_epoch;
 

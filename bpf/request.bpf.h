@@ -230,6 +230,9 @@ static __noinline void req_conn(void *ctx, struct req_work *rw)
 	 * response has been read, so the stream is at a message boundary.
 	 */
 	if (rw->r.pipeline == 0 && (!(st->flags & FS_SYNCED) || fd_stale(st))) {
+		/* stale and inside a message: a skipped read left it there (maps.bpf.h) */
+		if ((st->flags & FS_SYNCED) && (st->body_left || st->hdr_have))
+			rw->r.h.flags |= EVF_GAP;
 		st->flags |= FS_SYNCED;
 		st->epoch = sync_epoch;
 		st->body_left = 0;

@@ -461,16 +461,20 @@ static __always_inline int on_close(void *ctx, __u32 tgid, __s32 fd)
 {
 	struct fd_key k = {.tgid = tgid, .fd = fd};
 	struct fd_state *st;
+	__u32 arg;
 	__u64 conn;
 
 	st = bpf_map_lookup_elem(&fds, &k);
 	if (!st)
 		return 0;
 	conn = st->conn;
+	/* a walked stream not at a known boundary since skipped runs (a TLS socket's own bytes
+	 * are not walked) */
+	arg = !(st->flags & FS_TLS) && fd_stale(st) ? EV_CLOSE_STALE : 0;
 	if (st->flags & FS_TLS)
 		tls_close(&k);
 	bpf_map_delete_elem(&fds, &k);
-	send_conn_event(ctx, EV_CLOSE, conn, k.fd, 0);
+	send_conn_event(ctx, EV_CLOSE, conn, k.fd, arg);
 	return 0;
 }
 

@@ -427,9 +427,14 @@ enum desync_reason {
 	DESYNC_TOO_MANY = 2,   /* more messages in one read than the walker may visit */
 	DESYNC_READ_FAULT = 3, /* the receive buffer could not be read */
 	DESYNC_TLS = 4,	       /* TLS records: the replies are encrypted on the socket */
-	DESYNC_SKIPPED = 5,    /* the kernel skipped runs since the stream was last resynced */
 	DESYNC__COUNT
 };
+
+/*
+ * EV_CLOSE's arg: the stream had not been at a known boundary since the loader last saw the
+ * kernel skip runs (maps.bpf.h: sync_epoch): a reply may have been lost without a trace.
+ */
+#define EV_CLOSE_STALE 1
 
 /* Counters in the per-CPU `stats` map. */
 enum sqlspan_stat {

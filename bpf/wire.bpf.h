@@ -157,7 +157,7 @@ static __noinline void walk_desync(void *ctx, struct walk *w, struct fd_state *s
 	st->flags &= ~FS_SYNCED;
 	st->body_left = 0;
 	st->hdr_have = 0;
-	if (why != DESYNC_TLS && why != DESYNC_SKIPPED) /* skipped runs are counted as such */
+	if (why != DESYNC_TLS)
 		stat_add(ST_DESYNC, 1);
 	e = rec_reserve(sizeof(*e));
 	if (!e) {
@@ -373,10 +373,6 @@ static __noinline int walk_run(void *ctx, struct walk *w)
 
 	if (!st)
 		return 0;
-	if (w->tails == 0 && fd_stale(st)) {
-		walk_desync(ctx, w, st, bat, DESYNC_SKIPPED);
-		return 0;
-	}
 	if (w->tails == 0)
 		win_fill(&w->win, w->buf, w->n);
 	if (w->tails == 0 && walk_resume(ctx, w, st, bat))
@@ -427,10 +423,6 @@ static __noinline void walk_run_loop(void *ctx, struct walk *w, struct fd_state 
 	lc.bat = walk_scratch(w);
 	if (!lc.st)
 		return;
-	if (fd_stale(lc.st)) {
-		walk_desync(ctx, w, lc.st, lc.bat, DESYNC_SKIPPED);
-		return;
-	}
 	win_fill(&w->win, w->buf, w->n);
 	if (!walk_resume(ctx, w, lc.st, lc.bat)) {
 		bpf_loop(WALK_LOOP_MAX, walk_loop_cb, &lc, 0);

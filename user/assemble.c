@@ -1011,7 +1011,7 @@ static void on_conn(struct assembler *a, const struct ev_conn *e, size_t size)
 		for (int tls = 0; tls < 2; tls++) { /* the socket, and its TLS plaintext stream */
 			c = conn_get(a, e->h.pid, tls ? e->fd | SQLSPAN_TLS_FD : e->fd, false);
 			if (c) {
-				drain(a, c, RES_CLOSED, e->h.ts, false);
+				drain(a, c, RES_CLOSED, e->h.ts, e->arg & EV_CLOSE_STALE);
 				conn_drop(a, c);
 			}
 		}

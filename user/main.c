@@ -831,11 +831,10 @@ static void summary(struct tracer *t, uint64_t open_at_end)
 	if (st->desyncs)
 		vlog(t,
 		     "streams not followed: %llu bad header, %llu too many messages in one read, "
-		     "%llu unreadable buffer, %llu after runs the kernel skipped",
+		     "%llu unreadable buffer",
 		     (unsigned long long)st->desync_why[DESYNC_BAD_HEADER],
 		     (unsigned long long)st->desync_why[DESYNC_TOO_MANY],
-		     (unsigned long long)st->desync_why[DESYNC_READ_FAULT],
-		     (unsigned long long)st->desync_why[DESYNC_SKIPPED]);
+		     (unsigned long long)st->desync_why[DESYNC_READ_FAULT]);
 }
 
 int main(int argc, char **argv)
