@@ -1019,8 +1019,8 @@ int main(int argc, char **argv)
 		 * what was held since the last look may have been touched by them too (outq.h) */
 		misses = kernel_misses(t, false);
 		grew = misses != t->misses_seen;
-		/* streams walked across a skipped run may be at a wrong place: resynced
-		 * (maps.bpf.h) */
+		/* a stream walked across a skipped run may be inside a message that has ended:
+		 * every stream is checked at its next request (maps.bpf.h) */
 		if (grew)
 			t->skel->bss->sync_epoch++;
 		/* perf buffers: records made before now leave the reorder buffer within its window
