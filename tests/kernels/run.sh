@@ -9,7 +9,7 @@ cd "$(dirname "$0")/../.."
 root=$(pwd)
 stage=""
 cleanup() {
-	[ -n "$stage" ] && umount "$stage" 2>/dev/null && rmdir "$stage"
+	[ -n "$stage" ] && { umount "$stage" 2>/dev/null || umount -l "$stage"; } && rmdir "$stage"
 	[ -n "${logs:-}" ] && rm -rf "$logs"
 }
 trap cleanup EXIT
