@@ -404,11 +404,7 @@ static __noinline int front_startup(void *ctx, struct fwalk *w, struct front_sta
 	if (len < 8 || be32(&w->hdr[4]) != PG_PROTO_3)
 		return front_bad(ctx, w, fs, bat, DESYNC_BAD_HEADER);
 	/* the server's replies start now: at a message boundary */
-	st->flags |= FS_SYNCED;
-	st->epoch = sync_epoch;
-	st->body_left = 0;
-	st->hdr_have = 0;
-	st->rows = 0;
+	fd_resync(st);
 	w->pos += 4;
 	fs->type = 0;
 	fs->body_len = len - 4;
@@ -611,13 +607,8 @@ static __noinline struct fd_state *front_socket(struct fwalk *w)
 	}
 	if (!(st->flags & FS_SYNCED) || fd_stale(st)) {
 		/* stale and inside a message: a skipped read left it there (maps.bpf.h) */
-		if ((st->flags & FS_SYNCED) && (st->body_left || st->hdr_have))
+		if (fd_resync(st))
 			st->front.flags |= FR_GAP;
-		st->flags |= FS_SYNCED;
-		st->epoch = sync_epoch;
-		st->body_left = 0;
-		st->hdr_have = 0;
-		st->rows = 0;
 	}
 	return st;
 }

@@ -95,6 +95,22 @@ static __always_inline bool fd_stale(const struct fd_state *st)
 	return st->epoch != sync_epoch;
 }
 
+/*
+ * Put the stream's reply walk at a message boundary (the protocol says it is at one now). True
+ * if the walk thought it was inside a message: what was pending lost replies (maps: sync_epoch).
+ */
+static __always_inline bool fd_resync(struct fd_state *st)
+{
+	bool inside = (st->flags & FS_SYNCED) && (st->body_left || st->hdr_have);
+
+	st->flags |= FS_SYNCED;
+	st->epoch = sync_epoch;
+	st->body_left = 0;
+	st->hdr_have = 0;
+	st->rows = 0;
+	return inside;
+}
+
 /* Sockets of traced processes that carry libpq connections. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

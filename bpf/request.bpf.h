@@ -231,13 +231,8 @@ static __noinline void req_conn(void *ctx, struct req_work *rw)
 	 */
 	if (rw->r.pipeline == 0 && (!(st->flags & FS_SYNCED) || fd_stale(st))) {
 		/* stale and inside a message: a skipped read left it there (maps.bpf.h) */
-		if ((st->flags & FS_SYNCED) && (st->body_left || st->hdr_have))
+		if (fd_resync(st))
 			rw->r.h.flags |= EVF_GAP;
-		st->flags |= FS_SYNCED;
-		st->epoch = sync_epoch;
-		st->body_left = 0;
-		st->hdr_have = 0;
-		st->rows = 0;
 	}
 	if (st->flags & FS_GAP)
 		rw->r.h.flags |= EVF_GAP;

@@ -70,10 +70,10 @@ def bump_sync_epoch(pid):
     for fd in os.listdir("/proc/%d/fdinfo" % pid):
         try:
             with open("/proc/%d/fdinfo/%s" % (pid, fd)) as f:
-                info = dict(line.split(":", 1) for line in f.read().splitlines() if ":" in line)
+                info = {k.strip(): v.strip() for k, v in
+                        (line.split(":", 1) for line in f.read().splitlines() if ":" in line)}
         except OSError:
             continue
-        info = {k.strip(): v.strip() for k, v in info.items()}
         if (info.get("map_type") == "2" and info.get("value_size") == "8" and
                 info.get("max_entries") == "1" and int(info.get("map_flags", "0"), 16) & 0x400
                 and info.get("frozen") == "0"):
