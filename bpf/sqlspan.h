@@ -230,6 +230,13 @@ struct ev_frame {
 #define FILE_LEN_MAX  (1u << 20)
 
 /*
+ * The ring's pages written once before tracing (ring_touch): records of one page each with the
+ * ring's 8-byte record header, this many per program run.
+ */
+#define SQLSPAN_RING_TOUCH_SIZE (4096 - 8)
+#define SQLSPAN_RING_TOUCH_RECS 256
+
+/*
  * Code objects whose identity the BPF side takes from the `hot_codes` map instead of reading it
  * (one user memory read less per frame): the long-lived ones userspace has seen on stacks for a
  * while, and checks again before each time it reads records (a code object freed and its address

@@ -301,12 +301,9 @@ int cli_parse(struct cli *c, int argc, char **argv)
 	memset(c, 0, sizeof(*c));
 	c->max_sql_bytes = 65536;
 	/*
-	 * Each record is written where the ring's previous lap left off, one ring's size of memory
-	 * ago: the bigger the ring, the colder those lines. bpf_ringbuf_output costs the traced
-	 * thread ~300 ns with 1-4 MiB, ~460 with 8 and ~580 with 64 on the benchmark's machine (two
-	 * records a statement). But 4 MiB lost events under an unthrottled pgbench on 2 busy cores
-	 * (sqlspan starved of CPU for longer than the ring lasts), 8 MiB did not: 8 MiB it is;
-	 * --ring-mb 4 for apps whose bursts are smaller.
+	 * 4 MiB lost events under an unthrottled pgbench on 2 busy cores (sqlspan starved of CPU
+	 * for longer than the ring lasts), 8 MiB did not. Its size costs the traced threads nothing
+	 * once every page has been written (ring_prefault, main.c).
 	 */
 	c->ring_mb = 8;
 	c->stack_depth = 64;

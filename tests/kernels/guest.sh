@@ -4,7 +4,7 @@
 # Debian packages) shared read-only. Prints pytest's per-test results (-rA) for the table.
 #   tier 1: every BPF program loads and attaches; records through the ring buffer and the perf
 #           buffer; the socket walker with bpf_loop and with tail calls, and its resync after
-#           runs the kernel skipped; detach leaves no probe
+#           runs the kernel skipped; the ring written ahead; detach leaves no probe
 #   tier 2: real apps end to end (SQLAlchemy + psycopg2, psycopg 3 pipelines, pgbench, AsyncEngine
 #           + asyncpg on the wire, asyncpg over TLS: libssl probes and a return probe) against
 #           the server's statement log; Python call sites,
@@ -19,6 +19,7 @@ for tier in "$@"; do
 	1) sel="$sel tests/e2e/test_modes.py::test_perf_buffer
 		tests/e2e/test_modes.py::test_walker_without_bpf_loop
 		tests/e2e/test_modes.py::test_resync_after_skipped_runs
+		tests/e2e/test_modes.py::test_ring_written_ahead
 		tests/e2e/test_modes.py::test_large_results
 		tests/e2e/test_modes.py::test_statement_text_limits
 		tests/e2e/test_modes.py::test_errors_and_secrets
