@@ -10,7 +10,9 @@ Side by side in one run, as ratios within the run (this machine is shared and no
   3. throughput: pgbench select-only traced, and the events lost at fixed rates;
   4. sqlspan's own CPU and peak memory at ~1k and ~10k statements/s;
   5. time to attach.
-Writes bench/results.md and prints it.
+Writes bench/results.md and prints it. A partial run (bench/run.py SECTION..., e.g. latency)
+only prints; BENCH_ROUNDS, BENCH_N, BENCH_DRIVERS (psycopg2,psycopg,asyncpg,asyncpg-session) and
+BENCH_SKIP_MODES (words of mode names, comma-separated) narrow it.
 """
 import glob
 import os
@@ -30,6 +32,9 @@ ROUNDS = int(os.environ.get("BENCH_ROUNDS", "15"))
 N = int(os.environ.get("BENCH_N", "3000"))
 BATCH = 100  # statements per timed batch
 PAIRS = max(4, N // BATCH)  # batches of each process per phase (section 2)
+# section 2's drivers, and modes left out (by a word of their name): for a partial run
+DRIVERS = os.environ.get("BENCH_DRIVERS", "psycopg2,psycopg,asyncpg,asyncpg-session").split(",")
+SKIP_MODES = os.environ.get("BENCH_SKIP_MODES", "").split(",")
 ACCOUNT_N = N  # statements of the traced process with kernel.bpf_stats_enabled on (section 2)
 OUT = []
 R = {}  # figures for the targets table: name -> value
@@ -278,7 +283,7 @@ def latency(cluster, env, floor_ns, overhead_ns):
     say("|---|---|---|---|---|---|---|")
     summary = {}
     accounts = []
-    for driver in ("psycopg2", "psycopg", "asyncpg", "asyncpg-session"):
+    for driver in DRIVERS:
         apps = [App(driver, cluster, env), App(driver, cluster, env)]
         libpq = libpq_of(apps[0].pid)
         modes = ["untraced", "in-process tracer",
@@ -288,6 +293,7 @@ def latency(cluster, env, floor_ns, overhead_ns):
                  "empty syscall tracepoints (sqlspan's set)"]
         if driver == "asyncpg-session":  # what differs from asyncpg: the call site's cost
             modes = modes[:4]
+        modes = [m for m in modes if not any(x and x in m for x in SKIP_MODES)]
         site = None
         if libpq:  # asyncpg: no libpq, no uprobes (its sockets' syscall tracepoints)
             # libpq's statements are read off its sockets; its uprobes (older kernels) compared
@@ -592,7 +598,7 @@ def targets():
     def row(what, result, ok):
         out.append("| %s | %s | %s |" % (what, result, "yes" if ok else "**no**"))
 
-    for driver in ("psycopg2", "psycopg", "asyncpg", "asyncpg-session"):
+    for driver in DRIVERS:
         for m, limit in (("sqlspan --no-python (driver level)", 4.0),
                          ("sqlspan (with Python call site)", 10.0)):
             a, me = R.get(("accounted", driver, m)), R.get(("measured", driver, m))
