@@ -224,7 +224,8 @@ def probe_kinds(text):
 def probe_site(app):
     """Where sqlspan probes the function the application's statements hit: ("Fn+off", kind)."""
     tr = Sqlspan(app.pid, ["--libpq-uprobes"])
-    app.run(300)
+    with BpfStats():  # which probe runs: the run counts
+        app.run(300)
     text = tr.stop()
     runs = {libpq_name(p): r for p, (r, _) in bpf_time(text).items() if p.startswith("up_")}
     places = {m.group(1): (int(m.group(2)), m.group(3)) for m in re.finditer(
