@@ -586,7 +586,7 @@ static void ring_prefault(struct tracer *t, struct ring_buffer *rb)
 	int fd = bpf_program__fd(t->skel->progs.ring_touch);
 	unsigned long long t0 = mono_now_ns();
 
-	for (uint64_t done = 0; per && done < pages; done += per) {
+	for (uint64_t done = 0; per && done < pages && !exiting; done += per) {
 		LIBBPF_OPTS(bpf_test_run_opts, opts, .ctx_in = &per, .ctx_size_in = sizeof(per));
 
 		if (bpf_prog_test_run_opts(fd, &opts)) {
