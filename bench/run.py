@@ -55,7 +55,7 @@ def overlay(name, suite, *pkgs):
 
 
 class Sqlspan:
-    def __init__(self, pid, args=(), settle=True):
+    def __init__(self, pid, args=()):
         self.p = subprocess.Popen([SQLSPAN, "-p", str(pid), "--json", "-v", *args],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.err = []
@@ -65,11 +65,6 @@ class Sqlspan:
                 break
         else:
             raise RuntimeError("sqlspan did not attach: " + "".join(self.err))
-        # then the ring written ahead (~18 ms, see ring_prefault): measured from there on
-        for line in self.p.stderr if settle and "--perf-buffer" not in args else ():
-            self.err.append(line)
-            if "written ahead" in line:
-                break
 
     def stop(self):
         self.p.send_signal(signal.SIGINT)
@@ -572,14 +567,14 @@ def attach_time(cluster, env):
         times, ahead = [], []
         for _ in range(5):
             t0 = time.monotonic()
-            tr = Sqlspan(app.pid, args, settle=False)
+            tr = Sqlspan(app.pid, args)
             times.append((time.monotonic() - t0) * 1000)
             m = re.search(r"written ahead in ([\d.]+) ms", tr.stop())
             if m:
                 ahead.append(float(m.group(1)))
         say("- %s: median %.0f ms, max %.0f ms%s" % (
             label, statistics.median(times), max(times),
-            "; then, tracing already, the ring's pages written ahead in %.0f ms" %
+            "; of which writing the ring's pages ahead: %.0f ms" %
             statistics.median(ahead) if ahead else ""))
         R.setdefault("attach", statistics.median(times))
     app.close()

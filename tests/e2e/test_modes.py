@@ -142,16 +142,15 @@ def test_resync_after_skipped_runs(cluster, tmp_path, mode):
 
 
 def test_ring_written_ahead(cluster, tmp_path):
-    """Every page of the ring buffer is written once as tracing starts (the first write to a
-    page is what costs on this VM: sqlspan pays it, not the traced threads), while the app's
-    statements already flow: the ring's producer position (read from its mmap, as sqlspan's
-    reader does) is a whole ring on although the app's records fill a few percent of it, and
-    every statement is still there, exact, nothing lost."""
+    """Every page of the ring buffer is written once before tracing starts (the first write to a
+    page is what costs on this VM: sqlspan pays it, not the traced threads): the ring's producer
+    position (read from its mmap, as sqlspan's reader does) is a whole ring on although the
+    app's records fill a few percent of it, and every statement is there, exact, nothing lost."""
     app = App(cluster, "psycopg", str(tmp_path))
     tr = Tracer([app.pid], ["-v"])
     try:
         tr.wait_ready()
-        app.go()  # statements while the ring is being written ahead
+        app.go()
         record = app.wait()
         mfd = sqlspan_map_fd(tr.p.pid, lambda info: info.get("map_type") == "27")
         try:
