@@ -330,11 +330,30 @@ static void parse_unnamed(struct assembler *a, struct aconn *c, const struct fe_
 	prep_remember(c, "", fm->text, len, cut ? TEXT_CUT : TEXT_FULL);
 }
 
+/*
+ * A request on a socket whose StartupMessage sqlspan did not read: opened before the attach (its
+ * identity noted then), or its startup's record was lost (a kernel that skipped a run, a full
+ * ring). Then its user and database were on the wire only then: ask the server's side, once.
+ */
+static void wire_unseen_session(struct assembler *a, struct aconn *c)
+{
+	c->session_seen = true;
+	a->st.sessions_unseen++;
+	if (c->ident.user || c->ident.db || !a->h.backend)
+		return;
+	a->st.sessions_asked++;
+	a->h.backend(a->h.arg, c->pid, c->fd & ~SQLSPAN_TLS_FD, &c->ident);
+	if (c->ident.db)
+		a->st.sessions_found++;
+}
+
 /* A whole frontend message; first_ts: the send its first bytes were in. */
 static void wire_message(struct assembler *a, struct aconn *c, const struct ev_hdr *h,
 			 const struct fe_msg *fm, uint64_t first_ts, bool lost)
 {
 	c->begun_ts = fm->type == 'E' ? c->bind_ts : first_ts;
+	if (fm->type && !c->session_seen)
+		wire_unseen_session(a, c);
 	switch (fm->type) {
 	case 0:
 		/* a new session on this socket: who it is */
@@ -346,6 +365,7 @@ static void wire_message(struct assembler *a, struct aconn *c, const struct ev_h
 		c->ident.db = fm->database[0] ? strdup(fm->database) : NULL;
 		c->ident.backend_pid = 0; /* BackendKeyData tells */
 		c->have_ident = true;
+		c->session_seen = true;
 		prep_clear(c);
 		c->nportals = 0;
 		break;

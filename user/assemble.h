@@ -23,6 +23,12 @@ struct ev_stack;
 struct asm_hooks {
 	/* Fill in the identity of a connection (strings malloc'd; the assembler frees them). */
 	void (*ident)(void *arg, uint32_t pid, uint64_t conn, int fd, struct conn_ident *out);
+	/*
+	 * A wire socket's first request where sqlspan did not see its session start (the
+	 * StartupMessage: opened before attach, or its record lost) and its identity lacks user and
+	 * database: fill in what the server's side tells (strings malloc'd). May be NULL.
+	 */
+	void (*backend)(void *arg, uint32_t pid, int fd, struct conn_ident *id);
 	/* process.executable.name of a process; NULL if unknown. */
 	const char *(*exe)(void *arg, uint32_t pid);
 	/* Resolve a Python stack record (EV_STACK) into what a span shows. May be NULL. */
@@ -45,7 +51,11 @@ struct asm_stats {
 	uint64_t desync_why[DESYNC__COUNT]; /* by enum desync_reason */
 	uint64_t bad_records;		    /* records too short or of an unknown kind */
 	uint64_t txns;			    /* transactions ended */
-	uint64_t realigned; /* pending requests ended because the kernel skipped runs */
+	uint64_t sessions_unseen;	    /* wire sockets first seen past their StartupMessage */
+	uint64_t
+		sessions_asked; /* of which without user and database: asked of the server's side */
+	uint64_t sessions_found; /* of which the server's side told the database */
+	uint64_t realigned;	 /* pending requests ended because the kernel skipped runs */
 };
 
 struct assembler;

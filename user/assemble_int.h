@@ -46,6 +46,7 @@ struct aconn {
 	struct partial msg;
 	/* wire sockets (asm_wire.c) */
 	bool wire;		/* the application speaks the protocol itself on this socket */
+	bool session_seen;	/* its StartupMessage was read, or its first request */
 	struct wpartial *fmsg;	/* the frontend message being reassembled */
 	struct portal *portals; /* portal -> statement, from Bind */
 	size_t nportals;

@@ -138,6 +138,29 @@ static void hook_ident(void *arg, uint32_t pid, uint64_t conn, int fd, struct co
 		vlog(t, "PID %u: could not read PGconn %#lx", pid, (unsigned long)conn);
 }
 
+/* A wire socket past its StartupMessage: user, database, backend PID from its local backend. */
+static void hook_backend(void *arg, uint32_t pid, int fd, struct conn_ident *id)
+{
+	char addr[256], user[64], db[64];
+	unsigned long peer_ino = 0;
+	bool is_unix;
+	pid_t bpid;
+	int port;
+
+	(void)arg;
+	user[0] = db[0] = 0;
+	if (sock_peer((pid_t)pid, fd, addr, sizeof(addr), &port, &is_unix, &peer_ino) ||
+	    !peer_ino || pg_backend_of(peer_ino, &bpid, user, sizeof(user), db, sizeof(db)))
+		return;
+	if (!id->backend_pid)
+		id->backend_pid = bpid;
+	if (!id->user && user[0])
+		id->user = strdup(user);
+	if (!id->db && db[0])
+		id->db = strdup(db);
+	id->known = true;
+}
+
 static void hook_py(void *arg, const struct ev_stack *st, size_t size, struct span_py *out)
 {
 	struct tracer *t = arg;
@@ -636,8 +659,7 @@ static int open_and_load(struct tracer *t)
 	bpf_program__set_autoload(skel->progs.tp_exit_recvfrom, !t->use_loop);
 	bpf_program__set_autoload(skel->progs.tp_walk_more, !t->use_loop);
 	bpf_program__set_autoload(skel->progs.tp_enter_recvfrom, !t->use_loop);
-	bpf_program__set_autoload(skel->progs.up_request_loop, t->use_loop);
-	bpf_program__set_autoload(skel->progs.up_request, !t->use_loop);
+	probes_autoload(t);
 	bpf_program__set_autoload(skel->progs.tp_exit_sendto_loop, t->use_loop);
 	/* syscall entries: only where the exits cannot read the arguments (see tp_exit_close) */
 	bpf_program__set_autoload(skel->progs.tp_exit_connect, t->use_loop);
@@ -681,7 +703,7 @@ static int open_and_load(struct tracer *t)
 			strerror(-err));
 		return -1;
 	}
-	{
+	if (!libpq_on_wire(t)) {
 		uint32_t zero = 0;
 		int fd = bpf_program__fd(t->use_loop ? skel->progs.up_request_loop
 						     : skel->progs.up_request);
@@ -872,6 +894,16 @@ static void summary(struct tracer *t, uint64_t open_at_end)
 	if (t->py.nprocs)
 		vlog(t, "long-lived code objects named without reads: %u, %llu found freed since",
 		     t->py.nhot, (unsigned long long)t->py.hot_dropped);
+	if (st->sessions_unseen)
+		vlog(t,
+		     "wire sockets first seen past their StartupMessage: %llu (opened before "
+		     "attach, "
+		     "or its record lost), %llu without user and database, %llu of which "
+		     "identified by "
+		     "their backend",
+		     (unsigned long long)st->sessions_unseen,
+		     (unsigned long long)st->sessions_asked,
+		     (unsigned long long)st->sessions_found);
 	if (st->desyncs)
 		vlog(t,
 		     "streams not followed: %llu bad header, %llu too many messages in one read, "
@@ -886,6 +918,7 @@ int main(int argc, char **argv)
 	static struct tracer tr;
 	struct tracer *t = &tr;
 	struct asm_hooks hooks = {.ident = hook_ident,
+				  .backend = hook_backend,
 				  .exe = hook_exe,
 				  .py_resolve = hook_py,
 				  .span = hook_span,

@@ -97,6 +97,21 @@ static void derive_layout(struct tracer *t, struct elf_file *ef, struct lib_targ
 			lt->shown);
 }
 
+void probes_autoload(struct tracer *t)
+{
+	bool on = !libpq_on_wire(t);
+
+	for (size_t i = 0; i < sizeof(specs) / sizeof(specs[0]); i++) {
+		struct bpf_program *prog =
+			bpf_object__find_program_by_name(t->skel->obj, specs[i].prog);
+
+		if (prog)
+			bpf_program__set_autoload(prog, on);
+	}
+	bpf_program__set_autoload(t->skel->progs.up_request_loop, on && t->use_loop);
+	bpf_program__set_autoload(t->skel->progs.up_request, on && !t->use_loop);
+}
+
 static int attach_lib(struct tracer *t, struct proc_target *p, struct lib_target *lt)
 {
 	struct elf_file *ef;

@@ -95,6 +95,11 @@ static inline bool libpq_on_wire(const struct tracer *t)
  */
 int probes_scan(struct tracer *t, struct proc_target *p);
 /*
+ * Load libpq's programs only where its probes will be attached (not where its statements are
+ * read off the sockets): the verifier's time is most of the attach. Before the object's load.
+ */
+void probes_autoload(struct tracer *t);
+/*
  * Libraries a process loads are seen at every mmap of the host (a syscall tracepoint): where its
  * loader cannot be probed, or after an exec. Attached once; 0 or -1 (said on stderr).
  */

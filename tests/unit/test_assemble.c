@@ -958,6 +958,77 @@ TEST(wire_asyncpg_flow)
 	asm_free(a);
 }
 
+/* The system's answer for a wire socket: where it leads, nothing of the session (as main.c's). */
+static void hook_ident_addr(void *arg, uint32_t pid, uint64_t conn, int fd, struct conn_ident *out)
+{
+	(void)arg, (void)pid, (void)conn, (void)fd;
+	memset(out, 0, sizeof(*out));
+	out->known = true;
+	out->host = strdup("/run/pg");
+}
+
+static int backend_asked[16];
+
+static void hook_backend(void *arg, uint32_t pid, int fd, struct conn_ident *id)
+{
+	(void)arg, (void)pid;
+	backend_asked[fd & 15]++;
+	if (fd == 9)
+		return; /* a server elsewhere: nothing known */
+	id->user = strdup("carol");
+	id->db = strdup("ledger");
+	if (!id->backend_pid)
+		id->backend_pid = 4242;
+}
+
+/*
+ * A socket first seen past its StartupMessage (its record lost, or opened before attach): its
+ * user and database are asked of the server's side, once, at its first request; a socket whose
+ * StartupMessage was read is never asked, nor one whose identity has them already.
+ */
+TEST(wire_session_start_unseen)
+{
+	static const struct asm_hooks h = {.ident = hook_ident_addr,
+					   .backend = hook_backend,
+					   .exe = hook_exe,
+					   .span = hook_span};
+	static const uint8_t key[8] = {0, 0, 0x30, 0x39, 1, 2, 3, 4};
+	struct assembler *a;
+
+	asm_free(fresh(4096)); /* G cleared */
+	memset(backend_asked, 0, sizeof(backend_asked));
+	a = asm_new(&h, 4096, 42);
+	/* seen from its start */
+	FMSG(a, 5, 0, "\0\3\0\0user\0bob\0database\0shop\0\0");
+	msg_parts(a, 5, 'K', key, 8, 0, 0, 0);
+	z(a, 5, 'I');
+	FMSG(a, 5, 'Q', "SELECT 1");
+	msg(a, 5, 'C', "SELECT 1", 1);
+	z(a, 5, 'I');
+	/* its StartupMessage lost: the first record is a query */
+	for (int i = 0; i < 2; i++) {
+		FMSG(a, 6, 'Q', "SELECT 2");
+		msg(a, 6, 'C', "SELECT 1", 1);
+		z(a, 6, 'I');
+	}
+	/* to a server elsewhere: asked, nothing found */
+	FMSG(a, 9, 'Q', "SELECT 3");
+	msg(a, 9, 'C', "SELECT 1", 1);
+	z(a, 9, 'I');
+	CHECK_EQ(G.n, 4);
+	CHECK_STR(G.db[0], "shop");
+	CHECK_STR(G.db[1], "ledger");
+	CHECK_STR(G.db[2], "ledger");
+	CHECK_STR(G.db[3], "(none)");
+	CHECK_EQ(backend_asked[5], 0);
+	CHECK_EQ(backend_asked[6], 1);
+	CHECK_EQ(backend_asked[9], 1);
+	CHECK_EQ(asm_stats(a)->sessions_unseen, 2);
+	CHECK_EQ(asm_stats(a)->sessions_asked, 2);
+	CHECK_EQ(asm_stats(a)->sessions_found, 1);
+	asm_free(a);
+}
+
 /* The stack a span got: the time of its stack record (as its line), or -1. */
 static void hook_py_ts(void *arg, const struct ev_stack *st, size_t size, struct span_py *out)
 {
@@ -1187,6 +1258,7 @@ int main(void)
 		CASE(identity_from_the_bpf_side),
 		CASE(transactions),
 		CASE(wire_asyncpg_flow),
+		CASE(wire_session_start_unseen),
 		CASE(wire_request_ending_in_a_later_send_keeps_its_stack),
 		CASE(frontend_messages_of_one_send_in_one_record),
 		CASE(wire_errors_parts_and_losses),
