@@ -51,11 +51,12 @@ struct asm_stats {
 	uint64_t desync_why[DESYNC__COUNT]; /* by enum desync_reason */
 	uint64_t bad_records;		    /* records too short or of an unknown kind */
 	uint64_t txns;			    /* transactions ended */
-	uint64_t sessions_unseen;	    /* wire sockets first seen past their StartupMessage */
-	uint64_t
-		sessions_asked; /* of which without user and database: asked of the server's side */
-	uint64_t sessions_found; /* of which the server's side told the database */
-	uint64_t realigned;	 /* pending requests ended because the kernel skipped runs */
+	/*
+	 * wire sockets first seen past their StartupMessage; of which without user and database
+	 * (asked of the server's side); of which the server's side told the database
+	 */
+	uint64_t sessions_unseen, sessions_asked, sessions_found;
+	uint64_t realigned; /* pending requests ended because the kernel skipped runs */
 };
 
 struct assembler;

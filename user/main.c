@@ -896,11 +896,9 @@ static void summary(struct tracer *t, uint64_t open_at_end)
 		     t->py.nhot, (unsigned long long)t->py.hot_dropped);
 	if (st->sessions_unseen)
 		vlog(t,
-		     "wire sockets first seen past their StartupMessage: %llu (opened before "
-		     "attach, "
-		     "or its record lost), %llu without user and database, %llu of which "
-		     "identified by "
-		     "their backend",
+		     "wire sockets first seen past their StartupMessage (opened before attach, or "
+		     "its record lost): %llu, %llu without user and database, %llu of which "
+		     "identified by their backend",
 		     (unsigned long long)st->sessions_unseen,
 		     (unsigned long long)st->sessions_asked,
 		     (unsigned long long)st->sessions_found);
