@@ -239,34 +239,35 @@ int tp_exit_recvfrom_loop(struct trace_event_raw_sys_exit *ctx)
 	return 0;
 }
 
-/*
- * What a process that follows the protocol on its sockets sends (bpf_loop kernels only): the
- * frontend messages of its database sockets (front.bpf.h). A sendto is walked as a sendmsg of one
- * buffer; sendmsg (asyncio's writelines since Python 3.12) iovec after iovec.
- */
-SEC("tracepoint/syscalls/sys_exit_sendto")
-int tp_exit_sendto_loop(struct trace_event_raw_sys_exit *ctx)
-{
-	struct fwalk *w = front_entry(ctx);
+#define SQLSPAN_NR_SENDMSG 46 /* sendmsg's syscall number on x86-64 (vmlinux/'s one arch) */
 
-	if (!w)
-		return 0;
+/* A send's buffers: sendmsg's iovecs, or sendto's one buffer; how many to walk, 0 if none. */
+static __noinline __u64 send_iovecs(long nr, struct fwalk *w)
+{
+	if (nr == SQLSPAN_NR_SENDMSG)
+		return sendmsg_iovecs(w);
 	w->iov = 0;
 	w->vec[0] = w->arg;
 	w->vec[1] = w->left;
-	front_send(ctx, w, 1);
-	return 0;
+	return 1;
 }
 
-SEC("tracepoint/syscalls/sys_exit_sendmsg")
-int tp_exit_sendmsg_loop(struct trace_event_raw_sys_exit *ctx)
+/*
+ * What a process that follows the protocol on its sockets sends (bpf_loop kernels only): the
+ * frontend messages of its database sockets (front.bpf.h). A sendto is walked as a sendmsg of one
+ * buffer; sendmsg (asyncio's writelines since Python 3.12) iovec after iovec. One program for
+ * both exits (the loader attaches it to sys_exit_sendmsg too): the kernel verifies the walk and
+ * the Python stack once, not twice (~40,000 instructions less at attach).
+ */
+SEC("tracepoint/syscalls/sys_exit_sendto")
+int tp_exit_send_loop(struct trace_event_raw_sys_exit *ctx)
 {
 	struct fwalk *w = front_entry(ctx);
 	__u64 niov;
 
 	if (!w)
 		return 0;
-	niov = sendmsg_iovecs(w);
+	niov = send_iovecs(ctx->id, w);
 	if (niov)
 		front_send(ctx, w, niov);
 	return 0;

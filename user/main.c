@@ -660,14 +660,13 @@ static int open_and_load(struct tracer *t)
 	bpf_program__set_autoload(skel->progs.tp_walk_more, !t->use_loop);
 	bpf_program__set_autoload(skel->progs.tp_enter_recvfrom, !t->use_loop);
 	probes_autoload(t);
-	bpf_program__set_autoload(skel->progs.tp_exit_sendto_loop, t->use_loop);
+	bpf_program__set_autoload(skel->progs.tp_exit_send_loop, t->use_loop);
 	/* syscall entries: only where the exits cannot read the arguments (see tp_exit_close) */
 	bpf_program__set_autoload(skel->progs.tp_exit_connect, t->use_loop);
 	bpf_program__set_autoload(skel->progs.tp_enter_close, !t->use_loop);
 	bpf_program__set_autoload(skel->progs.tp_exit_close, t->use_loop);
 	bpf_program__set_autoload(skel->progs.tp_enter_mmap, !t->use_loop);
 	bpf_program__set_autoload(skel->progs.tp_exit_mmap, t->use_loop);
-	bpf_program__set_autoload(skel->progs.tp_exit_sendmsg_loop, t->use_loop);
 	bpf_program__set_autoload(skel->progs.up_ssl_handshake, t->use_loop);
 	bpf_program__set_autoload(skel->progs.up_ssl_write, t->use_loop);
 	bpf_program__set_autoload(skel->progs.up_ssl_read, t->use_loop);
@@ -807,8 +806,8 @@ static int attach_wire_tracepoints(struct tracer *t)
 		struct bpf_program *prog;
 		const char *name;
 	} tps[] = {
-		{t->skel->progs.tp_exit_sendto_loop, "sys_exit_sendto"},
-		{t->skel->progs.tp_exit_sendmsg_loop, "sys_exit_sendmsg"},
+		{t->skel->progs.tp_exit_send_loop, "sys_exit_sendto"},
+		{t->skel->progs.tp_exit_send_loop, "sys_exit_sendmsg"}, /* the same program */
 		{t->skel->progs.tp_exit_connect, "sys_exit_connect"},
 	};
 
@@ -1004,10 +1003,10 @@ int main(int argc, char **argv)
 		}
 		if (p->wire && !t->use_loop) {
 			fprintf(stderr,
-				"sqlspan: PID %d (%s) loaded asyncpg: following the protocol on "
-				"its "
-				"sockets needs bpf_loop (kernel 5.17+)%s\n",
-				p->pid, p->exe, t->cli.no_bpf_loop ? "; drop --no-bpf-loop" : "");
+				"sqlspan: PID %d (%s) %s: following the protocol on its sockets "
+				"needs bpf_loop (kernel 5.17+)%s\n",
+				p->pid, p->exe, t->cli.wire ? "with --wire" : "loaded asyncpg",
+				t->cli.no_bpf_loop ? "; drop --no-bpf-loop" : "");
 			if (p->nmapped == 0)
 				goto cleanup;
 		}
