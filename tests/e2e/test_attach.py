@@ -6,7 +6,7 @@ import time
 import pytest
 
 from lib import (App, Tracer, check_against_record, check_against_server, executed,
-                 kernel_has_bpf_loop, skip_if_kernel_skipped_runs, trace_app,
+                 kernel_has_bpf_loop, skip_if_kernel_skipped_runs, skipped_runs, trace_app,
                  uprobe_multi_expected)
 
 
@@ -161,14 +161,18 @@ def test_two_processes(cluster, tmp_path):
     os.sync()
 
 
-def pg_session(cluster, db):
-    """A connection to the cluster opened here (untraced): StartupMessage as user postgres to
-    database `db`, read up to ReadyForQuery. Returns (socket, its backend's PID)."""
+def pg_session(cluster, db, transport):
+    """A connection to the cluster opened here (untraced), over its Unix socket or TCP on
+    127.0.0.1: StartupMessage as user postgres to database `db`, read up to ReadyForQuery.
+    Returns (socket, its backend's PID)."""
     import socket
     import struct
 
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.connect(cluster.sockpath)
+    if transport == "tcp":
+        s = socket.create_connection(("127.0.0.1", int(cluster.port)))
+    else:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(cluster.sockpath)
     body = struct.pack("!I", 196608) + b"user\0postgres\0database\0" + db.encode() + b"\0\0"
     s.sendall(struct.pack("!I", len(body) + 4) + body)
     backend, buf = None, b""
@@ -186,11 +190,14 @@ def pg_session(cluster, db):
             return s, backend
 
 
-def test_session_start_not_seen(cluster, tmp_path):
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+def test_session_start_not_seen(cluster, tmp_path, transport):
     """A connection whose StartupMessage sqlspan never saw (here: opened by another process and
     handed to the traced one after the attach; on 7.x kernels, its record lost to a skipped run):
     its user, database and backend PID were on the wire only then, so sqlspan asks the backend
-    process holding the other end of the socket. Every span has them, as the server knows them."""
+    process holding the other end of the socket. Every span has them, as the server knows them.
+    (A Unix socket's other end is found through sock_diag's unix_diag module, which the kernel
+    matrix's VMs cannot load: they run the TCP case.)"""
     import json
     import socket
     import subprocess
@@ -214,7 +221,7 @@ def test_session_start_not_seen(cluster, tmp_path):
             assert "needs bpf_loop (kernel 5.17+)" in tr.stderr, tr.stderr
             return
         tr.wait_ready()
-        conn, backend = pg_session(cluster, db)
+        conn, backend = pg_session(cluster, db, transport)
         hand = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         hand.connect(path)
         socket.send_fds(hand, [b"x"], [conn.fileno()])
@@ -232,17 +239,27 @@ def test_session_start_not_seen(cluster, tmp_path):
             app.kill()
         app.wait()
     assert tr.stop() == 0, tr.stderr
-    skip_if_kernel_skipped_runs(tr)
     spans = tr.spans()
-    assert [s.get("db.query.text") for s in spans] == [r["text"] for r in record] == sql
-    assert check_against_server(cluster, spans, [backend]) == len(sql)
-    for s, r in zip(spans, record):
-        assert s.get("db.response.status_code") == r["sqlstate"], s
+    if skipped_runs(tr):  # a 7.x kernel skipped runs: what is shown is right, identity included
+        texts = [s["db.query.text"] for s in spans if s.get("db.query.text") is not None]
+        assert texts == [q for q in sql if q in texts], spans
+    else:
+        assert [s.get("db.query.text") for s in spans] == [r["text"] for r in record] == sql
+        assert check_against_server(cluster, spans, [backend]) == len(sql)
+        assert [s.get("db.response.returned_rows") for s in spans[:2]] == [1, 25]
+        assert "(opened before attach, or its record lost): 1, 1 without user and database, " \
+            "1 of which identified by their backend" in tr.stderr, tr.stderr
+    by_text = {r["text"]: r for r in record}
+    for s in spans:
+        r = by_text.get(s.get("db.query.text"))
+        if r and not s.get("sqlspan.events_lost"):
+            assert s.get("db.response.status_code") == r["sqlstate"], s
         assert s["db.namespace"] == db, s
         assert s["postgresql.user"] == "postgres", s
         assert s["postgresql.backend_pid"] == backend, s
-        assert s["server.address"] == cluster.sockpath, s
+        if transport == "tcp":
+            assert s["server.address"] == "127.0.0.1", s
+            assert s["server.port"] == int(cluster.port), s
+        else:
+            assert s["server.address"] == cluster.sockpath, s
         assert s["sqlspan.capture"] == "wire", s
-    assert [s.get("db.response.returned_rows") for s in spans[:2]] == [1, 25]
-    assert "(opened before attach, or its record lost): 1, 1 without user and database, 1 of " \
-        "which identified by their backend" in tr.stderr, tr.stderr
