@@ -345,6 +345,8 @@ static void wire_unseen_session(struct assembler *a, struct aconn *c)
 	a->h.backend(a->h.arg, c->pid, c->fd & ~SQLSPAN_TLS_FD, &c->ident);
 	if (c->ident.db)
 		a->st.sessions_found++;
+	else
+		c->ident.session_unseen = true; /* its spans say so: no db.namespace, and why */
 }
 
 /* A whole frontend message; first_ts: the send its first bytes were in. */
@@ -364,6 +366,7 @@ static void wire_message(struct assembler *a, struct aconn *c, const struct ev_h
 		c->ident.user = fm->user[0] ? strdup(fm->user) : NULL;
 		c->ident.db = fm->database[0] ? strdup(fm->database) : NULL;
 		c->ident.backend_pid = 0; /* BackendKeyData tells */
+		c->ident.session_unseen = false;
 		c->have_ident = true;
 		c->session_seen = true;
 		prep_clear(c);

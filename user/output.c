@@ -200,6 +200,8 @@ void out_json(FILE *f, const struct span *s, int64_t mono_to_real)
 		kv_str(f, "db.collection.name", si.coll);
 
 	kv_str(f, "db.namespace", id && id->known ? id->db : NULL);
+	if (id && id->session_unseen)
+		fputs(",\"sqlspan.session_unseen\":true", f);
 	if (id && id->known && id->unix_path) {
 		kv_str(f, "server.address", id->unix_path);
 		kv_str(f, "network.transport", "unix");

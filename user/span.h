@@ -49,6 +49,8 @@ struct conn_ident {
 	bool tls;	 /* the connection uses SSL/TLS */
 	char comm[16];	 /* command name of the thread that first used it ("" unknown) */
 	bool known;	 /* the PGconn could be read at all */
+	/* a wire socket first seen past its StartupMessage whose database stayed unknown */
+	bool session_unseen;
 };
 
 /* What the Python stack at the request says (all strings malloc'd, owned by the span). */

@@ -1,8 +1,9 @@
 """A process that speaks PostgreSQL's protocol itself on a connection it is handed (SCM_RIGHTS):
 the connection's StartupMessage went out from another process, so a tracer of this one never
 sees it, as when that record is lost. Prints "PID n", listens on the Unix socket path argv[1],
-takes one descriptor there, runs each of argv[2:] as a simple Query on it, and prints a JSON
-record: [{"text", "rows", "sqlstate"}] in order."""
+takes one descriptor there, runs each of argv[2:] as a simple Query on it, prints a JSON
+record: [{"text", "rows", "sqlstate"}] in order, and closes the connection when a line comes on
+stdin."""
 import json
 import os
 import socket
@@ -49,6 +50,7 @@ def main():
     db = socket.socket(fileno=fds[0])
     record = [query(db, q) for q in sqls]
     print(json.dumps(record), flush=True)
+    sys.stdin.readline()  # the connection lives until told (its tracer has read its requests)
     db.sendall(b"X\0\0\0\4")
     db.close()
 

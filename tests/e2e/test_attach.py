@@ -211,7 +211,7 @@ def test_session_start_not_seen(cluster, tmp_path, transport):
     app = subprocess.Popen(
         ["/usr/bin/python3", os.path.join(os.path.dirname(__file__), "..", "apps",
                                           "adopted_socket.py"), path] + sql,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     conn = None
     try:
         pid = int(app.stdout.readline().split()[1])
@@ -226,9 +226,14 @@ def test_session_start_not_seen(cluster, tmp_path, transport):
         hand.connect(path)
         socket.send_fds(hand, [b"x"], [conn.fileno()])
         hand.close()
-        out, err = app.communicate(timeout=60)
+        record = json.loads(app.stdout.readline())
+        # the connection stays open until sqlspan has read its requests (and so looked for its
+        # backend: a closed socket has no other end to find)
+        deadline = time.monotonic() + 30
+        while len(tr.spans()) < len(sql) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        out, err = app.communicate("close\n", timeout=60)
         assert app.returncode == 0, err
-        record = json.loads(out)
     except BaseException:
         app.kill()
         raise

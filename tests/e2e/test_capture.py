@@ -8,13 +8,21 @@ from lib import (check_against_record, check_against_server, check_counted, exec
                  skipped_runs, trace_app, uprobe_multi_expected, uprobe_multi_links)
 
 
-def check_identity(spans, cluster, backends, address, port=None, transport="unix", args=()):
+def check_identity(spans, cluster, backends, address, port=None, transport="unix", args=(),
+                   unseen_ok=False):
+    """unseen_ok: a run with losses, where a connection's StartupMessage may have gone in a
+    skipped run and its backend not be found (the kernel matrix's VMs cannot load unix_diag):
+    such spans say so (sqlspan.session_unseen) and have no database, user or backend PID."""
     for s in spans:
         assert s["db.system.name"] == "postgresql"
         assert s["sqlspan.capture"] == libpq_capture(args), s
-        assert s["db.namespace"] == "postgres", s
-        assert s["postgresql.user"] == "postgres", s
-        assert s["postgresql.backend_pid"] in backends, s
+        if unseen_ok and s.get("sqlspan.session_unseen"):
+            assert s.get("db.namespace") is None and s.get("postgresql.user") is None, s
+        else:
+            assert "sqlspan.session_unseen" not in s, s
+            assert s["db.namespace"] == "postgres", s
+            assert s["postgresql.user"] == "postgres", s
+            assert s["postgresql.backend_pid"] in backends, s
         assert s["server.address"] == address, s
         assert s.get("network.transport") == transport, s
         if port is not None:
@@ -50,7 +58,7 @@ def test_sqlalchemy_psycopg2(cluster, tmp_path, args):
     if lost:  # a 7.x kernel skipped runs: what is shown is right, what is missing was counted
         assert tr.summary()["open"] == 0, tr.stderr
         check_counted(cluster, spans, backends, lost)
-        check_identity(spans, cluster, backends, cluster.sockpath, args=args)
+        check_identity(spans, cluster, backends, cluster.sockpath, args=args, unseen_ok=True)
         return
     check_clean(tr, spans)
     n = check_against_server(cluster, spans, backends)

@@ -12,6 +12,7 @@ struct got {
 	struct span s[MAXS];
 	char *text[MAXS];
 	char db[MAXS][32];
+	bool unseen[MAXS];
 	int n;
 };
 
@@ -43,6 +44,7 @@ static void hook_span(void *arg, const struct span *s)
 	G.s[G.n].text = G.text[G.n];
 	snprintf(G.db[G.n], sizeof(G.db[0]), "%s",
 		 s->ident && s->ident->db ? s->ident->db : "(none)");
+	G.unseen[G.n] = s->ident && s->ident->session_unseen;
 	G.s[G.n].ident = NULL;
 	G.n++;
 }
@@ -1020,6 +1022,8 @@ TEST(wire_session_start_unseen)
 	CHECK_STR(G.db[1], "ledger");
 	CHECK_STR(G.db[2], "ledger");
 	CHECK_STR(G.db[3], "(none)");
+	/* the one whose database stayed unknown says why */
+	CHECK(!G.unseen[0] && !G.unseen[1] && !G.unseen[2] && G.unseen[3]);
 	CHECK_EQ(backend_asked[5], 0);
 	CHECK_EQ(backend_asked[6], 1);
 	CHECK_EQ(backend_asked[9], 1);
