@@ -74,6 +74,26 @@ static void peer_ident(const char *addr, int port, bool is_unix, struct conn_ide
 }
 
 /*
+ * A local server's side of a socket (peer_ino: the other end's inode): what of the backend
+ * process holding it (user, database, PID) `id` does not have yet. false if none holds it.
+ */
+static bool backend_fill(unsigned long peer_ino, struct conn_ident *id)
+{
+	char user[64] = "", db[64] = "";
+	pid_t bpid;
+
+	if (!peer_ino || pg_backend_of(peer_ino, &bpid, user, sizeof(user), db, sizeof(db)))
+		return false;
+	if (!id->backend_pid)
+		id->backend_pid = bpid;
+	if (!id->user && user[0])
+		id->user = strdup(user);
+	if (!id->db && db[0])
+		id->db = strdup(db);
+	return true;
+}
+
+/*
  * The sockets a wire-traced process has open when sqlspan attaches: where each leads, noted now
  * (a connection may be gone by the time its records are read).
  */
@@ -89,6 +109,7 @@ static void wire_peers(struct tracer *t, pid_t pid)
 		return;
 	while ((d = readdir(dir))) {
 		struct conn_ident id = {0};
+		unsigned long peer_ino;
 		char addr[256];
 		int port, fd;
 		bool is_unix;
@@ -96,21 +117,10 @@ static void wire_peers(struct tracer *t, pid_t pid)
 		if (d->d_name[0] < '0' || d->d_name[0] > '9')
 			continue;
 		fd = atoi(d->d_name);
-		unsigned long peer_ino;
-		char user[64], db[64];
-		pid_t bpid;
-
 		if (sock_peer(pid, fd, addr, sizeof(addr), &port, &is_unix, &peer_ino))
 			continue;
 		peer_ident(addr, port, is_unix, &id);
-		/* a local server: its backend, from the process holding the other end */
-		user[0] = db[0] = 0;
-		if (peer_ino &&
-		    !pg_backend_of(peer_ino, &bpid, user, sizeof(user), db, sizeof(db))) {
-			id.backend_pid = bpid;
-			id.user = user[0] ? strdup(user) : NULL;
-			id.db = db[0] ? strdup(db) : NULL;
-		}
+		backend_fill(peer_ino, &id); /* a local server: its backend */
 		asm_peer(t->as, pid, fd, &id);
 		conn_ident_free(&id);
 	}
@@ -141,24 +151,15 @@ static void hook_ident(void *arg, uint32_t pid, uint64_t conn, int fd, struct co
 /* A wire socket past its StartupMessage: user, database, backend PID from its local backend. */
 static void hook_backend(void *arg, uint32_t pid, int fd, struct conn_ident *id)
 {
-	char addr[256], user[64], db[64];
 	unsigned long peer_ino = 0;
+	char addr[256];
 	bool is_unix;
-	pid_t bpid;
 	int port;
 
 	(void)arg;
-	user[0] = db[0] = 0;
-	if (sock_peer((pid_t)pid, fd, addr, sizeof(addr), &port, &is_unix, &peer_ino) ||
-	    !peer_ino || pg_backend_of(peer_ino, &bpid, user, sizeof(user), db, sizeof(db)))
-		return;
-	if (!id->backend_pid)
-		id->backend_pid = bpid;
-	if (!id->user && user[0])
-		id->user = strdup(user);
-	if (!id->db && db[0])
-		id->db = strdup(db);
-	id->known = true;
+	if (!sock_peer((pid_t)pid, fd, addr, sizeof(addr), &port, &is_unix, &peer_ino) &&
+	    backend_fill(peer_ino, id))
+		id->known = true;
 }
 
 static void hook_py(void *arg, const struct ev_stack *st, size_t size, struct span_py *out)

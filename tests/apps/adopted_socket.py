@@ -3,7 +3,7 @@ the connection's StartupMessage went out from another process, so a tracer of th
 sees it, as when that record is lost. Prints "PID n", listens on the Unix socket path argv[1],
 takes one descriptor there, runs each of argv[2:] as a simple Query on it, prints a JSON
 record: [{"text", "rows", "sqlstate"}] in order, and closes the connection when a line comes on
-stdin."""
+stdin. Its startup() and query() are the tests' minimal protocol client."""
 import json
 import os
 import socket
@@ -21,14 +21,35 @@ def recv_exact(s, n):
     return buf
 
 
+def recv_message(s):
+    """One backend message: (type, payload)."""
+    typ = recv_exact(s, 1)
+    (n,) = struct.unpack("!I", recv_exact(s, 4))
+    return typ, recv_exact(s, n - 4)
+
+
+def startup(s, user, db):
+    """StartupMessage (trust authentication), read up to ReadyForQuery: the backend's PID."""
+    body = struct.pack("!I", 196608) + b"user\0" + user.encode() + b"\0database\0" + \
+        db.encode() + b"\0\0"
+    s.sendall(struct.pack("!I", len(body) + 4) + body)
+    backend = None
+    while True:
+        typ, payload = recv_message(s)
+        if typ == b"E":
+            raise RuntimeError("startup refused: %r" % payload)
+        if typ == b"K":
+            backend = struct.unpack("!I", payload[:4])[0]
+        if typ == b"Z":
+            return backend
+
+
 def query(s, text):
     body = text.encode() + b"\0"
     s.sendall(b"Q" + struct.pack("!I", len(body) + 4) + body)
     rows, sqlstate = 0, None
     while True:
-        typ = recv_exact(s, 1)
-        (n,) = struct.unpack("!I", recv_exact(s, 4))
-        payload = recv_exact(s, n - 4)
+        typ, payload = recv_message(s)
         if typ == b"D":
             rows += 1
         elif typ == b"E":

@@ -163,31 +163,20 @@ def test_two_processes(cluster, tmp_path):
 
 def pg_session(cluster, db, transport):
     """A connection to the cluster opened here (untraced), over its Unix socket or TCP on
-    127.0.0.1: StartupMessage as user postgres to database `db`, read up to ReadyForQuery.
+    127.0.0.1, as user postgres to database `db` (the app's own protocol client, startup()).
     Returns (socket, its backend's PID)."""
     import socket
-    import struct
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "apps"))
+    import adopted_socket
 
     if transport == "tcp":
         s = socket.create_connection(("127.0.0.1", int(cluster.port)))
     else:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.connect(cluster.sockpath)
-    body = struct.pack("!I", 196608) + b"user\0postgres\0database\0" + db.encode() + b"\0\0"
-    s.sendall(struct.pack("!I", len(body) + 4) + body)
-    backend, buf = None, b""
-    while True:
-        while len(buf) < 5 or len(buf) < 1 + struct.unpack("!I", buf[1:5])[0]:
-            chunk = s.recv(65536)
-            assert chunk, "the server closed the connection: %r" % buf
-            buf += chunk
-        n = struct.unpack("!I", buf[1:5])[0]
-        typ, payload, buf = buf[:1], buf[5:1 + n], buf[1 + n:]
-        assert typ != b"E", payload
-        if typ == b"K":
-            backend = struct.unpack("!I", payload[:4])[0]
-        if typ == b"Z":
-            return s, backend
+    return s, adopted_socket.startup(s, "postgres", db)
 
 
 @pytest.mark.parametrize("transport", ["unix", "tcp"])
