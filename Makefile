@@ -17,7 +17,7 @@ ARCH := x86
 PURE_SRCS := user/hmap.c user/x86dec.c user/pqlayout.c user/pgproto.c user/sqllex.c user/pgfront.c user/asm_wire.c \
 	user/sqlinfo.c user/redact.c user/assemble.c user/output.c user/reorder.c \
 	user/procmaps.c user/cli.c user/elffile.c user/sysinfo.c user/pyline.c user/pylayout_table.c user/pyruntime.c user/pyframes.c \
-	user/pgident.c user/pyobj.c user/saurl.c user/pystack.c user/strbuf.c user/outq.c
+	user/pgident.c user/pyobj.c user/saurl.c user/pystack.c user/strbuf.c user/outq.c user/kbtf.c
 LOADER_SRCS := user/main.c user/probes.c user/tlsprobes.c user/sockpeer.c user/ulink.c
 BPF_SRCS := bpf/sqlspan.bpf.c
 BPF_HDRS := bpf/sqlspan.h bpf/buffer.bpf.h bpf/maps.bpf.h bpf/wire.bpf.h bpf/pystack.bpf.h \

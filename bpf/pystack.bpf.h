@@ -22,6 +22,12 @@ struct {
 /* Python stacks are read at all (not --no-python): set by the loader, spares a lookup a request. */
 const volatile bool python_stacks = true;
 
+/*
+ * Where task_struct.thread.fsbase is in this kernel, read off its BTF by the loader (kbtf.c):
+ * sqlspan needs no CO-RE relocation, so libbpf never loads the kernel's 5 MiB BTF at attach.
+ */
+const volatile __u32 task_fsbase_off = 0;
+
 /* thread id -> its PyThreadState */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -216,11 +222,11 @@ static long thread_cb(__u32 i, void *data)
                                                                                                    \
 		sb->tstate = 0;                                                                    \
 		if (LOOPED) { /* a typed pointer: a plain load, no helper call */                  \
-			sb->fsbase = bpf_get_current_task_btf()->thread.fsbase;                    \
+			sb->fsbase =                                                               \
+				*(__u64 *)((char *)bpf_get_current_task_btf() + task_fsbase_off);  \
 		} else {                                                                           \
-			struct task_struct *task = (struct task_struct *)bpf_get_current_task();   \
-                                                                                                   \
-			sb->fsbase = BPF_CORE_READ(task, thread.fsbase);                           \
+			bpf_probe_read_kernel(&sb->fsbase, sizeof(sb->fsbase),                     \
+					      (char *)bpf_get_current_task() + task_fsbase_off);   \
 		}                                                                                  \
 		if (!sb->fsbase)                                                                   \
 			return;                                                                    \

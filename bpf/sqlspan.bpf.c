@@ -12,10 +12,15 @@
  *
  * Everything is filtered by process in BPF; the loader attaches uprobes per process.
  */
+/*
+ * No CO-RE: the kernel structures read here are ABI (pt_regs, the syscall tracepoints' records)
+ * but for one field, whose offset the loader finds (task_fsbase_off). A CO-RE relocation would
+ * make libbpf parse the whole kernel BTF at every attach (~50 ms here).
+ */
+#define BPF_NO_PRESERVE_ACCESS_INDEX
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
-#include <bpf/bpf_core_read.h>
 #include "sqlspan.h"
 #include "buffer.bpf.h"
 #include "maps.bpf.h"

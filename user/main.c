@@ -9,6 +9,7 @@
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +24,7 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include "sqlspan.skel.h"
+#include "kbtf.h"
 #include "output.h"
 #include "pgident.h"
 #include "sockpeer.h"
@@ -636,6 +638,73 @@ static void ring_prefault(struct tracer *t)
 	     (mono_now_ns() - t0) / 1e6);
 }
 
+/*
+ * Where the BPF side finds a thread's fs base (its TLS, where CPython keeps the thread's state):
+ * task_struct.thread.fsbase, read off the kernel's BTF here rather than by a CO-RE relocation.
+ * Without it, no Python call sites.
+ */
+static void find_task_fsbase(struct tracer *t)
+{
+	static const struct kbtf_step path[] = {{"task_struct", "thread"},
+						{"thread_struct", "fsbase"}};
+	unsigned long long t0 = mono_now_ns();
+	char msg[256];
+	uint32_t off;
+	int fd;
+
+	if (t->cli.no_python)
+		return;
+	fd = open("/sys/kernel/btf/vmlinux", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		snprintf(msg, sizeof(msg), "cannot open the kernel's BTF: %s", strerror(errno));
+	if (fd < 0 || kbtf_offset(fd, path, 2, 64 << 10, &off, msg, sizeof(msg))) {
+		fprintf(stderr, "sqlspan: warning: %s: spans will have no Python call sites\n",
+			msg);
+		t->cli.no_python = true;
+	} else {
+		t->skel->rodata->task_fsbase_off = off;
+		vlog(t, "task_struct.thread.fsbase at +%u (the kernel's BTF read in %.1f ms)", off,
+		     (mono_now_ns() - t0) / 1e6);
+	}
+	if (fd >= 0)
+		close(fd);
+}
+
+/*
+ * The maps' sizes for this run: creating a preallocated hash map fills every entry up front
+ * (~20 ms for the 65536 sockets of fds here), and a map is created even if no loaded program
+ * uses it.
+ */
+static void size_maps(struct tracer *t)
+{
+	struct sqlspan_bpf *skel = t->skel;
+	struct bpf_map *grow[] = {skel->maps.fds, skel->maps.ssl_fds, skel->maps.fd_ssls};
+	struct utsname un;
+
+	/* used by libpq's uprobe programs only (request.bpf.h) */
+	if (libpq_on_wire(t)) {
+		bpf_map__set_max_entries(skel->maps.works, 1);
+		bpf_map__set_max_entries(skel->maps.nest, 1);
+	}
+	/* recvfrom's arguments are kept from entry to exit only without bpf_loop; TLS needs it */
+	if (t->use_loop) {
+		bpf_map__set_max_entries(skel->maps.recvs, 1);
+	} else {
+		bpf_map__set_max_entries(skel->maps.ssl_fds, 1);
+		bpf_map__set_max_entries(skel->maps.fd_ssls, 1);
+	}
+	/*
+	 * Sockets and TLS streams: entries allocated as they come on 6.1+, whose hash maps take
+	 * them from the BPF allocator (bpf_mem_alloc), safe in any program. Before, a tracing
+	 * program's run-time allocation is unsafe and makes the kernel warn: preallocated there.
+	 */
+	if (uname(&un) || !kernel_at_least(un.release, 6, 1))
+		return;
+	for (size_t i = 0; i < sizeof(grow) / sizeof(grow[0]); i++)
+		bpf_map__set_map_flags(grow[i], bpf_map__map_flags(grow[i]) | BPF_F_NO_PREALLOC);
+	vlog(t, "socket maps allocated as they fill (kernel %s)", un.release);
+}
+
 static int open_and_load(struct tracer *t)
 {
 	struct sqlspan_bpf *skel = sqlspan_bpf__open();
@@ -661,6 +730,7 @@ static int open_and_load(struct tracer *t)
 	bpf_program__set_autoload(skel->progs.tp_walk_more, !t->use_loop);
 	bpf_program__set_autoload(skel->progs.tp_enter_recvfrom, !t->use_loop);
 	probes_autoload(t);
+	size_maps(t);
 	bpf_program__set_autoload(skel->progs.tp_exit_send_loop, t->use_loop);
 	/* syscall entries: only where the exits cannot read the arguments (see tp_exit_close) */
 	bpf_program__set_autoload(skel->progs.tp_exit_connect, t->use_loop);
@@ -677,6 +747,7 @@ static int open_and_load(struct tracer *t)
 	if (chunks > SQLSPAN_MAX_CHUNKS - 1)
 		chunks = SQLSPAN_MAX_CHUNKS - 1;
 	skel->rodata->text_max_chunks = chunks;
+	find_task_fsbase(t);
 	skel->rodata->python_stacks = !t->cli.no_python;
 	if (t->use_ringbuf) {
 		bpf_map__set_max_entries(skel->maps.events, t->cli.ring_mb << 20);

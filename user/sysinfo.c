@@ -60,6 +60,14 @@ int check_kernel(const char *release, char *msg, size_t n)
 	return 0;
 }
 
+bool kernel_at_least(const char *release, int major, int minor)
+{
+	int ma = 0, mi = 0;
+
+	return sscanf(release, "%d.%d", &ma, &mi) == 2 &&
+	       (ma > major || (ma == major && mi >= minor));
+}
+
 int check_btf(const char *path, char *msg, size_t n)
 {
 	if (access(path, R_OK) == 0)

@@ -13,6 +13,8 @@
 /* Each returns 0 if fine, or -1 after writing a one-line reason into msg. */
 int check_privileges(char *msg, size_t n);
 int check_kernel(const char *release, char *msg, size_t n);
+/* Is the kernel (uname's release, "6.1.0-13-amd64") MAJOR.MINOR or newer? */
+bool kernel_at_least(const char *release, int major, int minor);
 /* path: the kernel's BTF, normally /sys/kernel/btf/vmlinux */
 int check_btf(const char *path, char *msg, size_t n);
 /* Make sure tracefs is mounted (tracepoint attachment needs its event ids). */

@@ -110,6 +110,12 @@ TEST(system_checks)
 	CHECK_EQ(check_kernel("4.19.0", msg, sizeof(msg)), -1);
 	CHECK_EQ(check_kernel("garbage", msg, sizeof(msg)), -1);
 	CHECK_STR(msg, "cannot read the kernel version from 'garbage'");
+	CHECK(kernel_at_least("6.1.0-13-amd64", 6, 1));
+	CHECK(kernel_at_least("6.18.44-fc", 6, 1));
+	CHECK(kernel_at_least("7.0", 6, 1));
+	CHECK(!kernel_at_least("6.0.12", 6, 1));
+	CHECK(!kernel_at_least("5.19.0", 6, 1));
+	CHECK(!kernel_at_least("garbage", 6, 1));
 	CHECK_EQ(check_btf("/nonexistent/btf/vmlinux", msg, sizeof(msg)), -1);
 	CHECK_STR(msg,
 		  "this kernel has no BTF (/nonexistent/btf/vmlinux is missing): sqlspan needs "
