@@ -534,7 +534,7 @@ def throughput(cluster):
         tps, lost, _, _, spans, _ = traced_pgbench(
             cluster, ["-c", "8", "-j", "2", "-R", str(rate)], 5)
         say("| traced, -R %d | %.0f | %d | %d |" % (rate, tps, lost, spans))
-        R[("lost", rate)] = lost
+        R[("lost", rate)] = (lost, tps)
     say("")
     flood(cluster)
     say("## 4. sqlspan's own CPU and memory")
@@ -612,8 +612,13 @@ def targets():
                     "%.1fx accounted, %.1fx measured" % (inproc / a, inproc / max(me[0], 0.01)),
                     inproc / a >= 8 and inproc / max(me[0], 0.01) >= 8)
     if ("lost", 20000) in R:
-        row("zero events lost at 20k statements/s", "%d lost" % R[("lost", 20000)],
-            R[("lost", 20000)] == 0)
+        # shown only if pgbench, traced, reached the rate (on a slow hour the machine may not)
+        lost, tps = R[("lost", 20000)]
+        row("zero events lost at 20k statements/s",
+            "%d lost at %.0f statements/s%s" % (
+                lost, tps, "" if tps >= 19000 else
+                " (pgbench traced reached no more: the rate is not shown)"),
+            lost == 0 and tps >= 19000)
     if "rss" in R:
         row("sqlspan resident memory ≤ 32 MiB", "%.1f MiB peak" % R["rss"], R["rss"] <= 32)
     if "attach" in R:
