@@ -50,6 +50,24 @@ static void rd_init(struct reader *r, int fd, uint64_t start, uint64_t len, uint
 	*r = (struct reader){.fd = fd, .pos = start, .end = start + len, .buf = buf, .cap = cap};
 }
 
+/* Read the section's next bytes after what is buffered (up to cap); false at its end or error. */
+static bool rd_fill(struct reader *r)
+{
+	size_t want = r->cap - r->have;
+	ssize_t got;
+
+	if (r->pos >= r->end || !want)
+		return false;
+	if (want > r->end - r->pos)
+		want = r->end - r->pos;
+	got = pread(r->fd, r->buf + r->have, want, (off_t)r->pos);
+	if (got <= 0)
+		return false;
+	r->have += (size_t)got;
+	r->pos += (uint64_t)got;
+	return true;
+}
+
 /* n contiguous bytes (n <= cap), or NULL at the section's end or on a read error */
 static const uint8_t *rd_get(struct reader *r, size_t n)
 {
@@ -59,18 +77,8 @@ static const uint8_t *rd_get(struct reader *r, size_t n)
 		memmove(r->buf, r->buf + r->at, r->have - r->at);
 		r->have -= r->at;
 		r->at = 0;
-		while (r->have < n && r->pos < r->end) {
-			size_t want = r->cap - r->have;
-			ssize_t got;
-
-			if (want > r->end - r->pos)
-				want = r->end - r->pos;
-			got = pread(r->fd, r->buf + r->have, want, (off_t)r->pos);
-			if (got <= 0)
-				return NULL;
-			r->have += (size_t)got;
-			r->pos += (uint64_t)got;
-		}
+		while (r->have < n && rd_fill(r))
+			;
 		if (r->have < n)
 			return NULL;
 	}
@@ -130,14 +138,13 @@ static int find_names(struct reader *r, struct name *names, int nnames)
 	uint32_t start = 0; /* offset of the string being read */
 
 	while (r->pos < r->end) {
-		size_t want = r->end - r->pos < r->cap ? r->end - r->pos : r->cap;
-		ssize_t got = pread(r->fd, r->buf, want, (off_t)r->pos);
 		const char *p, *end, *nul;
 
-		if (got <= 0)
+		r->have = r->at = 0;
+		if (!rd_fill(r))
 			return -1;
 		p = (const char *)r->buf;
-		end = p + got;
+		end = p + r->have;
 		while ((nul = memchr(p, 0, (size_t)(end - p)))) {
 			size_t len = (size_t)(nul - p);
 
@@ -160,7 +167,6 @@ static int find_names(struct reader *r, struct name *names, int nnames)
 				memcpy(cur + curlen, p, len);
 			curlen += len;
 		}
-		r->pos += (uint64_t)got;
 	}
 	return 0;
 }

@@ -43,6 +43,14 @@ int check_privileges(char *msg, size_t n)
 	return -1;
 }
 
+bool kernel_at_least(const char *release, int major, int minor)
+{
+	int ma = 0, mi = 0;
+
+	return sscanf(release, "%d.%d", &ma, &mi) == 2 &&
+	       (ma > major || (ma == major && mi >= minor));
+}
+
 int check_kernel(const char *release, char *msg, size_t n)
 {
 	int major = 0, minor = 0;
@@ -51,21 +59,12 @@ int check_kernel(const char *release, char *msg, size_t n)
 		snprintf(msg, n, "cannot read the kernel version from '%s'", release);
 		return -1;
 	}
-	if (major < SQLSPAN_MIN_KERNEL_MAJOR ||
-	    (major == SQLSPAN_MIN_KERNEL_MAJOR && minor < SQLSPAN_MIN_KERNEL_MINOR)) {
+	if (!kernel_at_least(release, SQLSPAN_MIN_KERNEL_MAJOR, SQLSPAN_MIN_KERNEL_MINOR)) {
 		snprintf(msg, n, "kernel %s is too old: sqlspan needs Linux %d.%d or newer",
 			 release, SQLSPAN_MIN_KERNEL_MAJOR, SQLSPAN_MIN_KERNEL_MINOR);
 		return -1;
 	}
 	return 0;
-}
-
-bool kernel_at_least(const char *release, int major, int minor)
-{
-	int ma = 0, mi = 0;
-
-	return sscanf(release, "%d.%d", &ma, &mi) == 2 &&
-	       (ma > major || (ma == major && mi >= minor));
 }
 
 int check_btf(const char *path, char *msg, size_t n)

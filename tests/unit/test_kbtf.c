@@ -114,13 +114,19 @@ static void build_kernelish(struct blob *b, int member_type_mismatch)
 	member(b, "fsbase", u64, 0);
 }
 
+/* build_kernelish's blob, whole, in a memfd */
+static int kernelish_fd(struct blob *b, int member_type_mismatch)
+{
+	build_kernelish(b, member_type_mismatch);
+	return blob_fd(b, 0xeB9F, 0);
+}
+
 TEST(kbtf_every_chunk_size)
 {
 	struct blob b;
 	int fd;
 
-	build_kernelish(&b, 0);
-	fd = blob_fd(&b, 0xeB9F, 0);
+	fd = kernelish_fd(&b, 0);
 	CHECK(fd >= 0);
 	for (size_t chunk = 16; chunk <= 300; chunk++) {
 		uint32_t off = 0;
@@ -145,8 +151,7 @@ TEST(kbtf_one_step_and_bitfield)
 	char msg[200];
 	int fd;
 
-	build_kernelish(&b, 0);
-	fd = blob_fd(&b, 0xeB9F, 0);
+	fd = kernelish_fd(&b, 0);
 	CHECK_EQ(kbtf_offset(fd, word, 1, 64, &off, msg, sizeof(msg)), 0);
 	CHECK_EQ(off, 24);
 	/* a 1-bit field at bit 8: byte-aligned, but not a member one can load 8 bytes of */
@@ -163,8 +168,7 @@ TEST(kbtf_errors)
 	char msg[200];
 	int fd;
 
-	build_kernelish(&b, 1);
-	fd = blob_fd(&b, 0xeB9F, 0);
+	fd = kernelish_fd(&b, 1);
 	CHECK_EQ(kbtf_offset(fd, fsbase_path, 2, 64, &off, msg, sizeof(msg)), -1);
 	CHECK_STR(msg, "in the kernel's BTF, task_struct.thread is not a struct thread_struct");
 	CHECK_EQ(kbtf_offset(fd, nope, 1, 64, &off, msg, sizeof(msg)), -1);
