@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 #define _GNU_SOURCE
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +12,44 @@ ssize_t proc_read(pid_t pid, uint64_t addr, void *buf, size_t n)
 	struct iovec local = {buf, n}, remote = {(void *)(uintptr_t)addr, n};
 
 	return process_vm_readv(pid, &local, 1, &remote, 1, 0);
+}
+
+/* Pieces per process_vm_readv: IOV_MAX (1024 on Linux, the least POSIX allows is 16) */
+#define READ_MANY_IOV 1024
+
+unsigned proc_read_many(pid_t pid, struct proc_piece *pieces, size_t n)
+{
+	struct iovec local[READ_MANY_IOV], remote[READ_MANY_IOV];
+	unsigned calls = 0;
+	size_t i = 0;
+
+	while (i < n) {
+		size_t k = n - i < READ_MANY_IOV ? n - i : READ_MANY_IOV, j = 0;
+		ssize_t got;
+
+		for (j = 0; j < k; j++) {
+			struct proc_piece *p = &pieces[i + j];
+
+			local[j] = (struct iovec){p->buf, p->len};
+			remote[j] = (struct iovec){(void *)(uintptr_t)p->addr, p->len};
+			p->ok = false;
+		}
+		got = process_vm_readv(pid, local, k, remote, k, 0);
+		calls++;
+		if (got < 0 && errno != EFAULT)
+			return calls; /* gone, or not ours to read: nothing more can be */
+		if (got < 0)
+			got = 0; /* the first piece could not be read */
+		/* whole pieces up to where the kernel stopped (a piece it cut short counts as
+		 * unread) */
+		for (j = 0; j < k && (size_t)got >= pieces[i + j].len; j++) {
+			got -= (ssize_t)pieces[i + j].len;
+			pieces[i + j].ok = true;
+		}
+		/* the piece it stopped at cannot be read: the rest after it */
+		i += j < k ? j + 1 : k;
+	}
+	return calls;
 }
 
 /* A NUL-terminated string at addr, read in pieces that never cross a page it need not touch. */

@@ -129,6 +129,21 @@ static int code_head(struct pyproc *pp, uint64_t code, uint64_t *lt_ptr, int32_t
  * and its file name's FILE_SUM; *unhashed: the same with the hash not computed yet (-1: a str
  * computes it when first hashed; a stack read before that has this one).
  */
+/* FRAME_IDENT from the file name's length and hash (lh) and last 8 bytes (tail), as read. */
+static uint32_t ident_of(uint64_t filename, uint64_t qualname, const uint64_t lh[2], uint64_t tail,
+			 uint32_t *unhashed)
+{
+	if (unhashed)
+		*unhashed = FRAME_IDENT(filename, qualname, FILE_SUM(lh[0], ~0ULL, tail));
+	return FRAME_IDENT(filename, qualname, FILE_SUM(lh[0], lh[1], tail));
+}
+
+/* Does the file name's tail count (as the BPF side reads it)? */
+static bool tail_read(uint64_t len)
+{
+	return len >= FILE_TAIL_MIN && len <= FILE_LEN_MAX;
+}
+
 static uint32_t code_ident(const struct pyproc *pp, uint64_t filename, uint64_t qualname,
 			   uint32_t *unhashed)
 {
@@ -139,12 +154,10 @@ static uint32_t code_ident(const struct pyproc *pp, uint64_t filename, uint64_t 
 		lh[0] = 0;
 		lh[1] = ~0ULL;
 	}
-	if (lh[0] >= FILE_TAIL_MIN && lh[0] <= FILE_LEN_MAX &&
+	if (tail_read(lh[0]) &&
 	    proc_read(pp->pid, filename + l->unicode_ascii_data + lh[0] - 8, &tail, 8) != 8)
 		tail = 0;
-	if (unhashed)
-		*unhashed = FRAME_IDENT(filename, qualname, FILE_SUM(lh[0], ~0ULL, tail));
-	return FRAME_IDENT(filename, qualname, FILE_SUM(lh[0], lh[1], tail));
+	return ident_of(filename, qualname, lh, tail, unhashed);
 }
 
 static bool code_is(const struct pycode *c, uint32_t ident)
@@ -282,31 +295,114 @@ static struct pycode *frame_code(struct pystacks *ps, struct pyproc *pp, const s
 	return c;
 }
 
-void pystacks_check_hot(struct pystacks *ps)
+/* Hot code objects checked per round of reads (three vectored reads each) */
+#define HOT_CHECK_BATCH 512
+
+struct hot_check {
+	uint32_t slot;
+	uint64_t p[3]; /* co_filename, co_name, co_qualname */
+	uint64_t lh[2];
+	uint64_t tail;
+};
+
+/* Drop a hot entry the process no longer holds: the BPF side reads that object again. */
+static void hot_drop(struct pystacks *ps, struct pyproc *pp, uint32_t slot)
 {
-	for (uint32_t slot = 0; ps->hot && ps->nhot && slot < SQLSPAN_HOT_CODES; slot++) {
-		struct hot_entry *e = &ps->hot[slot];
-		struct hot_code zero = {0};
-		struct pyproc *pp;
-		uint64_t p[3];
+	struct hot_entry *e = &ps->hot[slot];
+	struct hot_code zero = {0};
+
+	ps->hot_set(ps->arg, slot, &zero);
+	if (pp) /* named again from what is there now, if anything */
+		code_free(hmap_del(&pp->codes, hkey2(e->code, 0)));
+	memset(e, 0, sizeof(*e));
+	ps->nhot--;
+	ps->hot_dropped++;
+}
+
+/*
+ * Check up to HOT_CHECK_BATCH entries of one process, each still that object? (co_filename,
+ * co_name, co_qualname and the file name's length, hash and tail, as the BPF side reads them; or
+ * as it did before that hash was computed). Three vectored reads for them all: the pointers,
+ * then the file names' length and hash, then their tails.
+ */
+static void hot_check_batch(struct pystacks *ps, struct pyproc *pp, struct hot_check *hc, size_t n)
+{
+	const struct py_layout *l = &pp->t.layout;
+	struct proc_piece pc[HOT_CHECK_BATCH];
+	size_t m = 0;
+
+	for (size_t i = 0; i < n; i++)
+		pc[i] = (struct proc_piece){ps->hot[hc[i].slot].code + l->code_filename, hc[i].p,
+					    sizeof(hc[i].p), false};
+	ps->hot_reads += proc_read_many(pp->pid, pc, n);
+	for (size_t i = 0; i < n; i++) {
+		hc[i].lh[0] = 0;
+		hc[i].lh[1] = ~0ULL;
+		hc[i].tail = 0;
+		if (!pc[i].ok)
+			hc[i].p[0] = 0; /* not readable: not that object */
+	}
+	for (size_t i = 0; i < n; i++) {
+		if (hc[i].p[0])
+			pc[m++] = (struct proc_piece){hc[i].p[0] + l->unicode_length, hc[i].lh,
+						      sizeof(hc[i].lh), false};
+	}
+	ps->hot_reads += m ? proc_read_many(pp->pid, pc, m) : 0;
+	m = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (!hc[i].p[0])
+			continue;
+		if (!pc[m++].ok) {
+			hc[i].lh[0] = 0;
+			hc[i].lh[1] = ~0ULL;
+		}
+	}
+	m = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (hc[i].p[0] && tail_read(hc[i].lh[0]))
+			pc[m++] = (struct proc_piece){hc[i].p[0] + l->unicode_ascii_data +
+							      hc[i].lh[0] - 8,
+						      &hc[i].tail, sizeof(hc[i].tail), false};
+	}
+	ps->hot_reads += m ? proc_read_many(pp->pid, pc, m) : 0;
+	m = 0;
+	for (size_t i = 0; i < n; i++) {
+		struct hot_entry *e = &ps->hot[hc[i].slot];
 		uint32_t unhashed;
 
-		if (!e->code)
+		if (hc[i].p[0] && tail_read(hc[i].lh[0]) && !pc[m++].ok)
+			hc[i].tail = 0;
+		if (hc[i].p[0] && (ident_of(hc[i].p[0], hc[i].p[2], hc[i].lh, hc[i].tail,
+					    &unhashed) == e->ident ||
+				   unhashed == e->ident))
 			continue;
-		pp = proc_of(ps, e->pid);
-		/* still that object? (co_filename, co_name, co_qualname and the file name's hash,
-		 * as the BPF side reads them; or as it did before that hash was computed) */
-		if (pp &&
-		    proc_read(pp->pid, e->code + pp->t.layout.code_filename, p, sizeof(p)) ==
-			    (ssize_t)sizeof(p) &&
-		    (code_ident(pp, p[0], p[2], &unhashed) == e->ident || unhashed == e->ident))
-			continue;
-		ps->hot_set(ps->arg, slot, &zero);
-		if (pp) /* named again from what is there now, if anything */
-			code_free(hmap_del(&pp->codes, hkey2(e->code, 0)));
-		memset(e, 0, sizeof(*e));
-		ps->nhot--;
-		ps->hot_dropped++;
+		hot_drop(ps, pp, hc[i].slot);
+	}
+}
+
+void pystacks_check_hot(struct pystacks *ps)
+{
+	static struct hot_check hc[HOT_CHECK_BATCH];
+
+	if (!ps->hot || !ps->nhot)
+		return;
+	/* entries of processes no longer traced: dropped */
+	for (uint32_t slot = 0; slot < SQLSPAN_HOT_CODES; slot++) {
+		if (ps->hot[slot].code && !proc_of(ps, ps->hot[slot].pid))
+			hot_drop(ps, NULL, slot);
+	}
+	for (int k = 0; k < ps->nprocs && ps->nhot; k++) {
+		struct pyproc *pp = &ps->procs[k];
+		size_t n = 0;
+
+		for (uint32_t slot = 0; slot < SQLSPAN_HOT_CODES; slot++) {
+			if (ps->hot[slot].code && ps->hot[slot].pid == pp->pid)
+				hc[n++].slot = slot;
+			if (n == HOT_CHECK_BATCH || (n && slot == SQLSPAN_HOT_CODES - 1)) {
+				hot_check_batch(ps, pp, hc, n);
+				n = 0;
+			}
+		}
 	}
 }
 

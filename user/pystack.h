@@ -65,6 +65,7 @@ struct pystacks {
 	struct hot_entry *hot; /* SQLSPAN_HOT_CODES entries, once one is in use */
 	uint32_t nhot;
 	uint64_t hot_dropped;		/* entries found stale by pystacks_check_hot */
+	uint64_t hot_reads;		/* the system calls its checks made */
 	uint64_t urls_from[URL__COUNT]; /* spans with a SQLAlchemy Connection, by URL source */
 };
 

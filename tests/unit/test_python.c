@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 /* Python support: line tables of real CPython builds, frame classification, layouts. */
 #include <unistd.h>
+#include <sys/mman.h>
 #include "check.h"
 #include "pylayout.h"
 #include "pyframes.h"
@@ -162,6 +163,28 @@ static void resolve_one(struct pystacks *ps, uint64_t code, uint32_t ident, stru
 	pystacks_resolve(ps, st, sizeof(rec), out);
 }
 
+/*
+ * The hot code tests' layout: code objects of 64 bytes (co_filename, co_name, co_qualname side by
+ * side, as in CPython, as the check reads them), fake_str strings; and the strings they name.
+ */
+static void fake_code_layout(struct py_target *t, struct fake_str *file, struct fake_str *name,
+			     struct fake_str *other)
+{
+	fake_str(file, "/srv/app/views.py");
+	fake_str(name, "handler");
+	fake_str(other, "other_function");
+	t->layout.code_filename = 8;
+	t->layout.code_name = 16;
+	t->layout.code_qualname = 24;
+	t->layout.code_linetable = 32;
+	t->layout.code_firstlineno = 40;
+	t->layout.code_adaptive = 64;
+	t->layout.unicode_length = 0;
+	t->layout.unicode_state = 16;
+	t->layout.unicode_ascii_data = 24;
+	t->layout.unicode_compact_data = 24;
+}
+
 TEST(hot_code_named_then_dropped_when_replaced)
 {
 	static struct fake_str file, name, other;
@@ -174,19 +197,7 @@ TEST(hot_code_named_then_dropped_when_replaced)
 	uint32_t ident, ident2, old_unhashed;
 	struct span_py out;
 
-	fake_str(&file, "/srv/app/views.py");
-	fake_str(&name, "handler");
-	fake_str(&other, "other_function");
-	t.layout.code_filename = 8;
-	t.layout.code_name = 16;
-	t.layout.code_qualname = 24;
-	t.layout.code_linetable = 32;
-	t.layout.code_firstlineno = 40;
-	t.layout.code_adaptive = 64;
-	t.layout.unicode_length = 0;
-	t.layout.unicode_state = 16;
-	t.layout.unicode_ascii_data = 24;
-	t.layout.unicode_compact_data = 24;
+	fake_code_layout(&t, &file, &name, &other);
 	code[1] = (uint64_t)(uintptr_t)&file;
 	code[2] = (uint64_t)(uintptr_t)&name;
 	code[3] = (uint64_t)(uintptr_t)&name;
@@ -254,6 +265,82 @@ TEST(hot_code_named_then_dropped_when_replaced)
 	CHECK(out.function == NULL);
 	span_py_free(&out);
 	pystacks_free(&ps);
+}
+
+/*
+ * Many hot code objects, checked together: a few system calls for all of them (three vectored
+ * reads a batch, one more after each object that cannot be read), not three each; those
+ * replaced by another object or unmapped are dropped, the others kept.
+ */
+TEST(hot_codes_checked_in_few_reads)
+{
+	enum { NCODES = 1200, PER_PAGE = 4096 / 64 };
+	static struct fake_str file, name, other;
+	struct py_target t = {.version = 0x030c0000};
+	struct pystacks ps = {.hot_set = hot_set};
+	size_t len = (size_t)NCODES * 64;
+	uint64_t *mem = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	uint32_t hot = 0, changed = 0, gone = 0, reads;
+	struct span_py out;
+
+	CHECK(mem != MAP_FAILED);
+	fake_code_layout(&t, &file, &name, &other);
+	CHECK(pystacks_add(&ps, getpid(), &t) != NULL);
+	for (int i = 0; i < NCODES; i++) {
+		uint64_t *code = mem + i * 8;
+		uint32_t ident;
+
+		code[1] = (uint64_t)(uintptr_t)&file;
+		code[2] = code[3] = (uint64_t)(uintptr_t)&name;
+		code[5] = 10;
+		ident = FRAME_IDENT(code[1], code[3], fake_sum(&file, true));
+		for (int k = 0; k < 33; k++) {
+			resolve_one(&ps, (uint64_t)(uintptr_t)code, ident, &out);
+			span_py_free(&out);
+		}
+	}
+	/* as many as found a free slot (two objects may hash to one) */
+	for (uint32_t slot = 0; slot < SQLSPAN_HOT_CODES; slot++)
+		hot += ps.hot && ps.hot[slot].code;
+	CHECK_EQ(ps.nhot, hot);
+	CHECK(hot > 600);
+	ps.hot_reads = 0;
+	pystacks_check_hot(&ps);
+	CHECK_EQ(ps.hot_dropped, 0);
+	CHECK_EQ(ps.nhot, hot);
+	/* three reads per batch of 512 */
+	CHECK(ps.hot_reads <= 3 * ((hot + 511) / 512));
+	/* every 7th object replaced by another; the 3rd page's objects unmapped */
+	for (uint32_t slot = 0; slot < SQLSPAN_HOT_CODES; slot++) {
+		uint64_t c = ps.hot ? ps.hot[slot].code : 0;
+		size_t i = c ? (size_t)(c - (uintptr_t)mem) / 64 : 0;
+
+		if (!c)
+			continue;
+		if (i / PER_PAGE == 2)
+			gone++;
+		else if (i % 7 == 0)
+			changed++;
+	}
+	for (size_t i = 0; i < NCODES; i += 7) {
+		if (i / PER_PAGE != 2)
+			mem[i * 8 + 2] = mem[i * 8 + 3] = (uint64_t)(uintptr_t)&other;
+	}
+	CHECK(munmap(mem + 2 * PER_PAGE * 8, 4096) == 0);
+	CHECK(changed > 50 && gone > 10);
+	ps.hot_reads = 0;
+	pystacks_check_hot(&ps);
+	CHECK_EQ(ps.hot_dropped, changed + gone);
+	CHECK_EQ(ps.nhot, hot - changed - gone);
+	reads = (uint32_t)ps.hot_reads;
+	CHECK(reads <= 3 * ((hot + 511) / 512) + gone);
+	/* what is left is still there, unread again */
+	ps.hot_reads = 0;
+	pystacks_check_hot(&ps);
+	CHECK_EQ(ps.hot_dropped, changed + gone);
+	CHECK(ps.hot_reads <= 3 * ((hot + 511) / 512));
+	pystacks_free(&ps);
+	munmap(mem, len);
 }
 
 /*
@@ -331,8 +418,11 @@ TEST(frames_read)
 
 int main(void)
 {
-	static const struct test_case cases[] = {CASE(line_tables), CASE(layout_tables),
+	static const struct test_case cases[] = {CASE(line_tables),
+						 CASE(layout_tables),
 						 CASE(hot_code_named_then_dropped_when_replaced),
-						 CASE(sqlalchemy_frames), CASE(frames_read)};
+						 CASE(hot_codes_checked_in_few_reads),
+						 CASE(sqlalchemy_frames),
+						 CASE(frames_read)};
 	return RUN("python", cases);
 }
