@@ -185,23 +185,12 @@ static void json_str(struct jw *f, const char *s, size_t n)
 	jw_putc(f, '"');
 }
 
+/* ,"k": (keys are constants: no escapes) */
 static void key(struct jw *f, const char *k)
 {
-	char b[96];
-	size_t n = strlen(k);
-
-	if (n > sizeof(b) - 4) {
-		jw_puts(f, ",\"");
-		jw_puts(f, k);
-		jw_puts(f, "\":");
-		return;
-	}
-	b[0] = ',';
-	b[1] = '"';
-	memcpy(b + 2, k, n);
-	b[n + 2] = '"';
-	b[n + 3] = ':';
-	jw_write(f, b, n + 4);
+	jw_write(f, ",\"", 2);
+	jw_puts(f, k);
+	jw_write(f, "\":", 2);
 }
 
 static void kv_str(struct jw *f, const char *k, const char *v)
