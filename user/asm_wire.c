@@ -254,7 +254,7 @@ static void wire_stack(struct assembler *a, struct aconn *c, const struct ev_hdr
 		c->stack_ts = ts;
 	}
 	if (c->stack_rec && c->stack_ts == ts && c->stack_tid == h->tid && a->h.py_resolve)
-		a->h.py_resolve(a->h.arg, c->stack_rec, c->stack_size, &s->py);
+		a->h.py_resolve(a->h.arg, c->stack_rec, c->stack_size, text_wanted(s), &s->py);
 }
 
 /* A copy of SQL text for a span: cut to the text limit, passwords redacted. */

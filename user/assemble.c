@@ -583,7 +583,7 @@ static void take_stack(struct assembler *a, const struct ev_req *r, struct span 
 	if (!rec)
 		return;
 	if (a->h.py_resolve)
-		a->h.py_resolve(a->h.arg, rec, size, &s->py);
+		a->h.py_resolve(a->h.arg, rec, size, text_wanted(s), &s->py);
 	free(rec);
 }
 
@@ -801,6 +801,12 @@ static void on_req(struct assembler *a, const struct ev_req *r, size_t size)
 	conn_enqueue(a, c, s);
 }
 
+/* Does the span need the text SQLAlchemy holds (an execution of a statement of unknown text)? */
+bool text_wanted(const struct span *s)
+{
+	return s->req == REQ_EXECUTE && s->text_state == TEXT_UNKNOWN;
+}
+
 /*
  * An execution by name of a statement prepared before sqlspan attached: its text is not on the
  * wire, but SQLAlchemy, on the stack, holds the statement it executes. Use that (marked as such),
@@ -808,7 +814,7 @@ static void on_req(struct assembler *a, const struct ev_req *r, size_t size)
  */
 void text_from_app(struct aconn *c, struct span *s)
 {
-	if (s->req != REQ_EXECUTE || s->text_state != TEXT_UNKNOWN || !s->py.sa_statement)
+	if (!text_wanted(s) || !s->py.sa_statement)
 		return;
 	free(s->text);
 	s->text = strdup(s->py.sa_statement);

@@ -31,8 +31,12 @@ struct asm_hooks {
 	void (*backend)(void *arg, uint32_t pid, int fd, struct conn_ident *id);
 	/* process.executable.name of a process; NULL if unknown. */
 	const char *(*exe)(void *arg, uint32_t pid);
-	/* Resolve a Python stack record (EV_STACK) into what a span shows. May be NULL. */
-	void (*py_resolve)(void *arg, const struct ev_stack *st, size_t size, struct span_py *out);
+	/*
+	 * Resolve a Python stack record (EV_STACK) into what a span shows. May be NULL. want_text:
+	 * the span needs the statement text SQLAlchemy holds (a read of the app's memory).
+	 */
+	void (*py_resolve)(void *arg, const struct ev_stack *st, size_t size, bool want_text,
+			   struct span_py *out);
 	/* A finished span. Pointers in it are valid only during the call. */
 	void (*span)(void *arg, const struct span *s);
 	/* A finished transaction, after its statements. May be NULL. */

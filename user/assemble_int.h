@@ -104,6 +104,8 @@ void span_free(struct span *s);
 /* An execution of a statement prepared before attach: the text SQLAlchemy holds, if on the stack.
  */
 void text_from_app(struct aconn *c, struct span *s);
+/* Does the span need that text (an execution whose statement's text is unknown)? */
+bool text_wanted(const struct span *s);
 /* Queue a request on its connection (giving up the oldest if too many wait). */
 void conn_enqueue(struct assembler *a, struct aconn *c, struct span *s);
 /* The request queued last on a connection, NULL if none. */

@@ -164,11 +164,12 @@ static void hook_backend(void *arg, uint32_t pid, int fd, struct conn_ident *id)
 		id->known = true;
 }
 
-static void hook_py(void *arg, const struct ev_stack *st, size_t size, struct span_py *out)
+static void hook_py(void *arg, const struct ev_stack *st, size_t size, bool want_text,
+		    struct span_py *out)
 {
 	struct tracer *t = arg;
 
-	pystacks_resolve(&t->py, st, size, out);
+	pystacks_resolve(&t->py, st, size, want_text, out);
 }
 
 /*

@@ -750,7 +750,7 @@ bool pystacks_all_learnt(const struct pyproc *pp)
 	return pp->lr.sa_type && pp->lr.sa_slot >= 0 && pp->lr.task_type && pp->lr.task_step_type;
 }
 
-void pystacks_resolve(struct pystacks *ps, const struct ev_stack *st, size_t size,
+void pystacks_resolve(struct pystacks *ps, const struct ev_stack *st, size_t size, bool want_text,
 		      struct span_py *out)
 {
 	struct pyproc *pp = proc_of(ps, st->h.pid);
@@ -796,11 +796,12 @@ void pystacks_resolve(struct pystacks *ps, const struct ev_stack *st, size_t siz
 			out->sa_conn = f->local[0] & tag_mask;
 			dialect = f->local[1] & tag_mask;
 		}
-		if (!out->sa_statement && py_is_sa_do_execute(c->file, c->qualname))
+		if (want_text && !out->sa_statement && py_is_sa_do_execute(c->file, c->qualname))
 			out->sa_statement = py_read_str(pp->pid, f->local[2] & tag_mask,
 							&pp->t.layout, 1 << 20);
 		/* the same text on the running stack, where the greenlet is not walked */
-		if (!out->sa_statement && !glet && py_is_sa_asyncpg_prepare(c->file, c->qualname))
+		if (want_text && !out->sa_statement && !glet &&
+		    py_is_sa_asyncpg_prepare(c->file, c->qualname))
 			out->sa_statement = py_read_str(pp->pid, f->local[1] & tag_mask,
 							&pp->t.layout, 1 << 20);
 		if (!glet && py_is_sa_async_statement(c->file, c->qualname))

@@ -82,7 +82,6 @@ bool pystacks_all_learnt(const struct pyproc *pp);
  */
 void pystacks_prefetch(struct pystacks *ps, const struct ev_stack *st, size_t size);
 
-/* Resolve a stack record into `out` (strings malloc'd). */
 /*
  * Check the code objects the BPF side names without reading them: each must still be the object
  * it was (co_filename, co_qualname); a stale one is dropped from the map and the cache. Call it
@@ -90,7 +89,11 @@ void pystacks_prefetch(struct pystacks *ps, const struct ev_stack *st, size_t si
  */
 void pystacks_check_hot(struct pystacks *ps);
 
-void pystacks_resolve(struct pystacks *ps, const struct ev_stack *st, size_t size,
+/*
+ * Resolve a stack record into `out` (strings malloc'd). want_text: read the statement text
+ * SQLAlchemy holds (out->sa_statement), for a span whose text the wire did not carry.
+ */
+void pystacks_resolve(struct pystacks *ps, const struct ev_stack *st, size_t size, bool want_text,
 		      struct span_py *out);
 
 #endif

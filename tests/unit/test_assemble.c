@@ -1034,9 +1034,10 @@ TEST(wire_session_start_unseen)
 }
 
 /* The stack a span got: the time of its stack record (as its line), or -1. */
-static void hook_py_ts(void *arg, const struct ev_stack *st, size_t size, struct span_py *out)
+static void hook_py_ts(void *arg, const struct ev_stack *st, size_t size, bool want_text,
+		       struct span_py *out)
 {
-	(void)arg, (void)size;
+	(void)arg, (void)size, (void)want_text;
 	out->present = true;
 	out->line = (int)(st->h.ts % 1000000);
 }
@@ -1093,6 +1094,77 @@ TEST(wire_request_ending_in_a_later_send_keeps_its_stack)
 	CHECK_EQ(G.n, 2);
 	CHECK(G.s[1].py.present);
 	CHECK(G.s[1].py.line != first);
+	asm_free(a);
+}
+
+/* The stacks asked for SQLAlchemy's statement text; each such ask gets it. */
+static int text_asks;
+
+static void hook_py_text(void *arg, const struct ev_stack *st, size_t size, bool want_text,
+			 struct span_py *out)
+{
+	(void)arg, (void)st, (void)size;
+	out->present = true;
+	if (want_text) {
+		text_asks++;
+		out->sa_statement = strdup("SELECT name FROM t WHERE id = $1");
+	}
+}
+
+/*
+ * The statement text SQLAlchemy holds is asked of the stack (a read of the app's memory) only
+ * for an execution whose text the wire did not carry (prepared before sqlspan attached): not
+ * for a simple query, nor for a statement whose Parse was seen.
+ */
+/* One send: Bind (body `bind`, n bytes) and Execute of a named statement, Sync; its replies. */
+static void bind_execute(struct assembler *a, const char *bind, uint32_t n)
+{
+	T += 1000;
+	stack_rec(a);
+	fmsg(a, 5, 'B', bind, n);
+	FMSG(a, 5, 'E', "\0\0\0\0");
+	fmsg(a, 5, 'S', NULL, 0);
+	msg(a, 5, '2', NULL, 0);
+	msg(a, 5, 'C', "SELECT 1", 1);
+	z(a, 5, 'I');
+}
+
+TEST(wire_statement_text_asked_of_the_app_only_when_unknown)
+{
+	static const struct asm_hooks h = {.ident = hook_ident,
+					   .exe = hook_exe,
+					   .span = hook_span,
+					   .py_resolve = hook_py_text};
+	static const char s1[] = "\0s1\0\0\0\0\0\0\0", s0[] = "\0s0\0\0\0\0\0\0\0";
+	struct assembler *a;
+
+	asm_free(fresh(4096)); /* G cleared */
+	a = asm_new(&h, 4096, 42);
+	text_asks = 0;
+	T += 1000;
+	stack_rec(a);
+	FMSG(a, 5, 'Q', "SELECT 2\0");
+	msg(a, 5, 'C', "SELECT 1", 1);
+	z(a, 5, 'I');
+	/* prepared in one send, executed in the next: its text is known from the Parse */
+	T += 1000;
+	stack_rec(a);
+	FMSG(a, 5, 'P', "s1\0SELECT 3\0\0\0");
+	fmsg(a, 5, 'S', NULL, 0);
+	msg(a, 5, '1', NULL, 0);
+	z(a, 5, 'I');
+	bind_execute(a, s1, sizeof(s1) - 1);
+	CHECK_EQ(text_asks, 0);
+	/* a statement prepared before the attach: executed by name only */
+	bind_execute(a, s0, sizeof(s0) - 1);
+	CHECK_EQ(text_asks, 1);
+	CHECK_EQ(G.n, 4);
+	CHECK_STR(G.text[0], "SELECT 2");
+	CHECK_STR(G.text[2], "SELECT 3");
+	CHECK_STR(G.text[3], "SELECT name FROM t WHERE id = $1");
+	CHECK_EQ(G.s[3].text_state, TEXT_FROM_APP);
+	for (int i = 0; i < 3; i++)
+		CHECK(G.s[i].text_state != TEXT_FROM_APP);
 	asm_free(a);
 }
 
@@ -1264,6 +1336,7 @@ int main(void)
 		CASE(wire_asyncpg_flow),
 		CASE(wire_session_start_unseen),
 		CASE(wire_request_ending_in_a_later_send_keeps_its_stack),
+		CASE(wire_statement_text_asked_of_the_app_only_when_unknown),
 		CASE(frontend_messages_of_one_send_in_one_record),
 		CASE(wire_errors_parts_and_losses),
 		CASE(random_records),

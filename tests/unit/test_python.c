@@ -160,7 +160,7 @@ static void resolve_one(struct pystacks *ps, uint64_t code, uint32_t ident, stru
 	st->nframes = 1;
 	st->frames[0].code = code;
 	st->frames[0].ident = ident;
-	pystacks_resolve(ps, st, sizeof(rec), out);
+	pystacks_resolve(ps, st, sizeof(rec), true, out);
 }
 
 /*
@@ -263,6 +263,44 @@ TEST(hot_code_named_then_dropped_when_replaced)
 	span_py_free(&out);
 	resolve_one(&ps, c, old_unhashed, &out);
 	CHECK(out.function == NULL);
+	span_py_free(&out);
+	pystacks_free(&ps);
+}
+
+/*
+ * SQLAlchemy's do_execute frame holds the statement text (its third local): read from the
+ * process only when the span asks for it (its text not on the wire), not at every statement.
+ */
+TEST(sa_statement_read_only_when_wanted)
+{
+	static struct fake_str file, name, other, stmt;
+	static uint64_t code[8];
+	static uint8_t rec[sizeof(struct ev_stack) + sizeof(struct ev_frame)];
+	struct ev_stack *st = (struct ev_stack *)rec;
+	struct py_target t = {.version = 0x030c0000};
+	struct pystacks ps = {0};
+	struct span_py out;
+
+	fake_code_layout(&t, &file, &name, &other);
+	fake_str(&file, "/x/sqlalchemy/engine.py");
+	fake_str(&name, "D.do_execute");
+	fake_str(&stmt, "SELECT 1");
+	code[1] = (uint64_t)(uintptr_t)&file;
+	code[2] = code[3] = (uint64_t)(uintptr_t)&name;
+	code[5] = 10;
+	CHECK(pystacks_add(&ps, getpid(), &t) != NULL);
+	st->h.kind = EV_STACK;
+	st->h.pid = getpid();
+	st->nframes = 1;
+	st->frames[0].code = (uint64_t)(uintptr_t)code;
+	st->frames[0].ident = FRAME_IDENT(code[1], code[3], fake_sum(&file, true));
+	st->frames[0].local[2] = (uint64_t)(uintptr_t)&stmt;
+	pystacks_resolve(&ps, st, sizeof(rec), false, &out);
+	CHECK(out.present);
+	CHECK(out.sa_statement == NULL);
+	span_py_free(&out);
+	pystacks_resolve(&ps, st, sizeof(rec), true, &out);
+	CHECK_STR(out.sa_statement, "SELECT 1");
 	span_py_free(&out);
 	pystacks_free(&ps);
 }
@@ -422,6 +460,7 @@ int main(void)
 						 CASE(layout_tables),
 						 CASE(hot_code_named_then_dropped_when_replaced),
 						 CASE(hot_codes_checked_in_few_reads),
+						 CASE(sa_statement_read_only_when_wanted),
 						 CASE(sqlalchemy_frames),
 						 CASE(frames_read)};
 	return RUN("python", cases);
