@@ -19,9 +19,11 @@ case "$cache" in /*) ;; *) cache=$(pwd)/$cache ;; esac
 HOST_PKGS="qemu-system-x86 busybox-static cpio xz-utils zstd"
 # bookworm's qemu ships only the old C virtiofsd: take trixie's Rust one and the trixie libraries it links
 VIRTIOFSD_PKGS="virtiofsd libc6 libgcc-s1 libcap-ng0 libseccomp2"
-# what the guest init needs to mount the share; a module is packed (with its dependencies) only when
-# the kernel has it as a .ko, otherwise it is built in
-GUEST_MODULES="virtio virtio_ring virtio_pci fuse virtiofs overlay"
+# what the guest init needs to mount the share, and unix_diag (sqlspan finds the backend at the
+# other end of a Unix socket through it: a host's kernel loads it on demand, the guest has no
+# modprobe); a module is packed (with its dependencies) only when the kernel has it as a .ko,
+# otherwise it is built in
+GUEST_MODULES="virtio virtio_ring virtio_pci fuse virtiofs overlay unix_diag"
 MARKER=SQLSPAN-GUEST-EXIT # the guest's last line: MARKER=exit code (spelt out in guest_init too)
 
 die() {

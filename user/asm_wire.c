@@ -349,6 +349,22 @@ static void wire_unseen_session(struct assembler *a, struct aconn *c)
 		c->ident.session_unseen = true; /* its spans say so: no db.namespace, and why */
 }
 
+/*
+ * A request on a session whose StartupMessage was read but whose BackendKeyData was not (the
+ * reply's record lost: a kernel that skipped a run, a full ring; the reply comes before the first
+ * request): the backend PID from the server's side of the socket, asked once.
+ */
+static void wire_key_missing(struct assembler *a, struct aconn *c)
+{
+	c->key_asked = true;
+	if (!a->h.backend)
+		return;
+	a->st.keys_asked++;
+	a->h.backend(a->h.arg, c->pid, c->fd & ~SQLSPAN_TLS_FD, &c->ident);
+	if (c->ident.backend_pid)
+		a->st.keys_found++;
+}
+
 /* A whole frontend message; first_ts: the send its first bytes were in. */
 static void wire_message(struct assembler *a, struct aconn *c, const struct ev_hdr *h,
 			 const struct fe_msg *fm, uint64_t first_ts, bool lost)
@@ -356,6 +372,8 @@ static void wire_message(struct assembler *a, struct aconn *c, const struct ev_h
 	c->begun_ts = fm->type == 'E' ? c->bind_ts : first_ts;
 	if (fm->type && !c->session_seen)
 		wire_unseen_session(a, c);
+	else if (fm->type && !c->ident.backend_pid && !c->key_asked)
+		wire_key_missing(a, c);
 	switch (fm->type) {
 	case 0:
 		/* a new session on this socket: who it is */
@@ -366,6 +384,7 @@ static void wire_message(struct assembler *a, struct aconn *c, const struct ev_h
 		c->ident.user = fm->user[0] ? strdup(fm->user) : NULL;
 		c->ident.db = fm->database[0] ? strdup(fm->database) : NULL;
 		c->ident.backend_pid = 0; /* BackendKeyData tells */
+		c->key_asked = false;
 		c->ident.session_unseen = false;
 		c->have_ident = true;
 		c->session_seen = true;

@@ -60,6 +60,9 @@ struct asm_stats {
 	 * (asked of the server's side); of which the server's side told the database
 	 */
 	uint64_t sessions_unseen, sessions_asked, sessions_found;
+	/* sessions seen from their start whose BackendKeyData was not: asked of the system, found
+	 */
+	uint64_t keys_asked, keys_found;
 	uint64_t realigned; /* pending requests ended because the kernel skipped runs */
 };
 

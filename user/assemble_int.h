@@ -47,6 +47,7 @@ struct aconn {
 	/* wire sockets (asm_wire.c) */
 	bool wire;		/* the application speaks the protocol itself on this socket */
 	bool session_seen;	/* its StartupMessage was read, or its first request */
+	bool key_asked;		/* its BackendKeyData missed: the backend asked of the system */
 	struct wpartial *fmsg;	/* the frontend message being reassembled */
 	struct portal *portals; /* portal -> statement, from Bind */
 	size_t nportals;

@@ -974,6 +974,11 @@ static void summary(struct tracer *t, uint64_t open_at_end)
 		     (unsigned long long)st->sessions_unseen,
 		     (unsigned long long)st->sessions_asked,
 		     (unsigned long long)st->sessions_found);
+	if (st->keys_asked)
+		vlog(t,
+		     "wire sessions whose BackendKeyData went unseen (its record lost): %llu, %llu "
+		     "of which given their backend PID by the system",
+		     (unsigned long long)st->keys_asked, (unsigned long long)st->keys_found);
 	if (st->desyncs)
 		vlog(t,
 		     "streams not followed: %llu bad header, %llu too many messages in one read, "

@@ -185,8 +185,8 @@ def test_session_start_not_seen(cluster, tmp_path, transport):
     handed to the traced one after the attach; on 7.x kernels, its record lost to a skipped run):
     its user, database and backend PID were on the wire only then, so sqlspan asks the backend
     process holding the other end of the socket. Every span has them, as the server knows them.
-    (A Unix socket's other end is found through sock_diag's unix_diag module, which the kernel
-    matrix's VMs cannot load: they run the TCP case.)"""
+    (A Unix socket's other end is found through sock_diag's unix_diag module: the kernel
+    matrix's VMs load it at boot, as a host's kernel does on demand.)"""
     import json
     import socket
     import subprocess

@@ -11,10 +11,12 @@ from lib import (check_against_record, check_against_server, check_counted, exec
 def check_identity(spans, cluster, backends, address, port=None, transport="unix", args=(),
                    unseen_ok=False):
     """unseen_ok: a run with losses, where a connection's StartupMessage may have gone in a
-    skipped run and its backend not be found (the kernel matrix's VMs cannot load unix_diag):
-    such spans say so (sqlspan.session_unseen) and have no database, user or backend PID; a Unix
-    socket's connect() may have gone in a skipped run: its spans have no server.address; and the
-    reply carrying its BackendKeyData may have: its spans have no backend PID."""
+    skipped run and its backend not be found (where the system cannot tell a Unix socket's other
+    end: no unix_diag): such spans say so (sqlspan.session_unseen) and have no database, user or
+    backend PID; a Unix socket's connect() may have gone in a skipped run: its spans have no
+    server.address; and the reply carrying its BackendKeyData may have: no backend PID. The
+    kernel matrix's VMs load unix_diag, as a host's kernel does on demand: there sqlspan finds
+    all three from the system, and these allowances are what a machine without it would show."""
     for s in spans:
         assert s["db.system.name"] == "postgresql"
         assert s["sqlspan.capture"] == libpq_capture(args), s
@@ -25,14 +27,14 @@ def check_identity(spans, cluster, backends, address, port=None, transport="unix
             assert s["db.namespace"] == "postgres", s
             assert s["postgresql.user"] == "postgres", s
             if unseen_ok and s.get("postgresql.backend_pid") is None:
-                # the server's BackendKeyData went in a skipped run, and the VM cannot ask
-                # unix_diag which backend holds the other end: none rather than a wrong one
+                # the server's BackendKeyData went in a skipped run, and no unix_diag to ask
+                # which backend holds the other end: none rather than a wrong one
                 assert transport == "unix", s
             else:
                 assert s["postgresql.backend_pid"] in backends, s
         if unseen_ok and s["server.address"] is None:
-            # its connect() went in a skipped run, and the VM cannot ask unix_diag for the
-            # socket's other end: no address rather than a wrong one (README, server.address)
+            # its connect() went in a skipped run, and no unix_diag to ask for the socket's
+            # other end: no address rather than a wrong one (README, server.address)
             assert transport == "unix" and s.get("network.transport") is None, s
         else:
             assert s["server.address"] == address, s

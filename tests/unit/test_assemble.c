@@ -13,6 +13,7 @@ struct got {
 	char *text[MAXS];
 	char db[MAXS][32];
 	bool unseen[MAXS];
+	int bpid[MAXS]; /* postgresql.backend_pid as output.c takes it */
 	int n;
 };
 
@@ -45,6 +46,9 @@ static void hook_span(void *arg, const struct span *s)
 	snprintf(G.db[G.n], sizeof(G.db[0]), "%s",
 		 s->ident && s->ident->db ? s->ident->db : "(none)");
 	G.unseen[G.n] = s->ident && s->ident->session_unseen;
+	G.bpid[G.n] = s->backend_pid		    ? s->backend_pid
+		      : s->ident && s->ident->known ? s->ident->backend_pid
+						    : 0;
 	G.s[G.n].ident = NULL;
 	G.n++;
 }
@@ -977,10 +981,40 @@ static void hook_backend(void *arg, uint32_t pid, int fd, struct conn_ident *id)
 	backend_asked[fd & 15]++;
 	if (fd == 9)
 		return; /* a server elsewhere: nothing known */
-	id->user = strdup("carol");
-	id->db = strdup("ledger");
+	/* what the identity lacks (as main.c's backend_fill) */
+	if (!id->user)
+		id->user = strdup("carol");
+	if (!id->db)
+		id->db = strdup("ledger");
 	if (!id->backend_pid)
 		id->backend_pid = 4242;
+}
+
+/* An assembler whose hooks answer for the system (hook_backend), G and the asks cleared. */
+static struct assembler *asm_with_backend(void)
+{
+	static const struct asm_hooks h = {.ident = hook_ident_addr,
+					   .backend = hook_backend,
+					   .exe = hook_exe,
+					   .span = hook_span};
+
+	asm_free(fresh(4096)); /* G cleared */
+	memset(backend_asked, 0, sizeof(backend_asked));
+	return asm_new(&h, 4096, 42);
+}
+
+/*
+ * A session's StartupMessage (bob, shop) and the server's reply, with its BackendKeyData (backend
+ * 12345) if `key`.
+ */
+static void session_start(struct assembler *a, int fd, bool key)
+{
+	static const uint8_t k[8] = {0, 0, 0x30, 0x39, 1, 2, 3, 4};
+
+	FMSG(a, fd, 0, "\0\3\0\0user\0bob\0database\0shop\0\0");
+	if (key)
+		msg_parts(a, fd, 'K', k, 8, 0, 0, 0);
+	z(a, fd, 'I');
 }
 
 /*
@@ -990,20 +1024,9 @@ static void hook_backend(void *arg, uint32_t pid, int fd, struct conn_ident *id)
  */
 TEST(wire_session_start_unseen)
 {
-	static const struct asm_hooks h = {.ident = hook_ident_addr,
-					   .backend = hook_backend,
-					   .exe = hook_exe,
-					   .span = hook_span};
-	static const uint8_t key[8] = {0, 0, 0x30, 0x39, 1, 2, 3, 4};
-	struct assembler *a;
+	struct assembler *a = asm_with_backend();
 
-	asm_free(fresh(4096)); /* G cleared */
-	memset(backend_asked, 0, sizeof(backend_asked));
-	a = asm_new(&h, 4096, 42);
-	/* seen from its start */
-	FMSG(a, 5, 0, "\0\3\0\0user\0bob\0database\0shop\0\0");
-	msg_parts(a, 5, 'K', key, 8, 0, 0, 0);
-	z(a, 5, 'I');
+	session_start(a, 5, true); /* seen from its start */
 	FMSG(a, 5, 'Q', "SELECT 1");
 	msg(a, 5, 'C', "SELECT 1", 1);
 	z(a, 5, 'I');
@@ -1030,6 +1053,38 @@ TEST(wire_session_start_unseen)
 	CHECK_EQ(asm_stats(a)->sessions_unseen, 2);
 	CHECK_EQ(asm_stats(a)->sessions_asked, 2);
 	CHECK_EQ(asm_stats(a)->sessions_found, 1);
+	asm_free(a);
+}
+
+/*
+ * A session whose StartupMessage was read but whose BackendKeyData was not (the reply's record
+ * lost): its backend PID is asked of the server's side, once, at its first request; its user and
+ * database stay the StartupMessage's. A session that had its key is never asked.
+ */
+TEST(wire_backend_key_unseen)
+{
+	struct assembler *a = asm_with_backend();
+
+	session_start(a, 5, true);
+	session_start(a, 7, false); /* its BackendKeyData lost */
+	for (int i = 0; i < 2; i++) {
+		for (int fd = 5; fd <= 7; fd += 2) {
+			fmsg(a, fd, 'Q', "SELECT 1", 8);
+			msg(a, fd, 'C', "SELECT 1", 1);
+			z(a, fd, 'I');
+		}
+	}
+	CHECK_EQ(G.n, 4);
+	CHECK_EQ(G.bpid[0], 12345);
+	CHECK_EQ(G.bpid[1], 4242);
+	CHECK_EQ(G.bpid[3], 4242);
+	CHECK_STR(G.db[1], "shop");
+	CHECK(!G.unseen[1]);
+	CHECK_EQ(backend_asked[5], 0);
+	CHECK_EQ(backend_asked[7], 1);
+	CHECK_EQ(asm_stats(a)->keys_asked, 1);
+	CHECK_EQ(asm_stats(a)->keys_found, 1);
+	CHECK_EQ(asm_stats(a)->sessions_unseen, 0);
 	asm_free(a);
 }
 
@@ -1335,6 +1390,7 @@ int main(void)
 		CASE(transactions),
 		CASE(wire_asyncpg_flow),
 		CASE(wire_session_start_unseen),
+		CASE(wire_backend_key_unseen),
 		CASE(wire_request_ending_in_a_later_send_keeps_its_stack),
 		CASE(wire_statement_text_asked_of_the_app_only_when_unknown),
 		CASE(frontend_messages_of_one_send_in_one_record),
