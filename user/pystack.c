@@ -124,11 +124,6 @@ static int code_head(struct pyproc *pp, uint64_t code, uint64_t *lt_ptr, int32_t
 	return 0;
 }
 
-/*
- * A code object's identity as the BPF side reads it (FRAME_IDENT) from its file and name pointers
- * and its file name's FILE_SUM; *unhashed: the same with the hash not computed yet (-1: a str
- * computes it when first hashed; a stack read before that has this one).
- */
 /* FRAME_IDENT from the file name's length and hash (lh) and last 8 bytes (tail), as read. */
 static uint32_t ident_of(uint64_t filename, uint64_t qualname, const uint64_t lh[2], uint64_t tail,
 			 uint32_t *unhashed)
@@ -144,6 +139,11 @@ static bool tail_read(uint64_t len)
 	return len >= FILE_TAIL_MIN && len <= FILE_LEN_MAX;
 }
 
+/*
+ * A code object's identity as the BPF side reads it (FRAME_IDENT) from its file and name pointers
+ * and its file name's FILE_SUM; *unhashed: the same with the hash not computed yet (-1: a str
+ * computes it when first hashed; a stack read before that has this one).
+ */
 static uint32_t code_ident(const struct pyproc *pp, uint64_t filename, uint64_t qualname,
 			   uint32_t *unhashed)
 {
