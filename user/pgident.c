@@ -21,8 +21,11 @@ unsigned proc_read_many(pid_t pid, struct proc_piece *pieces, size_t n)
 {
 	struct iovec local[READ_MANY_IOV], remote[READ_MANY_IOV];
 	unsigned calls = 0;
-	size_t i = 0;
+	size_t i;
 
+	for (i = 0; i < n; i++)
+		pieces[i].ok = false; /* until read: also those after an early return */
+	i = 0;
 	while (i < n) {
 		size_t k = n - i < READ_MANY_IOV ? n - i : READ_MANY_IOV, j = 0;
 		ssize_t got;
@@ -32,7 +35,6 @@ unsigned proc_read_many(pid_t pid, struct proc_piece *pieces, size_t n)
 
 			local[j] = (struct iovec){p->buf, p->len};
 			remote[j] = (struct iovec){(void *)(uintptr_t)p->addr, p->len};
-			p->ok = false;
 		}
 		got = process_vm_readv(pid, local, k, remote, k, 0);
 		calls++;

@@ -320,58 +320,66 @@ static void hot_drop(struct pystacks *ps, struct pyproc *pp, uint32_t slot)
 }
 
 /*
+ * What the hot check reads of an entry in each phase (0: co_filename, co_name, co_qualname; 1:
+ * the file name's length and hash; 2: its tail), as the BPF side reads them; false: nothing.
+ */
+static bool hot_piece(const struct py_layout *l, uint64_t code, struct hot_check *h, int phase,
+		      struct proc_piece *p)
+{
+	if (phase == 0)
+		*p = (struct proc_piece){code + l->code_filename, h->p, sizeof(h->p), false};
+	else if (phase == 1 && h->p[0])
+		*p = (struct proc_piece){h->p[0] + l->unicode_length, h->lh, sizeof(h->lh), false};
+	else if (phase == 2 && h->p[0] && tail_read(h->lh[0]))
+		*p = (struct proc_piece){h->p[0] + l->unicode_ascii_data + h->lh[0] - 8, &h->tail,
+					 sizeof(h->tail), false};
+	else
+		return false;
+	return true;
+}
+
+/* An entry's fields from `phase` on as when unread (a piece cut short may be half written). */
+static void hot_unread(struct hot_check *h, int phase)
+{
+	if (phase == 0)
+		h->p[0] = 0; /* not readable: not that object */
+	if (phase <= 1) {
+		h->lh[0] = 0;
+		h->lh[1] = ~0ULL;
+	}
+	h->tail = 0;
+}
+
+/*
  * Check up to HOT_CHECK_BATCH entries of one process, each still that object? (co_filename,
  * co_name, co_qualname and the file name's length, hash and tail, as the BPF side reads them; or
- * as it did before that hash was computed). Three vectored reads for them all: the pointers,
- * then the file names' length and hash, then their tails.
+ * as it did before that hash was computed). Three vectored reads for them all, one per phase.
  */
 static void hot_check_batch(struct pystacks *ps, struct pyproc *pp, struct hot_check *hc, size_t n)
 {
 	const struct py_layout *l = &pp->t.layout;
 	struct proc_piece pc[HOT_CHECK_BATCH];
-	size_t m = 0;
+	uint16_t at[HOT_CHECK_BATCH];
 
 	for (size_t i = 0; i < n; i++)
-		pc[i] = (struct proc_piece){ps->hot[hc[i].slot].code + l->code_filename, hc[i].p,
-					    sizeof(hc[i].p), false};
-	ps->hot_reads += proc_read_many(pp->pid, pc, n);
-	for (size_t i = 0; i < n; i++) {
-		hc[i].lh[0] = 0;
-		hc[i].lh[1] = ~0ULL;
-		hc[i].tail = 0;
-		if (!pc[i].ok)
-			hc[i].p[0] = 0; /* not readable: not that object */
-	}
-	for (size_t i = 0; i < n; i++) {
-		if (hc[i].p[0])
-			pc[m++] = (struct proc_piece){hc[i].p[0] + l->unicode_length, hc[i].lh,
-						      sizeof(hc[i].lh), false};
-	}
-	ps->hot_reads += m ? proc_read_many(pp->pid, pc, m) : 0;
-	m = 0;
-	for (size_t i = 0; i < n; i++) {
-		if (!hc[i].p[0])
-			continue;
-		if (!pc[m++].ok) {
-			hc[i].lh[0] = 0;
-			hc[i].lh[1] = ~0ULL;
+		hot_unread(&hc[i], 1);
+	for (int phase = 0; phase < 3; phase++) {
+		size_t m = 0;
+
+		for (size_t i = 0; i < n; i++) {
+			if (hot_piece(l, ps->hot[hc[i].slot].code, &hc[i], phase, &pc[m]))
+				at[m++] = (uint16_t)i;
+		}
+		ps->hot_reads += m ? proc_read_many(pp->pid, pc, m) : 0;
+		for (size_t j = 0; j < m; j++) {
+			if (!pc[j].ok)
+				hot_unread(&hc[at[j]], phase);
 		}
 	}
-	m = 0;
-	for (size_t i = 0; i < n; i++) {
-		if (hc[i].p[0] && tail_read(hc[i].lh[0]))
-			pc[m++] = (struct proc_piece){hc[i].p[0] + l->unicode_ascii_data +
-							      hc[i].lh[0] - 8,
-						      &hc[i].tail, sizeof(hc[i].tail), false};
-	}
-	ps->hot_reads += m ? proc_read_many(pp->pid, pc, m) : 0;
-	m = 0;
 	for (size_t i = 0; i < n; i++) {
 		struct hot_entry *e = &ps->hot[hc[i].slot];
 		uint32_t unhashed;
 
-		if (hc[i].p[0] && tail_read(hc[i].lh[0]) && !pc[m++].ok)
-			hc[i].tail = 0;
 		if (hc[i].p[0] && (ident_of(hc[i].p[0], hc[i].p[2], hc[i].lh, hc[i].tail,
 					    &unhashed) == e->ident ||
 				   unhashed == e->ident))
