@@ -455,6 +455,7 @@ enum sqlspan_stat {
 	ST_MSGS,	  /* backend messages seen (DataRows excluded) */
 	ST_ROWS,	  /* DataRows skipped */
 	ST_RECVS,	  /* reads of tracked sockets */
+	ST_WAKEUPS,	  /* the reader woken early: the ring filling (buffer.bpf.h) */
 	ST__COUNT,
 };
 

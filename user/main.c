@@ -954,6 +954,11 @@ static void summary(struct tracer *t, uint64_t open_at_end)
 	vlog(t, "probe hits: %llu requests, %llu socket reads walked, %llu messages sent",
 	     (unsigned long long)stat_sum(t, ST_REQS), (unsigned long long)stat_sum(t, ST_RECVS),
 	     (unsigned long long)stat_sum(t, ST_MSGS));
+	if (t->use_ringbuf)
+		vlog(t,
+		     "reader woken early by a filling ring: %llu times (at each %llu KiB waiting)",
+		     (unsigned long long)stat_sum(t, ST_WAKEUPS),
+		     (unsigned long long)(t->skel->rodata->wakeup_bytes >> 10));
 	if (t->py.nprocs)
 		vlog(t,
 		     "sqlalchemy.engine.url: %llu read at the statement, %llu from a live "

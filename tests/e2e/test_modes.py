@@ -4,6 +4,7 @@ import json
 import mmap
 import os
 import re
+import signal
 import subprocess
 import time
 
@@ -172,6 +173,39 @@ def test_ring_written_ahead(cluster, tmp_path):
     assert tr.summary()["lost"] == 0
     assert check_against_server(cluster, spans, record["backends"]) == len(executed(spans)) > 250
     assert check_against_record(record, spans) > 250
+
+
+def test_reader_woken_once_per_mib(cluster, tmp_path):
+    """Records go into the ring without waking sqlspan's reader, which polls on a timer; it is
+    woken early when what waits passes each multiple of an eighth of the ring (1 MiB here), once
+    per multiple: not at every record past the first (a wakeup costs the traced thread an
+    interrupt, tens of µs on a VM, and a reader that lags would have made every statement pay
+    it). sqlspan is stopped while the app sends 2,000 statements of 2 kB (~5 MiB of records):
+    a handful of wakeups, and every statement is there when it reads them."""
+    n = 2000
+    app = App(cluster, "sql", str(tmp_path), sql=["@2000"] * n)
+    tr = Tracer([app.pid], ["-v"])
+    try:
+        tr.wait_ready()
+        os.kill(tr.p.pid, signal.SIGSTOP)
+        try:
+            app.go()
+            record = app.wait()
+        finally:
+            os.kill(tr.p.pid, signal.SIGCONT)
+    except BaseException:
+        app.p.kill()
+        tr.stop()
+        raise
+    assert tr.stop() == 0, tr.stderr
+    m = re.search(r"reader woken early by a filling ring: (\d+) times \(at each 1024 KiB", tr.stderr)
+    assert m, tr.stderr
+    assert 3 <= int(m.group(1)) <= 8, tr.stderr  # ~5 MiB waiting: 1, 2, 3, 4 (5) MiB crossed
+    skip_if_kernel_skipped_runs(tr)
+    spans = tr.spans()
+    assert tr.summary()["lost"] == 0, tr.stderr
+    assert check_against_record(record, spans) == n
+    assert check_against_server(cluster, spans, record["backends"]) == n
 
 
 def kernel_has_bpf_loop():
