@@ -4,6 +4,7 @@
 Driven over stdin/stdout by bench/run.py, one line per command:
   run N [B]    -> "wall_ns cpu_ns" for N statements, per batch of B (this process's own CPU time:
                   it pays for every probe hit, whether sqlspan is attached or not)
+  stm N        -> the CPU time of each of N statements, in ns (two clock reads around each)
   otel on|off  -> an in-process tracer on SQLAlchemy's cursor events, as OpenTelemetry's SQLAlchemy
                   instrumentation does it: an SDK span per statement, with its attributes
   quit
@@ -94,6 +95,17 @@ def main():
 
         def run(n):
             loop.run_until_complete(many(n))
+
+        async def each(n, out):
+            for _ in range(n):
+                c0 = time.process_time_ns()
+                await aconn.execute(stmt)
+                out.append(time.process_time_ns() - c0)
+
+        def stm(n):
+            out = []
+            loop.run_until_complete(each(n, out))
+            return out
     else:
         from sqlalchemy import create_engine
         engine = sync_engine = create_engine(url)
@@ -102,6 +114,14 @@ def main():
         def run(n):
             for _ in range(n):
                 conn.execute(stmt)
+
+        def stm(n):
+            out = []
+            for _ in range(n):
+                c0 = time.process_time_ns()
+                conn.execute(stmt)
+                out.append(time.process_time_ns() - c0)
+            return out
 
     run(200)  # warm up: connection, caches
     print("ready %d" % os.getpid(), flush=True)
@@ -117,6 +137,8 @@ def main():
             for _ in range(max(1, n // b)):
                 out += measure(run, b)
             print(" ".join(str(x) for x in out), flush=True)
+        elif cmd[0] == "stm":
+            print(" ".join(str(x) for x in stm(int(cmd[1]))), flush=True)
         elif cmd[0] == "otel":
             if tracer is None:
                 tracer = InProcessTracer()

@@ -16,6 +16,10 @@
  * floor stats: what kernel.bpf_stats_enabled reports as the run time of an empty program (the
  * clock reads around every run are in it): the part of every program's reported time that is
  * the measuring, not the program.
+ *
+ * floor gaps SECONDS: a loop that only reads the clock, on whatever CPU it is given: the time it
+ * loses in gaps of 10 µs or more (interrupts, and the host taking the virtual CPU away), which
+ * the kernel charges to the task that was running.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -163,6 +167,38 @@ static int stats_overhead(const char *self, struct elf_file *ef, struct floor_bp
 	return 0;
 }
 
+static double mono_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1e9 + ts.tv_nsec;
+}
+
+static int gaps(double secs)
+{
+	double start = mono_ns(), end = start + secs * 1e9, prev = start, lost = 0, longest = 0;
+	long n = 0, over100 = 0;
+
+	for (;;) {
+		double now = mono_ns(), g = now - prev;
+
+		prev = now;
+		if (now > end)
+			break;
+		if (g < 10000)
+			continue;
+		n++;
+		lost += g;
+		over100 += g >= 100000;
+		longest = g > longest ? g : longest;
+	}
+	printf("gaps of 10 us or more: %.0f a second, %.1f%% of the time lost, %.0f a second of 100 us "
+	       "or more, longest %.0f us\n",
+	       n / secs, 100 * lost / (end - start), over100 / secs, longest / 1000);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	static const struct {
@@ -182,6 +218,8 @@ int main(int argc, char **argv)
 		return attach_other(argc, argv);
 	if (argc > 1 && !strcmp(argv[1], "tracepoints"))
 		return tracepoints();
+	if (argc > 2 && !strcmp(argv[1], "gaps"))
+		return gaps(atof(argv[2]));
 	len = readlink("/proc/self/exe", self, sizeof(self) - 1);
 	if (len <= 0)
 		return 1;
