@@ -39,7 +39,7 @@ ACCOUNT_N = N  # statements of the traced process with kernel.bpf_stats_enabled 
 # section 2's statements timed one by one: these modes; a statement this much over its process's
 # median is a slow one
 STM_MODES = ("untraced", "in-process tracer", "sqlspan --no-python (driver level)",
-             "sqlspan (with Python call site)")
+             "sqlspan (with Python call site)", "empty syscall tracepoints (sqlspan's set)")
 SLOW_NS = 30000
 PER = []  # the rows of the table of statements timed one by one (section 2)
 OUT = []
@@ -440,10 +440,17 @@ def latency(cluster, env, floor_ns, overhead_ns):
         "a task for the time the host took its virtual CPU away (this VM reports no steal "
         "time: section 1's gaps), and a statement that slept for its reply may wake on a "
         "CPU the host used meanwhile. The median statement is what every statement pays; the "
-        "mean adds what tracing changes among the slow ones." % (PAIRS * BATCH, SLOW_NS // 1000))
+        "mean adds what tracing changes among the slow ones. The last column is the "
+        "reference's own median statement against its median in the same round's untraced "
+        "phase: what the mode costs a process it does not trace. Syscall tracepoints run, and "
+        "return early, for every process on the host, so every process pays for them being "
+        "there, the traced one too, on top of its added figure (the pairing takes that part "
+        "out of it); the in-process tracer's row is the control (nothing there for the "
+        "neighbour)." % (PAIRS * BATCH, SLOW_NS // 1000))
     say("")
-    say("| driver | mode | p25 µs | median statement µs | p75 µs | mean µs | slow |")
-    say("|---|---|---|---|---|---|---|")
+    say("| driver | mode | p25 µs | median statement µs | p75 µs | mean µs | slow | "
+        "untraced neighbour µs |")
+    say("|---|---|---|---|---|---|---|---|")
     for line in PER:
         say(line)
     say("")
@@ -458,7 +465,7 @@ def per_statement(driver, per):
     own = {(p, i): statistics.median(b[0][i] - b[1][i] for r, b in enumerate(base)
                                      if r % 2 == p)
            for p in (0, 1) for i in range(4)}
-    PER.append("| %s | untraced | %.1f | %.1f | %.1f | %.1f | %.1f%% / %.1f%% |" % (
+    PER.append("| %s | untraced | %.1f | %.1f | %.1f | %.1f | %.1f%% / %.1f%% | |" % (
         driver, *(statistics.median(x[0][i] for x in base) for i in range(4)),
         100 * statistics.median(x[0][4] for x in base),
         100 * statistics.median(x[1][4] for x in base)))
@@ -467,10 +474,13 @@ def per_statement(driver, per):
             continue
         got = [spread([(x[0][i] - x[1][i]) - own[(r % 2, i)] for r, x in enumerate(per[m])])
                for i in range(4)]
-        PER.append("| %s | %s | +%.2f | +%.2f ± %.2f | +%.2f | +%.2f ± %.2f | %.1f%% / %.1f%% |" % (
-            driver, m, got[0][0], got[1][0], got[1][1], got[2][0], got[3][0], got[3][1],
-            100 * statistics.median(x[0][4] for x in per[m]),
-            100 * statistics.median(x[1][4] for x in per[m])))
+        # the reference's median statement against its own in the same round, untraced
+        nb = spread([x[1][1] - base[r][1][1] for r, x in enumerate(per[m])])
+        PER.append("| %s | %s | %+.2f | %+.2f ± %.2f | %+.2f | %+.2f ± %.2f | %.1f%% / %.1f%% | "
+                   "%+.2f ± %.2f |" % (
+                       driver, m, got[0][0], got[1][0], got[1][1], got[2][0], got[3][0],
+                       got[3][1], 100 * statistics.median(x[0][4] for x in per[m]),
+                       100 * statistics.median(x[1][4] for x in per[m]), nb[0], nb[1]))
         R[("typical", driver, m)] = got[1]
 
 
