@@ -271,28 +271,32 @@ def lower_quartile(xs):
     return xs[len(xs) // 4]
 
 
-def paired(t, ref):
-    """N statements in each of two application processes on one CPU, batch by batch in turn
-    (t, ref, ref, t, ...): whatever the machine does to one batch it does to its neighbour. µs
-    per statement (wall, CPU) of t and of ref, each the lower quartile of its batches."""
+def in_turn(t, ref, cmd):
+    """cmd run PAIRS times in each of two application processes on one CPU, batch by batch in
+    turn (t, ref, ref, t, ...): whatever the machine does to one batch it does to its neighbour.
+    Each process's answers, as lists of numbers."""
     got = {t: [], ref: []}
     for k in range(PAIRS):
         for app in ((t, ref) if k % 2 == 0 else (ref, t)):
-            got[app].append([int(x) for x in app.cmd("run %d %d" % (BATCH, BATCH))])
+            got[app].append([int(x) for x in app.cmd(cmd)])
+    return got
+
+
+def paired(t, ref):
+    """N statements in each of two processes in turn (in_turn): µs per statement (wall, CPU) of
+    t and of ref, each the lower quartile of its batches."""
+    got = in_turn(t, ref, "run %d %d" % (BATCH, BATCH))
     return tuple(lower_quartile(v[i] for v in got[app]) / BATCH / 1000
                  for app in (t, ref) for i in (0, 1))
 
 
 def paired_stm(t, ref):
-    """Each statement's CPU time in the two processes, batch by batch in turn as paired() runs
-    them; per process (25th, 50th, 75th percentile, mean, in µs; share of slow statements)."""
-    got = {t: [], ref: []}
-    for k in range(PAIRS):
-        for app in ((t, ref) if k % 2 == 0 else (ref, t)):
-            got[app] += [int(x) for x in app.cmd("stm %d" % BATCH)]
+    """Each statement's CPU time in the two processes, batch by batch in turn (in_turn); per
+    process (25th, 50th, 75th percentile, mean, in µs; share of slow statements)."""
+    got = in_turn(t, ref, "stm %d" % BATCH)
     out = []
     for app in (t, ref):
-        v = sorted(got[app])
+        v = sorted(x for batch in got[app] for x in batch)
         med = v[len(v) // 2]
         out.append((v[len(v) // 4] / 1000, med / 1000, v[3 * len(v) // 4] / 1000,
                     statistics.fmean(v) / 1000, sum(1 for x in v if x > med + SLOW_NS) / len(v)))

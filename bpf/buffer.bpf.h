@@ -100,13 +100,13 @@ static __always_inline void *rec_reserve(__u32 size)
  */
 static __always_inline __u64 rb_wake(__u64 size, bool in)
 {
-	__u64 hi = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA), lo;
+	__u64 hi = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
 
 	size = ((size + 7) & ~7ULL) + 8; /* as the ring holds it: rounded up, with its header */
 	if (!in)
 		hi += size;
-	lo = hi > size ? hi - size : 0;
-	if (lo / wakeup_bytes == hi / wakeup_bytes)
+	/* [hi - size, hi) holds a multiple (a record is far smaller than wakeup_bytes) */
+	if (hi < size || hi % wakeup_bytes >= size)
 		return BPF_RB_NO_WAKEUP;
 	stat_add(ST_WAKEUPS, 1);
 	return BPF_RB_FORCE_WAKEUP;
