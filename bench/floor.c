@@ -178,7 +178,7 @@ static double mono_ns(void)
 static int gaps(double secs)
 {
 	double start = mono_ns(), end = start + secs * 1e9, prev = start, lost = 0, longest = 0;
-	long n = 0, over100 = 0;
+	long n = 0, over30 = 0, over100 = 0;
 
 	for (;;) {
 		double now = mono_ns(), g = now - prev;
@@ -190,12 +190,13 @@ static int gaps(double secs)
 			continue;
 		n++;
 		lost += g;
+		over30 += g >= 30000;
 		over100 += g >= 100000;
 		longest = g > longest ? g : longest;
 	}
-	printf("gaps of 10 us or more: %.0f a second, %.1f%% of the time lost, %.0f a second of 100 us "
-	       "or more, longest %.0f us\n",
-	       n / secs, 100 * lost / (end - start), over100 / secs, longest / 1000);
+	printf("gaps of 10 us or more: %.0f a second, %.1f%% of the time lost, %.0f a second of 30 us "
+	       "or more, %.0f a second of 100 us or more, longest %.0f us\n",
+	       n / secs, 100 * lost / (end - start), over30 / secs, over100 / secs, longest / 1000);
 	return 0;
 }
 

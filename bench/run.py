@@ -15,6 +15,7 @@ only prints; BENCH_ROUNDS, BENCH_N, BENCH_DRIVERS (psycopg2,psycopg,asyncpg,asyn
 BENCH_SKIP_MODES (words of mode names, comma-separated) narrow it.
 """
 import glob
+import math
 import os
 import re
 import signal
@@ -181,6 +182,9 @@ def floor():
         out = subprocess.run(["taskset", "-c", str(cpu), FLOOR, "gaps", "5"], check=True,
                              capture_output=True, text=True).stdout.strip()
         say("CPU %d: %s" % (cpu, out))
+        m = re.search(r"([\d.]+) a second of 30 us", out)
+        if cpu in APP_CPU and m:
+            R["gaps30"] = float(m.group(1))
     say("steal time the kernel was told of meanwhile: %d ticks" % (steal_ticks() - steal))
     say("```")
     say("")
@@ -443,7 +447,10 @@ def latency(cluster, env, floor_ns, overhead_ns):
         "reference; not Python's garbage collector: the same with it off). The kernel charges "
         "a task for the time the host took its virtual CPU away (this VM reports no steal "
         "time: section 1's gaps), and a statement that slept for its reply may wake on a "
-        "CPU the host used meanwhile. The median statement is what every statement pays; the "
+        "CPU the host used meanwhile. The untraced rows' *gaps alone* is the share that "
+        "section 1's gaps of 30 µs or more on the application's CPU would make slow by "
+        "themselves, at their rate, in a statement running as long as the median one "
+        "(1 − e^(−rate × its CPU time)). The median statement is what every statement pays; the "
         "mean adds what tracing changes among the slow ones. The last column is the "
         "reference's own median statement against its median in the same round's untraced "
         "phase: what the mode costs a process it does not trace. Syscall tracepoints run, and "
@@ -469,10 +476,14 @@ def per_statement(driver, per):
     own = {(p, i): statistics.median(b[0][i] - b[1][i] for r, b in enumerate(base)
                                      if r % 2 == p)
            for p in (0, 1) for i in range(4)}
-    PER.append("| %s | untraced | %.1f | %.1f | %.1f | %.1f | %.1f%% / %.1f%% | |" % (
+    med = statistics.median(x[0][1] for x in base)
+    # a statement is slow when the host takes its CPU away for 30 µs or more while it runs
+    gaps = ("; gaps alone: %.1f%%" % (100 * (1 - math.exp(-R["gaps30"] * med / 1e6)))
+            if "gaps30" in R else "")
+    PER.append("| %s | untraced | %.1f | %.1f | %.1f | %.1f | %.1f%% / %.1f%%%s | |" % (
         driver, *(statistics.median(x[0][i] for x in base) for i in range(4)),
         100 * statistics.median(x[0][4] for x in base),
-        100 * statistics.median(x[1][4] for x in base)))
+        100 * statistics.median(x[1][4] for x in base), gaps))
     for m in STM_MODES[1:]:
         if not per[m]:
             continue
