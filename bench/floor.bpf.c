@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-/* An empty uprobe program: what one probe hit costs, with nothing done in it. */
+/* An empty uprobe program: what one probe hit costs, with nothing done in it; and one that reads. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 
@@ -15,5 +15,18 @@ int empty(void *ctx)
 SEC("tracepoint")
 int empty_tp(void *ctx)
 {
+	return 0;
+}
+
+/* where `reader` reads (set by floor between runs) */
+__u64 read_at;
+
+/* An 8-byte read of the thread's memory: what each of the BPF side's reads costs the thread. */
+SEC("uprobe")
+int reader(void *ctx)
+{
+	__u64 v;
+
+	bpf_probe_read_user(&v, sizeof(v), (const void *)read_at);
 	return 0;
 }

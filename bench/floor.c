@@ -3,7 +3,8 @@
  * The floor of probe costs on this machine: calls of tiny functions, untraced and with an empty
  * BPF uprobe (and uretprobe) on them, where the first instruction is one the kernel emulates
  * (push, nop) and one it must single-step (mov). Prints one line per case: ns per call and the
- * added ns per probe hit. Usage: floor [CALLS]
+ * added ns per probe hit; then what an 8-byte read of the thread's memory in the probe adds, at a
+ * page the thread uses and at one it never touched. Usage: floor [CALLS]
  *
  * floor attach PID LIBRARY SYMBOL[+OFF] [ret]: put an empty uprobe (and uretprobe) on SYMBOL in another
  * process until stdin closes, attached as sqlspan attaches its own (ulink.h): the cost of a design
@@ -26,6 +27,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/mman.h>
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include "elffile.h"
@@ -200,6 +202,46 @@ static int gaps(double secs)
 	return 0;
 }
 
+/*
+ * What a BPF program's read of the thread's memory costs the thread: at a page it uses, and at a
+ * page mapped but never touched (not in the page tables: the read fails, through a page fault
+ * the kernel does not serve). Against the same probe empty, at a nop.
+ */
+static int reads(const char *self, struct elf_file *ef, struct floor_bpf *skel, long n)
+{
+	static volatile uint64_t used = 1;
+	void *fresh = mmap(NULL, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	struct bpf_link *l;
+	double bare, ok, fail;
+	uint64_t va, foff;
+
+	if (fresh == MAP_FAILED || used != 1 || elff_sym(ef, "f_nop", &va, NULL))
+		return 1; /* (used read here: its page is in the page tables) */
+	foff = elff_file_offset(ef, va);
+	l = bpf_program__attach_uprobe(skel->progs.empty, false, getpid(), self, foff);
+	if (!l)
+		goto fail;
+	bare = per_call(f_nop, n / 10);
+	bpf_link__destroy(l);
+	l = bpf_program__attach_uprobe(skel->progs.reader, false, getpid(), self, foff);
+	if (!l)
+		goto fail;
+	skel->bss->read_at = (uint64_t)&used;
+	ok = per_call(f_nop, n / 10);
+	skel->bss->read_at = (uint64_t)fresh;
+	fail = per_call(f_nop, n / 10);
+	bpf_link__destroy(l);
+	munmap(fresh, 4096);
+	printf("\n%-48s %12s\n", "in the probe: an 8-byte read of the thread's memory", "ns/read");
+	printf("%-48s %12.1f\n", "at a page it uses", ok - bare);
+	printf("%-48s %12.1f\n", "at a page mapped, never touched (the read fails)", fail - bare);
+	return 0;
+fail:
+	fprintf(stderr, "floor: cannot attach uprobes\n");
+	munmap(fresh, 4096);
+	return 1;
+}
+
 int main(int argc, char **argv)
 {
 	static const struct {
@@ -257,6 +299,8 @@ int main(int argc, char **argv)
 		printf("%-34s %12.1f %12.1f %12.1f %12.1f\n", fns[i].first, base, up - base,
 		       both - up, both - base);
 	}
+	if (reads(self, ef, skel, n))
+		return 1;
 	floor_bpf__destroy(skel);
 	elff_close(ef);
 	return 0;
