@@ -18,8 +18,9 @@ int empty_tp(void *ctx)
 	return 0;
 }
 
-/* where `reader` reads (set by floor between runs) */
+/* where `reader` reads (set by floor between runs), and how many of its reads failed */
 __u64 read_at;
+__u64 read_failed;
 
 /* An 8-byte read of the thread's memory: what each of the BPF side's reads costs the thread. */
 SEC("uprobe")
@@ -27,6 +28,7 @@ int reader(void *ctx)
 {
 	__u64 v;
 
-	bpf_probe_read_user(&v, sizeof(v), (const void *)read_at);
+	if (bpf_probe_read_user(&v, sizeof(v), (const void *)read_at))
+		__sync_fetch_and_add(&read_failed, 1);
 	return 0;
 }

@@ -213,7 +213,7 @@ static int reads(const char *self, struct elf_file *ef, struct floor_bpf *skel, 
 	void *fresh = mmap(NULL, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	struct bpf_link *l;
 	double bare, ok, fail;
-	uint64_t va, foff;
+	uint64_t va, foff, failed_ok, failed_fail;
 
 	if (fresh == MAP_FAILED || used != 1 || elff_sym(ef, "f_nop", &va, NULL))
 		return 1; /* (used read here: its page is in the page tables) */
@@ -228,10 +228,19 @@ static int reads(const char *self, struct elf_file *ef, struct floor_bpf *skel, 
 		goto fail;
 	skel->bss->read_at = (uint64_t)&used;
 	ok = per_call(f_nop, n / 10);
+	failed_ok = skel->bss->read_failed;
 	skel->bss->read_at = (uint64_t)fresh;
 	fail = per_call(f_nop, n / 10);
+	failed_fail = skel->bss->read_failed - failed_ok;
 	bpf_link__destroy(l);
 	munmap(fresh, 4096);
+	/* the kernel's word on which reads failed, not the labels' (5 runs of n / 10 calls each) */
+	if (failed_ok || failed_fail != 5 * (uint64_t)(n / 10)) {
+		fprintf(stderr, "floor: reads failed: %llu at the page in use, %llu of %ld at the "
+				"untouched one\n",
+			(unsigned long long)failed_ok, (unsigned long long)failed_fail, 5 * (n / 10));
+		return 1;
+	}
 	printf("\n%-48s %12s\n", "in the probe: an 8-byte read of the thread's memory", "ns/read");
 	printf("%-48s %12.1f\n", "at a page it uses", ok - bare);
 	printf("%-48s %12.1f\n", "at a page mapped, never touched (the read fails)", fail - bare);

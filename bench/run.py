@@ -176,8 +176,8 @@ def floor():
     say("The last lines: what one 8-byte read of the traced thread's memory adds to a probe, "
         "where the page is in use, and where it is mapped but was never touched: that read "
         "fails through a page fault the kernel does not serve, and a fault costs about what "
-        "a probe's trap does here (each is an exception). sqlspan's Python stack walk reads "
-        "only memory the interpreter is using: its reads are of the first kind.")
+        "a probe's trap does here (each is an exception); floor checks that the first kind of "
+        "read succeeded and the second failed, every time.")
     say("")
     say("What a busy CPU loses here (a loop that only reads the clock, 5 s on each CPU): the "
         "kernel charges these gaps to the task that runs; where the hypervisor reports no "
