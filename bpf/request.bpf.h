@@ -147,12 +147,13 @@ static __noinline void req_ident(void *ctx, struct req_work *rw, struct lib_rang
 		stat_add(ST_DROP_OTHER, 1);
 }
 
+_Static_assert(!(__builtin_offsetof(struct req_work, cb) & 3), "cb is 4-aligned (AL32)");
+
 /* The int at PGconn offset `off`, from the block read (off within it: see conn_block). */
 static __always_inline void cb_int(struct req_work *rw, struct lib_range *lib, __s16 off, void *dst)
 {
 	if (off >= 0)
-		*(__u32 *)dst =
-			*(__u32 *)&rw->cb[(__u32)(off - lib->blk_lo) & (SQLSPAN_CONN_BLK - 4)];
+		*(__u32 *)dst = AL32(rw->cb, (__u32)(off - lib->blk_lo) & (SQLSPAN_CONN_BLK - 4));
 }
 
 /* sock, pipelineStatus and be_pid in one read of the PGconn; 1 if done. */
