@@ -301,7 +301,7 @@ static __noinline int py_read_window(struct stack_buf *sb, struct scratch *win)
 }
 
 /* Read one frame into sb->fb; 0 on success. */
-static __noinline int py_read_frame(struct stack_buf *sb, struct scratch *win)
+static __always_inline int py_read_frame(struct stack_buf *sb, struct scratch *win)
 {
 	__u64 off;
 
@@ -383,7 +383,7 @@ static long ctx_find_cb(__u32 i, void *data)
  * The identity of a long-lived code object as userspace checked it (0: read it); an
  * application code object's marks the record's call site as seen (sb->site).
  */
-static __noinline __u32 hot_ident(struct stack_buf *sb, __u64 code)
+static __always_inline __u32 hot_ident(struct stack_buf *sb, __u64 code)
 {
 	__u32 slot = SQLSPAN_HOT_SLOT(code);
 	struct hot_code *hc = bpf_map_lookup_elem(&hot_codes, &slot);
