@@ -32,3 +32,55 @@ int reader(void *ctx)
 		__sync_fetch_and_add(&read_failed, 1);
 	return 0;
 }
+
+/*
+ * What a call costs inside a BPF program: CALLS calls of a BPF function (call and return), or of
+ * a helper, against the same loop with the work inline. Where the kernel mitigates SRSO or
+ * Retbleed, every return goes through a return thunk: the BPF side's design counts calls.
+ */
+#define CALLS 64
+__u64 sink;
+
+__noinline int floor_step(int x)
+{
+	return x + 1;
+}
+
+SEC("uprobe")
+int calls_inline(void *ctx)
+{
+	int x = 0;
+
+	for (int i = 0; i < CALLS; i++) {
+		x = x + 1;
+		asm volatile("" : "+r"(x));
+	}
+	sink = x;
+	return 0;
+}
+
+SEC("uprobe")
+int calls_bpf(void *ctx)
+{
+	int x = 0;
+
+	for (int i = 0; i < CALLS; i++) {
+		x = floor_step(x);
+		asm volatile("" : "+r"(x));
+	}
+	sink = x;
+	return 0;
+}
+
+SEC("uprobe")
+int calls_helper(void *ctx)
+{
+	int x = 0;
+
+	for (int i = 0; i < CALLS; i++) {
+		x += bpf_get_prandom_u32() & 1;
+		asm volatile("" : "+r"(x));
+	}
+	sink = x;
+	return 0;
+}

@@ -251,6 +251,46 @@ fail:
 	return 1;
 }
 
+/* per_call of f_nop with prog attached there, in ns */
+static double with_prog(const char *self, uint64_t foff, struct bpf_program *prog, long n)
+{
+	struct bpf_link *l = bpf_program__attach_uprobe(prog, false, getpid(), self, foff);
+	double ns;
+
+	if (!l)
+		return -1;
+	ns = per_call(f_nop, n);
+	bpf_link__destroy(l);
+	return ns;
+}
+
+/*
+ * What a call costs in a BPF program (the kernel's mitigations make each return dearer on some
+ * CPUs): CALLS calls of a BPF function, and of a helper, against the same loop inline.
+ */
+static int calls(const char *self, struct elf_file *ef, struct floor_bpf *skel, long n)
+{
+	double in, bpf, helper;
+	uint64_t va, foff;
+	bool counted;
+
+	if (elff_sym(ef, "f_nop", &va, NULL))
+		return 1;
+	foff = elff_file_offset(ef, va);
+	in = with_prog(self, foff, skel->progs.calls_inline, n);
+	bpf = with_prog(self, foff, skel->progs.calls_bpf, n);
+	counted = skel->bss->sink == 64; /* the calls were made */
+	helper = with_prog(self, foff, skel->progs.calls_helper, n);
+	if (in < 0 || bpf < 0 || helper < 0 || !counted) {
+		fprintf(stderr, "floor: cannot attach the call programs\n");
+		return 1;
+	}
+	printf("\n%-48s %12s\n", "in the probe: a call (64 in a loop, less inline)", "ns/call");
+	printf("%-48s %12.1f\n", "of a BPF function, and its return", (bpf - in) / 64);
+	printf("%-48s %12.1f\n", "of a helper (bpf_get_prandom_u32)", (helper - in) / 64);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	static const struct {
@@ -308,7 +348,7 @@ int main(int argc, char **argv)
 		printf("%-34s %12.1f %12.1f %12.1f %12.1f\n", fns[i].first, base, up - base,
 		       both - up, both - base);
 	}
-	if (reads(self, ef, skel, n))
+	if (calls(self, ef, skel, n / 10) || reads(self, ef, skel, n))
 		return 1;
 	floor_bpf__destroy(skel);
 	elff_close(ef);

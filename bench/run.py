@@ -153,6 +153,28 @@ class Cluster:
                 pass
 
 
+def hypervisor():
+    """What the kernel said it runs on (dmesg), or what the CPU flags say."""
+    out = subprocess.run(["dmesg"], capture_output=True, text=True).stdout
+    m = re.search(r"Hypervisor detected: (.*)", out)
+    if m:
+        return m.group(1).strip()
+    with open("/proc/cpuinfo") as f:
+        return "one, unnamed" if " hypervisor" in f.read() else "none"
+
+
+def mitigations():
+    """The kernel's word on SRSO, Retbleed and Spectre v2 (return thunks, retpolines)."""
+    got = []
+    for v in ("spec_rstack_overflow", "retbleed", "spectre_v2"):
+        try:
+            with open("/sys/devices/system/cpu/vulnerabilities/" + v) as f:
+                got.append("%s: %s" % (v, f.read().strip()))
+        except OSError:
+            pass
+    return "; ".join(got) or "not reported"
+
+
 def steal_ticks():
     """The steal time /proc/stat reports for all CPUs (ticks)."""
     with open("/proc/stat") as f:
@@ -172,6 +194,12 @@ def floor():
         if m:
             costs.setdefault(m.group(1), float(m.group(2)))
     say("```")
+    say("")
+    say("The middle lines: what a call inside a BPF program costs, of a BPF function (call "
+        "and return) and of a kernel helper, 64 in a loop against the same loop inline: where "
+        "the kernel mitigates SRSO or Retbleed every return goes through a return thunk, and "
+        "the BPF side's every step pays it (its functions, its helper calls, its map lookups "
+        "and user memory reads, which are helper calls).")
     say("")
     say("The last lines: what one 8-byte read of the traced thread's memory adds to a probe, "
         "where the page is in use, and where it is mapped but was never touched: that read "
@@ -773,6 +801,9 @@ def main():
     say("")
     say("Machine: %s, %d cores, kernel %s. %s." % (cpu, os.cpu_count(), os.uname().release,
                                                 time.strftime("%Y-%m-%d")))
+    say("")
+    say("Hypervisor: %s. The kernel's mitigations that make calls and returns dearer: %s." % (
+        hypervisor(), mitigations()))
     say("")
     cluster = Cluster()
     try:
