@@ -52,6 +52,9 @@ struct {
  */
 #define PY_WIN 4096
 
+/* pages remembered per thread where a window from below failed: data stack chunks' first */
+#define PY_WIN_BAD 8
+
 #define HOT_SEEN (1u << 31) /* stack_buf.hot: the code object is in hot_codes */
 
 /* An object's fields are read with one read of its first PY_OB bytes (ob_load, ob64). */
@@ -96,7 +99,12 @@ struct stack_buf {
 	__u32 ob_len;
 	__u32 tstate_tgid; /* the process of: */
 	__u64 tstate_seen; /* the thread's PyThreadState, as last found (bpf_loop kernels) */
-	__u8 ob[PY_OB];	   /* an object's first bytes (ob_load) */
+	__u64 win_bad_pg[PY_WIN_BAD]; /* pages whose frames' window from below failed */
+	__u32 win_bad_at;	      /* where the next one goes */
+	__u32 _pad3;
+	__u32 top_win; /* the last walk's top frame had its caller just below */
+	__u32 _pad2;
+	__u8 ob[PY_OB]; /* an object's first bytes (ob_load) */
 };
 
 _Static_assert(sizeof(struct stack_buf) <= sizeof(struct scratch), "stack_buf fits");
@@ -120,6 +128,21 @@ struct {
 	__type(key, __u32);
 	__type(value, struct stack_buf);
 } stackbufs SEC(".maps");
+
+/*
+ * A read of the thread's memory for the walk's frames and objects, on bpf_loop kernels (the
+ * bounded-loop programs' verifier budget has no room for the count). One that fails is counted
+ * (sqlspan -v shows them): a failed read is a page fault the kernel does not serve, as dear as a
+ * probe's trap on some hypervisors (bench/floor), so the walk must never make them routinely.
+ */
+static __always_inline long py_read_counted(void *dst, __u32 n, const void *src)
+{
+	long err = bpf_probe_read_user(dst, n, src);
+
+	if (err)
+		stat_add(ST_PY_READ_FAILED, 1);
+	return err;
+}
 
 /* A C string (a type's tp_name) is "_AsyncIoGreenlet"? */
 static __always_inline bool str_is_c(struct stack_buf *sb, __u64 addr)
@@ -162,7 +185,7 @@ static __noinline void ob_load(struct stack_buf *sb, __u64 addr, __u32 n)
 	n = n < PY_OB ? n : PY_OB;
 	n = ((n - 1) & (PY_OB - 1)) + 1; /* 1 to PY_OB, the verifier sure */
 	sb->ob_len = 0;
-	if (addr && !bpf_probe_read_user(sb->ob, n, (const void *)addr)) {
+	if (addr && !py_read_counted(sb->ob, n, (const void *)addr)) {
 		sb->ob_addr = addr;
 		sb->ob_len = n;
 	}
@@ -270,21 +293,38 @@ static __always_inline __u64 fb64(struct stack_buf *sb, __s32 off)
 	return AL64(sb->fb, off & (SQLSPAN_FRAME_READ - 8));
 }
 
+/* Is pg one of the pages a window from below failed for? */
+static __always_inline bool win_bad(struct stack_buf *sb, __u64 pg)
+{
+	for (int i = 0; i < PY_WIN_BAD; i++) {
+		if (sb->win_bad_pg[i] == pg)
+			return true;
+	}
+	return false;
+}
+
 /*
  * Read PY_WIN bytes ending with the frame at sb->frame (or from its page on); 0 on success. A
  * suspended greenlet's frames sit at the start of its own data stack chunk (a mapping of its own):
  * the bytes below them are not mapped, and a read that fails there costs the thread a page fault
- * (more than several reads that succeed): from the frame's page on, at once.
+ * (more than several reads that succeed): from the frame's page on, at once. So do the frames at
+ * the bottom of each of the running stack's chunks, once a read from below them failed (the
+ * thread's stack_buf remembers the last PY_WIN_BAD such pages: --stack walks there at every
+ * statement).
  */
 static __noinline int py_read_window(struct stack_buf *sb, struct scratch *win)
 {
 	__u64 f = sb->frame, lo = f + SQLSPAN_FRAME_READ - PY_WIN, n;
 
 	sb->win_len = 0;
-	if (!sb->glet && !bpf_probe_read_user(win->bytes, PY_WIN, (const void *)lo)) {
-		sb->win_lo = lo;
-		sb->win_len = PY_WIN;
-		return 0;
+	if (!sb->glet && !win_bad(sb, f & ~4095ULL)) {
+		if (!py_read_counted(win->bytes, PY_WIN, (const void *)lo)) {
+			sb->win_lo = lo;
+			sb->win_len = PY_WIN;
+			return 0;
+		}
+		/* the bottom of a data stack chunk: its page's frames read from the page on */
+		sb->win_bad_pg[sb->win_bad_at++ & (PY_WIN_BAD - 1)] = f & ~4095ULL;
 	}
 	/* the bytes below may be another mapping's, or none: from the frame's page on */
 	if ((f & ~4095ULL) > lo)
@@ -293,7 +333,7 @@ static __noinline int py_read_window(struct stack_buf *sb, struct scratch *win)
 	if (n > PY_WIN)
 		return -1;
 	n = ((n - 1) & (PY_WIN - 1)) + 1; /* as it was: 1 to PY_WIN, the verifier sure */
-	if (bpf_probe_read_user(win->bytes, n, (const void *)lo))
+	if (py_read_counted(win->bytes, n, (const void *)lo))
 		return -1;
 	sb->win_lo = lo;
 	sb->win_len = n;
@@ -325,12 +365,18 @@ static __always_inline int py_read_frame(struct stack_buf *sb, struct scratch *w
 single:
 	if (!bpf_probe_read_user(sb->fb, SQLSPAN_FRAME_READ, (const void *)sb->frame))
 		return 0;
+	if (win) /* bpf_loop kernels: counted (py_read_counted) */
+		stat_add(ST_PY_READ_FAILED, 1);
 	/* a small frame at the end of a mapping: read what it surely has */
 	*(__u64 *)&sb->fb[96] = 0;
 	*(__u64 *)&sb->fb[104] = 0;
 	*(__u64 *)&sb->fb[112] = 0;
 	*(__u64 *)&sb->fb[120] = 0;
-	return bpf_probe_read_user(sb->fb, 96, (const void *)sb->frame) ? -1 : 0;
+	if (!bpf_probe_read_user(sb->fb, 96, (const void *)sb->frame))
+		return 0;
+	if (win)
+		stat_add(ST_PY_READ_FAILED, 1);
+	return -1;
 }
 
 /* PyMethodObject.im_self (after PyObject_HEAD and im_func), 3.11 to 3.14 */
@@ -847,7 +893,6 @@ fast:
 		struct stack_buf *sb = wc->sb;                                                     \
 		int r;                                                                             \
                                                                                                    \
-		(void)i;                                                                           \
 		if (!sb->frame)                                                                    \
 			return 1;                                                                  \
 		if (sb->glet && sb->frame == sb->gs_frame) {                                       \
@@ -864,6 +909,9 @@ fast:
 			      fb64(sb, wc->cfg->frame_previous) < sb->frame &&                     \
 			      sb->frame - fb64(sb, wc->cfg->frame_previous) <                      \
 				      PY_WIN - SQLSPAN_FRAME_READ;                                 \
+		/* the top frame's caller was just below: next time, one window for both */        \
+		if (GREENLETS && i == 0 && !sb->glet)                                              \
+			sb->top_win = sb->win_try;                                                 \
 		r = py_add_frame(wc->cfg, sb);                                                     \
 		if (r == 1)                                                                        \
 			return 1;                                                                  \
@@ -909,10 +957,11 @@ DEFINE_FRAME_CB(frame_cb_loop, 1)
 		struct frames_ctx wc = {.cfg = cfg, .sb = sb};                                     \
                                                                                                    \
 		/* bounded-loop kernels: frame by frame (the verifier's budget); the running */    \
-		/* stack's first frame alone: whether a window pays is up to where its caller */   \
-		/* is (an async driver's top frame is called from a coroutine elsewhere) */        \
+		/* stack's first frame through a window only if the last walk found its caller */  \
+		/* just below it (an async driver's top frame is called from a coroutine */        \
+		/* elsewhere: a window there would be read for nothing) */                         \
 		sb->win_len = 0;                                                                   \
-		sb->win_try = LOOPED && sb->glet;                                                  \
+		sb->win_try = LOOPED && (sb->glet || sb->top_win);                                 \
 		if (LOOPED) {                                                                      \
 			wc.win = scratch_area();                                                   \
 			if (!wc.win)                                                               \

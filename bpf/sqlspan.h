@@ -445,17 +445,18 @@ enum desync_reason {
 
 /* Counters in the per-CPU `stats` map. */
 enum sqlspan_stat {
-	ST_DROP_TEXT = 0, /* text chunks lost: ring/perf buffer full */
-	ST_DROP_REQ,	  /* requests lost */
-	ST_DROP_MSG,	  /* backend messages lost */
-	ST_DROP_OTHER,	  /* other records lost */
-	ST_DESYNC,	  /* sockets whose stream could not be followed */
-	ST_FD_FULL,	  /* sockets not tracked: table full */
-	ST_REQS,	  /* requests seen */
-	ST_MSGS,	  /* backend messages seen (DataRows excluded) */
-	ST_ROWS,	  /* DataRows skipped */
-	ST_RECVS,	  /* reads of tracked sockets */
-	ST_WAKEUPS,	  /* the reader woken early: the ring filling (buffer.bpf.h) */
+	ST_DROP_TEXT = 0,  /* text chunks lost: ring/perf buffer full */
+	ST_DROP_REQ,	   /* requests lost */
+	ST_DROP_MSG,	   /* backend messages lost */
+	ST_DROP_OTHER,	   /* other records lost */
+	ST_DESYNC,	   /* sockets whose stream could not be followed */
+	ST_FD_FULL,	   /* sockets not tracked: table full */
+	ST_REQS,	   /* requests seen */
+	ST_MSGS,	   /* backend messages seen (DataRows excluded) */
+	ST_ROWS,	   /* DataRows skipped */
+	ST_RECVS,	   /* reads of tracked sockets */
+	ST_WAKEUPS,	   /* the reader woken early: the ring filling (buffer.bpf.h) */
+	ST_PY_READ_FAILED, /* Python stack reads that failed (pystack.bpf.h: py_read) */
 	ST__COUNT,
 };
 

@@ -208,6 +208,12 @@ def test_call_sites(cluster, tmp_path, name, make):
     assert m, tr.stderr[-2000:]
     at_stmt, live, remembered, unknown = map(int, m.groups())
     assert unknown == 0 and at_stmt >= 0.9 * n, m.group(0)
+    # the walk never reads memory that is not there routinely: a failed read is a page fault
+    # (a probe trap's price on some hypervisors); the bottom of a data stack chunk makes one
+    # per thread and chunk (its page is then remembered; 1-5 a thread seen with --stack's deep
+    # walks, the most on 3.13+, whose chunks come and go), never one a statement
+    m = re.search(r"Python stack reads that failed: (\d+)", tr.stderr)
+    assert m and int(m.group(1)) * 5 <= n, (m and m.group(0), n)
     assert SECRET_PW not in "".join(tr.out_lines + tr.err_lines)
     assert site_ok * 1000 >= n * 999, "call site exact for %d of %d; first misses: %s" % (
         site_ok, n, misses[:5])
