@@ -799,11 +799,10 @@ def main():
                 break
     say("# sqlspan benchmark")
     say("")
-    say("Machine: %s, %d cores, kernel %s. %s." % (cpu, os.cpu_count(), os.uname().release,
-                                                time.strftime("%Y-%m-%d")))
-    say("")
-    say("Hypervisor: %s. The kernel's mitigations that make calls and returns dearer: %s." % (
-        hypervisor(), mitigations()))
+    say("Machine: %s, %d cores, kernel %s, hypervisor %s. %s. The kernel's mitigations that "
+        "make calls and returns dearer: %s." % (cpu, os.cpu_count(), os.uname().release,
+                                               hypervisor(), time.strftime("%Y-%m-%d"),
+                                               mitigations()))
     say("")
     cluster = Cluster()
     try:
