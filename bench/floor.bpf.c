@@ -46,41 +46,24 @@ __noinline int floor_step(int x)
 	return x + 1;
 }
 
-SEC("uprobe")
-int calls_inline(void *ctx)
-{
-	int x = 0;
-
-	for (int i = 0; i < CALLS; i++) {
-		x = x + 1;
-		asm volatile("" : "+r"(x));
+/* One program: CALLS steps of STEP(x), each kept from the compiler; sink = CALLS when run. */
+#define CALL_LOOP(NAME, STEP)                                                                      \
+	SEC("uprobe")                                                                              \
+	int NAME(void *ctx)                                                                        \
+	{                                                                                          \
+		int x = 0;                                                                         \
+                                                                                                   \
+		for (int i = 0; i < CALLS; i++) {                                                  \
+			x = STEP(x);                                                               \
+			asm volatile("" : "+r"(x));                                                \
+		}                                                                                  \
+		sink = x;                                                                          \
+		return 0;                                                                          \
 	}
-	sink = x;
-	return 0;
-}
 
-SEC("uprobe")
-int calls_bpf(void *ctx)
-{
-	int x = 0;
+#define INLINE_STEP(x) ((x) + 1)
+#define HELPER_STEP(x) ((x) + 1 + (int)(bpf_get_prandom_u32() & 0))
 
-	for (int i = 0; i < CALLS; i++) {
-		x = floor_step(x);
-		asm volatile("" : "+r"(x));
-	}
-	sink = x;
-	return 0;
-}
-
-SEC("uprobe")
-int calls_helper(void *ctx)
-{
-	int x = 0;
-
-	for (int i = 0; i < CALLS; i++) {
-		x += bpf_get_prandom_u32() & 1;
-		asm volatile("" : "+r"(x));
-	}
-	sink = x;
-	return 0;
-}
+CALL_LOOP(calls_inline, INLINE_STEP)
+CALL_LOOP(calls_bpf, floor_step)
+CALL_LOOP(calls_helper, HELPER_STEP)

@@ -202,6 +202,19 @@ static int gaps(double secs)
 	return 0;
 }
 
+/* per_call of f_nop with prog attached there, in ns */
+static double with_prog(const char *self, uint64_t foff, struct bpf_program *prog, long n)
+{
+	struct bpf_link *l = bpf_program__attach_uprobe(prog, false, getpid(), self, foff);
+	double ns;
+
+	if (!l)
+		return -1;
+	ns = per_call(f_nop, n);
+	bpf_link__destroy(l);
+	return ns;
+}
+
 /*
  * What a BPF program's read of the thread's memory costs the thread: at a page it uses, and at a
  * page mapped but never touched (not in the page tables: the read fails, through a page fault
@@ -218,11 +231,9 @@ static int reads(const char *self, struct elf_file *ef, struct floor_bpf *skel, 
 	if (fresh == MAP_FAILED || used != 1 || elff_sym(ef, "f_nop", &va, NULL))
 		return 1; /* (used read here: its page is in the page tables) */
 	foff = elff_file_offset(ef, va);
-	l = bpf_program__attach_uprobe(skel->progs.empty, false, getpid(), self, foff);
-	if (!l)
+	bare = with_prog(self, foff, skel->progs.empty, n / 10);
+	if (bare < 0)
 		goto fail;
-	bare = per_call(f_nop, n / 10);
-	bpf_link__destroy(l);
 	l = bpf_program__attach_uprobe(skel->progs.reader, false, getpid(), self, foff);
 	if (!l)
 		goto fail;
@@ -251,19 +262,6 @@ fail:
 	return 1;
 }
 
-/* per_call of f_nop with prog attached there, in ns */
-static double with_prog(const char *self, uint64_t foff, struct bpf_program *prog, long n)
-{
-	struct bpf_link *l = bpf_program__attach_uprobe(prog, false, getpid(), self, foff);
-	double ns;
-
-	if (!l)
-		return -1;
-	ns = per_call(f_nop, n);
-	bpf_link__destroy(l);
-	return ns;
-}
-
 /*
  * What a call costs in a BPF program (the kernel's mitigations make each return dearer on some
  * CPUs): CALLS calls of a BPF function, and of a helper, against the same loop inline.
@@ -272,17 +270,23 @@ static int calls(const char *self, struct elf_file *ef, struct floor_bpf *skel, 
 {
 	double in, bpf, helper;
 	uint64_t va, foff;
-	bool counted;
+	bool ran;
 
 	if (elff_sym(ef, "f_nop", &va, NULL))
 		return 1;
 	foff = elff_file_offset(ef, va);
+	/* each program leaves sink at 64 if it ran: cleared before each */
+	skel->bss->sink = 0;
 	in = with_prog(self, foff, skel->progs.calls_inline, n);
+	ran = skel->bss->sink == 64;
+	skel->bss->sink = 0;
 	bpf = with_prog(self, foff, skel->progs.calls_bpf, n);
-	counted = skel->bss->sink == 64; /* the calls were made */
+	ran = ran && skel->bss->sink == 64;
+	skel->bss->sink = 0;
 	helper = with_prog(self, foff, skel->progs.calls_helper, n);
-	if (in < 0 || bpf < 0 || helper < 0 || !counted) {
-		fprintf(stderr, "floor: cannot attach the call programs\n");
+	ran = ran && skel->bss->sink == 64;
+	if (in < 0 || bpf < 0 || helper < 0 || !ran) {
+		fprintf(stderr, "floor: the call programs did not attach or did not run\n");
 		return 1;
 	}
 	printf("\n%-48s %12s\n", "in the probe: a call (64 in a loop, less inline)", "ns/call");

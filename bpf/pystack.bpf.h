@@ -101,10 +101,8 @@ struct stack_buf {
 	__u64 tstate_seen; /* the thread's PyThreadState, as last found (bpf_loop kernels) */
 	__u64 win_bad_pg[PY_WIN_BAD]; /* pages whose frames' window from below failed */
 	__u32 win_bad_at;	      /* where the next one goes */
-	__u32 _pad3;
-	__u32 top_win; /* the last walk's top frame had its caller just below */
-	__u32 _pad2;
-	__u8 ob[PY_OB]; /* an object's first bytes (ob_load) */
+	__u32 top_win;		      /* the last walk's top frame had its caller just below */
+	__u8 ob[PY_OB];		      /* an object's first bytes (ob_load) */
 };
 
 _Static_assert(sizeof(struct stack_buf) <= sizeof(struct scratch), "stack_buf fits");
@@ -135,13 +133,18 @@ struct {
  * (sqlspan -v shows them): a failed read is a page fault the kernel does not serve, as dear as a
  * probe's trap on some hypervisors (bench/floor), so the walk must never make them routinely.
  */
-static __always_inline long py_read_counted(void *dst, __u32 n, const void *src)
+static __always_inline long py_read_if(bool count, void *dst, __u32 n, const void *src)
 {
 	long err = bpf_probe_read_user(dst, n, src);
 
-	if (err)
+	if (err && count)
 		stat_add(ST_PY_READ_FAILED, 1);
 	return err;
+}
+
+static __always_inline long py_read_counted(void *dst, __u32 n, const void *src)
+{
+	return py_read_if(true, dst, n, src);
 }
 
 /* A C string (a type's tp_name) is "_AsyncIoGreenlet"? */
@@ -363,20 +366,15 @@ static __always_inline int py_read_frame(struct stack_buf *sb, struct scratch *w
 		return 0;
 	}
 single:
-	if (!bpf_probe_read_user(sb->fb, SQLSPAN_FRAME_READ, (const void *)sb->frame))
+	/* failures counted on bpf_loop kernels only (a window: py_read_counted) */
+	if (!py_read_if(win != NULL, sb->fb, SQLSPAN_FRAME_READ, (const void *)sb->frame))
 		return 0;
-	if (win) /* bpf_loop kernels: counted (py_read_counted) */
-		stat_add(ST_PY_READ_FAILED, 1);
 	/* a small frame at the end of a mapping: read what it surely has */
 	*(__u64 *)&sb->fb[96] = 0;
 	*(__u64 *)&sb->fb[104] = 0;
 	*(__u64 *)&sb->fb[112] = 0;
 	*(__u64 *)&sb->fb[120] = 0;
-	if (!bpf_probe_read_user(sb->fb, 96, (const void *)sb->frame))
-		return 0;
-	if (win)
-		stat_add(ST_PY_READ_FAILED, 1);
-	return -1;
+	return py_read_if(win != NULL, sb->fb, 96, (const void *)sb->frame) ? -1 : 0;
 }
 
 /* PyMethodObject.im_self (after PyObject_HEAD and im_func), 3.11 to 3.14 */

@@ -456,7 +456,7 @@ enum sqlspan_stat {
 	ST_ROWS,	   /* DataRows skipped */
 	ST_RECVS,	   /* reads of tracked sockets */
 	ST_WAKEUPS,	   /* the reader woken early: the ring filling (buffer.bpf.h) */
-	ST_PY_READ_FAILED, /* Python stack reads that failed (pystack.bpf.h: py_read) */
+	ST_PY_READ_FAILED, /* Python stack reads that failed (pystack.bpf.h: py_read_if) */
 	ST__COUNT,
 };
 

@@ -968,14 +968,14 @@ static void summary(struct tracer *t, uint64_t open_at_end)
 		     (unsigned long long)t->py.urls_from[URL_LIVE],
 		     (unsigned long long)t->py.urls_from[URL_REMEMBERED],
 		     (unsigned long long)t->py.urls_from[URL_NONE]);
-	if (t->py.nprocs)
+	if (t->py.nprocs) {
 		vlog(t, "long-lived code objects named without reads: %u, %llu found freed since",
 		     t->py.nhot, (unsigned long long)t->py.hot_dropped);
-	if (t->py.nprocs)
 		vlog(t,
 		     "Python stack reads that failed: %llu (a page fault the kernel did not serve "
 		     "each: about a probe's trap, charged to the traced thread)",
 		     (unsigned long long)stat_sum(t, ST_PY_READ_FAILED));
+	}
 	if (st->sessions_unseen)
 		vlog(t,
 		     "wire sockets first seen past their StartupMessage (opened before attach, or "
