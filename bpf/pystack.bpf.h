@@ -85,12 +85,13 @@ struct stack_buf {
 	__u64 gs_frame; /* greenlet_spawn's frame on this stack */
 	__u64 gframe;	/* the innermost frame of the greenlet it holds */
 	__u64 gtmp;
-	__u64 gs_conn; /* greenlet_spawn's function is a bound method of this Connection */
-	__u64 win_lo;  /* the window holds [win_lo, win_lo + win_len) of the process */
-	__u32 win_len; /* 0: no window */
-	__u32 win_try; /* the last frame was on a data stack: read a window for the next */
-	__u32 site;    /* a frame of the application's own code was added (HOT_APP) */
-	__u32 hot;     /* the frame just added: HOT_SEEN | its hot_code.flags, or 0 */
+	__u64 gs_conn;	 /* greenlet_spawn's function is a bound method of this Connection */
+	__u64 gs_engine; /* and its engine */
+	__u64 win_lo;	 /* the window holds [win_lo, win_lo + win_len) of the process */
+	__u32 win_len;	 /* 0: no window */
+	__u32 win_try;	 /* the last frame was on a data stack: read a window for the next */
+	__u32 site;	 /* a frame of the application's own code was added (HOT_APP) */
+	__u32 hot;	 /* the frame just added: HOT_SEEN | its hot_code.flags, or 0 */
 	__u32 tid;
 	__u32 glet;		     /* walking the greenlet's frames */
 	char name[24];		     /* a name being compared */
@@ -180,19 +181,25 @@ static __always_inline __u32 rd32(__u64 addr)
 /*
  * The first n bytes (at most PY_OB) of the object at addr, in one read: its fields then come from
  * the copy (ob64), not one read each (a read costs about the same for 8 bytes as for 256). A
- * read that fails (an object at the end of a mapping) leaves the copy empty: fields are then read
- * one by one.
+ * read that fails (an object at the end of a mapping) leaves the copy empty: ob64 then reads
+ * fields one by one. 1 if the copy holds all n bytes: then OB64 takes fields from it by a plain
+ * load, with no branch for the verifier to follow (where a failed read may just give up).
  */
-static __noinline void ob_load(struct stack_buf *sb, __u64 addr, __u32 n)
+static __noinline int ob_load(struct stack_buf *sb, __u64 addr, __u32 n)
 {
-	n = n < PY_OB ? n : PY_OB;
-	n = ((n - 1) & (PY_OB - 1)) + 1; /* 1 to PY_OB, the verifier sure */
+	__u32 k = n < PY_OB ? n : PY_OB;
+
+	k = ((k - 1) & (PY_OB - 1)) + 1; /* 1 to PY_OB, the verifier sure */
 	sb->ob_len = 0;
-	if (addr && !py_read_counted(sb->ob, n, (const void *)addr)) {
+	if (addr && !py_read_counted(sb->ob, k, (const void *)addr)) {
 		sb->ob_addr = addr;
-		sb->ob_len = n;
+		sb->ob_len = k;
 	}
+	return sb->ob_len && n <= PY_OB;
 }
+
+/* The 8 bytes at off (8-aligned, inside the n bytes) of the object ob_load copied and said so. */
+#define OB64(sb, off) AL64((sb)->ob, (off) & (PY_OB - 8))
 
 /* The 8 bytes at off (8-aligned) in the object at addr: from ob_load's copy if it has them. */
 static __always_inline __u64 ob64(struct stack_buf *sb, __u64 addr, __u64 off)
@@ -208,6 +215,23 @@ static __always_inline __u32 ob32(struct stack_buf *sb, __u64 addr, __u64 off)
 	if (addr == sb->ob_addr && !(off & 3) && off + 4 <= sb->ob_len)
 		return AL32(sb->ob, off & (PY_OB - 4));
 	return rd32(addr + off);
+}
+
+/* A dict's bytes to read: its type, keys and values pointers. */
+static __always_inline __u32 dict_read(struct py_cfg *cfg)
+{
+	__s32 off = cfg->dict_keys > cfg->dict_values ? cfg->dict_keys : cfg->dict_values;
+
+	return (off & 0xff) + 8;
+}
+
+/* PyThreadState's bytes to read for its thread id and frame pointer, both 8-aligned. */
+static __always_inline __u32 tstate_read(struct py_cfg *cfg)
+{
+	__s32 off = cfg->tstate_thread_id > cfg->tstate_frame ? cfg->tstate_thread_id
+							      : cfg->tstate_frame;
+
+	return (off & 0xff) + 8;
 }
 
 struct walk_ctx {
@@ -260,8 +284,10 @@ static long thread_cb(__u32 i, void *data)
 		if (!sb->fsbase)                                                                   \
 			return;                                                                    \
 		/* bpf_loop kernels: the thread's own stack_buf remembers it (no lookup) */        \
+		/* (its thread id and frame pointer in one read: ob_load, ob64) */                 \
 		if (LOOPED && sb->tstate_seen && sb->tstate_tgid == sb->h.pid &&                   \
-		    rd64(sb->tstate_seen + cfg->tstate_thread_id) == sb->fsbase) {                 \
+		    ob_load(sb, sb->tstate_seen, tstate_read(cfg)) &&                              \
+		    OB64(sb, cfg->tstate_thread_id) == sb->fsbase) {                               \
 			sb->tstate = sb->tstate_seen;                                              \
 			return;                                                                    \
 		}                                                                                  \
@@ -524,6 +550,57 @@ static __always_inline __u64 inst_values(struct py_cfg *cfg, __u64 obj, __s32 va
 	return values;
 }
 
+/* Bytes before an object with a managed dict: 3.11's values (-32) and dict (-24) pointers. */
+#define PY_PRE 32
+
+/*
+ * inst_values in one read (ob_load; bpf_loop kernels): inst_load reads obj from PY_PRE bytes
+ * before it (3.11's and 3.12's pointers) through its type and, for inline values (3.13+), through
+ * byte `end` (inst_end: their valid flag, and the value in the slot the caller wants), and returns
+ * its type (0 if the read failed: the caller gives up); inst_values_in finds its values in that
+ * copy, and inst_slot a value in them: from the copy if values are inline, else read.
+ */
+static __always_inline __u32 inst_end(__s32 valid_off, __s32 slot)
+{
+	return (__u32)(valid_off > slot ? valid_off + 1 : slot + 8) & 0x3ff;
+}
+
+static __always_inline __u64 inst_load(struct py_cfg *cfg, struct stack_buf *sb, __u64 obj,
+				       __u32 end)
+{
+	__u32 n = PY_PRE + 16;
+
+	if (cfg->sa_mode == SA_VALUES_INLINE && PY_PRE + end > n)
+		n = PY_PRE + end;
+	return ob_load(sb, obj - PY_PRE, n) ? OB64(sb, PY_PRE + 8) : 0;
+}
+
+static __always_inline __u64 inst_values_in(struct py_cfg *cfg, struct stack_buf *sb, __u64 obj,
+					    __s32 valid_off)
+{
+	__u64 values = 0, d;
+
+	if (cfg->sa_mode == SA_VALUES_INLINE) {
+		values = sb->ob[(PY_PRE + valid_off) & (PY_OB - 1)] ? obj : 0;
+	} else if (cfg->sa_mode == SA_VALUES_312) {
+		d = OB64(sb, PY_PRE + cfg->sa_managed_dict);
+		values = d & 1 ? d + 1 : d ? rd64(d + cfg->sa_dict_values) : 0;
+	} else if (cfg->sa_mode == SA_VALUES_311) {
+		values = OB64(sb, PY_PRE + cfg->sa_managed_values);
+		if (!values) {
+			d = OB64(sb, PY_PRE + cfg->sa_managed_dict);
+			values = d ? rd64(d + cfg->sa_dict_values) : 0;
+		}
+	}
+	return values;
+}
+
+/* The value in `slot` of the values inst_values_in found for obj (still in the copy). */
+static __always_inline __u64 inst_slot(struct stack_buf *sb, __u64 obj, __u64 values, __s32 slot)
+{
+	return values == obj ? OB64(sb, PY_PRE + slot) : rd64(values + slot);
+}
+
 /*
  * The Connection (the first local of its frame just added, or greenlet_spawn's): its type, and
  * if userspace has said where that type keeps `engine`, the engine, read now while the
@@ -547,10 +624,32 @@ static __always_inline void sa_engine_of(struct py_cfg *cfg, struct stack_buf *s
 		sb->sa_engine = rd64(values + cfg->lr.sa_slot);
 }
 
+/* The same in one read or two (inst_load): bpf_loop kernels. */
+static __always_inline void sa_engine_of_ob(struct py_cfg *cfg, struct stack_buf *sb, __u64 conn)
+{
+	__u64 values;
+
+	if (cfg->code_tagged)
+		conn &= ~3ULL;
+	if (!conn)
+		return;
+	sb->sa_type = inst_load(cfg, sb, conn, inst_end(cfg->lr.sa_valid, cfg->lr.sa_slot));
+	if (!sb->sa_type || sb->sa_type != cfg->lr.sa_type || cfg->lr.sa_slot < 0)
+		return;
+	values = inst_values_in(cfg, sb, conn, cfg->lr.sa_valid);
+	if (values)
+		sb->sa_engine = inst_slot(sb, conn, values, cfg->lr.sa_slot);
+}
+
 /* The Connection of the frame just added (one of py_cfg.lr.sa_code). */
 static __noinline void sa_engine_read(struct py_cfg *cfg, struct stack_buf *sb)
 {
 	sa_engine_of(cfg, sb, sb->frames[(sb->nframes - 1) & (SQLSPAN_MAX_FRAMES - 1)].local[0]);
+}
+
+static __noinline void sa_engine_read_loop(struct py_cfg *cfg, struct stack_buf *sb)
+{
+	sa_engine_of_ob(cfg, sb, sb->frames[(sb->nframes - 1) & (SQLSPAN_MAX_FRAMES - 1)].local[0]);
 }
 
 /*
@@ -768,42 +867,50 @@ static __always_inline bool greenlet_maybe(struct py_cfg *cfg, struct stack_buf 
 }
 
 /*
- * The one Connection of a Session (of the type userspace learnt), 0 if it has none or several:
- * its innermost SessionTransaction's `_connections` dict holds (Connection, transaction, ...)
- * under two keys, the Connection and its engine: two entries, one tuple. A global function: the
- * verifier checks it once, not at each call with each state (~20 ms of attach as a static one).
+ * The one Connection of a Session (of the type userspace learnt: `session`, its copy in sb->ob,
+ * its attribute values at v), 0 if it has none or several: its innermost SessionTransaction's
+ * `_connections` dict holds (Connection, transaction, ...) under two keys, the Connection and its
+ * engine: two entries, one tuple. Each object in one read (ob_load), given up if that fails. Not
+ * checked to be a Connection: the caller reads it next. A global function: the verifier checks
+ * it once, not at each call with each state (~20 ms of attach as a static one).
  */
-__noinline __u64 session_conn(struct py_cfg *cfg, struct stack_buf *sb, __u64 session)
+__noinline __u64 session_conn(struct py_cfg *cfg, struct stack_buf *sb, __u64 session, __u64 v)
 {
-	__u64 v, tx, d, keys, e, conn;
-	__u8 lib = 0, kind = 1;
+	__u64 tx, d, keys, e;
+	__u8 lib;
 
 	if (!cfg || !sb) /* global: verified once, on its own */
 		return 0;
 
-	v = inst_values(cfg, session, cfg->lr.ss_tx_valid);
-	tx = v && cfg->lr.ss_tx_slot >= 0 ? rd64(v + cfg->lr.ss_tx_slot) : 0;
-	if (tx && !cfg->lr.st_type)
-		sb->st_tx_type = rd64(tx + 8); /* for userspace to learn from */
-	if (!tx || rd64(tx + 8) != cfg->lr.st_type)
+	tx = v && cfg->lr.ss_tx_slot >= 0 ? inst_slot(sb, session, v, cfg->lr.ss_tx_slot) : 0;
+	if (!tx)
 		return 0;
-	v = inst_values(cfg, tx, cfg->lr.st_conns_valid);
-	d = v && cfg->lr.st_conns_slot >= 0 ? rd64(v + cfg->lr.st_conns_slot) : 0;
-	if (!d || rd64(d + 8) != cfg->dict_type || rd64(d + cfg->dict_values))
+	d = inst_load(cfg, sb, tx, inst_end(cfg->lr.st_conns_valid, cfg->lr.st_conns_slot));
+	if (!cfg->lr.st_type)
+		sb->st_tx_type = d; /* its type, for userspace to learn from */
+	if (!d || d != cfg->lr.st_type || cfg->lr.st_conns_slot < 0)
+		return 0;
+	v = inst_values_in(cfg, sb, tx, cfg->lr.st_conns_valid);
+	d = v ? inst_slot(sb, tx, v, cfg->lr.st_conns_slot) : 0;
+	if (!ob_load(sb, d, dict_read(cfg)) || OB64(sb, 8) != cfg->dict_type ||
+	    OB64(sb, cfg->dict_values))
 		return 0; /* not a dict, or a split one */
-	keys = rd64(d + cfg->dict_keys);
-	if (!keys || rd64(keys + cfg->keys_nentries) != 2 ||
-	    bpf_probe_read_user(&lib, 1, (const void *)(keys + cfg->keys_log2_index_bytes)) ||
-	    bpf_probe_read_user(&kind, 1, (const void *)(keys + cfg->keys_kind)) || kind != 0 ||
-	    lib > 7)
+	keys = OB64(sb, cfg->dict_keys);
+	/* the keys, their indices and two entries, where the indices are a byte each (lib 3) */
+	if (!ob_load(sb, keys, cfg->keys_indices + 8 + 2 * 24) ||
+	    OB64(sb, cfg->keys_nentries) != 2 || sb->ob[cfg->keys_kind & (PY_OB - 1)] != 0)
 		return 0; /* not two entries of the general kind (hash, key, value) */
-	e = keys + cfg->keys_indices + (1ULL << lib);
-	v = rd64(e + 16);
-	if (!v || rd64(e + 24 + 16) != v || rd64(v + 8) != cfg->tuple_type ||
-	    (__s64)rd64(v + cfg->tuple_size) < 1)
+	lib = sb->ob[cfg->keys_log2_index_bytes & (PY_OB - 1)];
+	if (lib != 3)
 		return 0;
-	conn = rd64(v + cfg->tuple_items);
-	return conn && rd64(conn + 8) == cfg->lr.sa_type ? conn : 0;
+	e = cfg->keys_indices + 8;
+	v = OB64(sb, e + 16);
+	if (!v || OB64(sb, e + 24 + 16) != v)
+		return 0;
+	if (!ob_load(sb, v, cfg->tuple_items + 8) || OB64(sb, 8) != cfg->tuple_type ||
+	    (__s64)OB64(sb, cfg->tuple_size) < 1)
+		return 0;
+	return OB64(sb, cfg->tuple_items);
 }
 
 /*
@@ -813,21 +920,36 @@ __noinline __u64 session_conn(struct py_cfg *cfg, struct stack_buf *sb, __u64 se
  */
 static __always_inline void gs_bound(struct py_cfg *cfg, struct stack_buf *sb, __u64 fn)
 {
-	__u64 self, type;
+	__u32 a = inst_end(cfg->lr.sa_valid, cfg->lr.sa_slot);
+	__u32 b = inst_end(cfg->lr.ss_tx_valid, cfg->lr.ss_tx_slot);
+	__u64 self, type, values;
 
 	if (cfg->code_tagged)
 		fn &= ~3ULL;
-	if (!fn || !cfg->site_only || !cfg->method_type || !cfg->lr.sa_type ||
-	    !cfg->lr.gs_fast[0] || rd64(fn + 8) != cfg->method_type)
+	if (!fn || !cfg->site_only || !cfg->method_type || !cfg->lr.sa_type || !cfg->lr.gs_fast[0])
 		return;
-	self = rd64(fn + PY_METHOD_SELF);
-	type = self ? rd64(self + 8) : 0;
-	if (type && type == cfg->lr.sa_type)
-		sb->gs_conn = self;
-	else if (type && type == cfg->lr.ss_type)
-		sb->gs_conn = session_conn(cfg, sb, self);
-	else if (!cfg->lr.ss_type)
+	/* its type and self in one read */
+	if (!ob_load(sb, fn, PY_METHOD_SELF + 8) || OB64(sb, 8) != cfg->method_type)
+		return;
+	self = OB64(sb, PY_METHOD_SELF);
+	if (!self)
+		return;
+	/* self in one read, as a Connection or as a Session, whichever it is */
+	type = inst_load(cfg, sb, self, a > b ? a : b);
+	if (type && type == cfg->lr.ss_type) {
+		/* a Session's one Connection, then read as one */
+		values = inst_values_in(cfg, sb, self, cfg->lr.ss_tx_valid);
+		self = session_conn(cfg, sb, self, values);
+		type = self ? inst_load(cfg, sb, self, a) : 0;
+	} else if (!cfg->lr.ss_type && type != cfg->lr.sa_type) {
 		sb->gs_self_type = type; /* for userspace to learn from: a Session's? */
+	}
+	if (!type || type != cfg->lr.sa_type)
+		return;
+	/* the Connection: its engine now, from the copy at hand (gs_fast_check takes both) */
+	sb->gs_conn = self;
+	values = cfg->lr.sa_slot >= 0 ? inst_values_in(cfg, sb, self, cfg->lr.sa_valid) : 0;
+	sb->gs_engine = values ? inst_slot(sb, self, values, cfg->lr.sa_slot) : 0;
 }
 
 /*
@@ -847,8 +969,11 @@ __noinline int greenlet_check(struct py_cfg *cfg, struct stack_buf *sb)
 		gs_learn(cfg, sb, f->code);
 	if (cfg->gs_code && f->code == cfg->gs_code) {
 		sb->gs_frame = sb->frame;
-		greenlet_follow(cfg, sb);
 		gs_bound(cfg, sb, f->local[0]);
+		/* for the call site alone, a Connection found here may spare the greenlet's reads:
+		 * gs_fast_check decides at the next frame */
+		if (!cfg->site_only || !sb->gs_conn)
+			greenlet_follow(cfg, sb);
 	}
 	return 0;
 }
@@ -874,12 +999,12 @@ __noinline int gs_fast_check(struct py_cfg *cfg, struct stack_buf *sb)
 		if (code == cfg->lr.gs_fast[i])
 			goto fast;
 	}
+	greenlet_follow(cfg, sb); /* put off by greenlet_check: the greenlet is walked */
 	return 0;
 fast:
 	sb->sa_conn = conn;
-	sa_engine_of(cfg, sb, conn);
-	if (cfg->site_only)
-		sb->gframe = 0;
+	sb->sa_type = cfg->lr.sa_type; /* gs_bound checked it */
+	sb->sa_engine = sb->gs_engine;
 	return 0;
 }
 
@@ -919,7 +1044,7 @@ fast:
 		    greenlet_maybe(wc->cfg, sb))                                                   \
 			greenlet_check(wc->cfg, sb);                                               \
 		if (r == 0 && !sb->sa_type && sa_frame(wc->cfg, sb))                               \
-			sa_engine_read(wc->cfg, sb);                                               \
+			(GREENLETS ? sa_engine_read_loop : sa_engine_read)(wc->cfg, sb);           \
 		if (r == 0 && !sb->task_handle_type && wc->cfg->lr.task_run_code &&                \
 		    sb->frames[(sb->nframes - 1) & (SQLSPAN_MAX_FRAMES - 1)].code ==               \
 			    wc->cfg->lr.task_run_code)                                             \
@@ -1017,16 +1142,21 @@ DEFINE_FRAME_CB(frame_cb_loop, 1)
 		sb->task_kind = 0;                                                                 \
 		sb->task_len = 0;                                                                  \
 		sb->site = 0;                                                                      \
+		sb->ob_len = 0; /* ob holds nothing of this walk's yet */                          \
 		TSTATE(cfg, sb);                                                                   \
 		sb->frame = 0;                                                                     \
 		if (!sb->tstate) {                                                                 \
 			sb->flags |= STACK_NO_THREAD;                                              \
 		} else {                                                                           \
-			sb->frame = rd64(sb->tstate + cfg->tstate_frame);                          \
+			sb->frame = ob64(sb, sb->tstate, cfg->tstate_frame);                       \
 			if (cfg->cframe_frame >= 0 && sb->frame)                                   \
 				sb->frame = rd64(sb->frame + cfg->cframe_frame);                   \
 		}                                                                                  \
 		FRAMES(cfg, sb);                                                                   \
+		if (LOOPED && sb->gs_conn) { /* the walk ended before gs_fast_check could look */  \
+			sb->gs_conn = 0;                                                           \
+			greenlet_follow(cfg, sb);                                                  \
+		}                                                                                  \
 		if (sb->gframe && !(sb->flags & (STACK_FAULT | STACK_CUT))) {                      \
 			/* then the suspended greenlet's frames, marked FRAME_GREENLET */          \
 			sb->frame = sb->gframe;                                                    \
