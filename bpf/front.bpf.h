@@ -23,7 +23,8 @@
  * ring buffer record costs the traced thread more than its bytes); longer ones (SQL text) alone.
  */
 #define FRONT_BAT_DATA 512
-_Static_assert(FRONT_BAT_DATA <= WIN_READ_MAX, "batched parts read through win_bytes");
+_Static_assert(FRONT_BAT_DATA <= WIN_READ_MAX && FRONT_BAT_DATA >= WIN_DATA_WORDS * 8,
+	       "batched parts read through win_data");
 
 #define PG_PROTO_3     0x00030000u
 #define PG_SSL_REQUEST 80877103u
@@ -111,17 +112,46 @@ static __always_inline __u32 be32(const __u8 *b)
 	return ((__u32)b[0] << 24) | ((__u32)b[1] << 16) | ((__u32)b[2] << 8) | b[3];
 }
 
-/* The length (with its NUL, at most SQLSPAN_NAME_LEN) of the string at offset off; <= 0: fault. */
+/* Names looked for in the window by words (front_strlen): their first bytes. */
+#define FRONT_NAME_WORDS 8
+
+/*
+ * The length (with its NUL, at most SQLSPAN_NAME_LEN) of the string at offset off; <= 0: fault.
+ * In the window, its NUL is looked for by plain loads, a word at a time (a zero byte in word v
+ * sets bit 8k+7 of (v - 0x01..01) & ~v & 0x80..80 for the first one, k its place): no helper call.
+ */
 static __always_inline long front_strlen(struct fwalk *w, __u32 off)
 {
-	long r;
+	const __u8 *src = &w->win.bytes[off & (WIN_BYTES - 1)];
+	__u64 v, z;
 
 	if (off < WIN_BYTES) {
-		r = bpf_probe_read_kernel_str(w->junk, SQLSPAN_NAME_LEN,
-					      &w->win.bytes[off & (WIN_BYTES - 1)]);
-		if (r > 0 && off + r <= w->win.len)
-			return r;
+#pragma unroll
+		for (int i = 0; i < FRONT_NAME_WORDS; i++) {
+			asm volatile("%[v] = *(u64 *)(%[s] + %[o])"
+				     : [v] "=r"(v)
+				     : [s] "r"(src), [o] "i"(i * 8));
+			z = (v - 0x0101010101010101ULL) & ~v & 0x8080808080808080ULL;
+			if (z) {
+				/* z & -z: bit 8k+7 alone; times 0x0807..01: top byte 8 - k */
+				z = ((z & -z) >> 7) * 0x0807060504030201ULL;
+				z = i * 8 + 8 - (z >> 56) + 1;
+				return off + z <= w->win.len ? (long)z : -1;
+			}
+		}
 	}
+	return -1;
+}
+
+/* The same, read from the process where the window has not got it. */
+static __noinline long front_strlen_user(struct fwalk *w, __u32 off)
+{
+	long r = front_strlen(w, off);
+
+	if (r > 0)
+		return r;
+	if (off < WIN_BYTES && off + SQLSPAN_NAME_LEN <= w->win.len)
+		return SQLSPAN_NAME_LEN; /* no NUL in its first bytes: cut, as a read would */
 	return bpf_probe_read_user_str(w->junk, SQLSPAN_NAME_LEN, (const void *)(w->buf + off));
 }
 
@@ -265,7 +295,7 @@ static __noinline void front_emit(void *ctx, struct fwalk *w, struct front_state
 	m = batch_slot(bat, &w->bat);
 	fmsg_fill(m, w, fs);
 	n &= FRONT_BAT_DATA - 1;
-	if (n && win_bytes(&w->win, w->buf, m->data, n, w->pos))
+	if (n && win_data(&w->win, w->buf, m->data, n, w->pos))
 		n = 0;
 	m->n = n;
 	batch_add(&w->bat, n);
@@ -282,10 +312,10 @@ static __noinline __u32 bind_names(struct fwalk *w, __u32 body)
 {
 	long a, b;
 
-	a = front_strlen(w, w->pos);
+	a = front_strlen_user(w, w->pos);
 	if (a <= 0)
 		return 0;
-	b = front_strlen(w, w->pos + a);
+	b = front_strlen_user(w, w->pos + a);
 	if (b <= 0)
 		return 0;
 	return (__u32)(a + b) < body ? (__u32)(a + b) : body;

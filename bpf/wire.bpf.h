@@ -200,7 +200,7 @@ static __always_inline void walk_emit_sz(void *ctx, struct walk *w, struct fd_st
 	 */
 	n = want;
 	asm volatile("%[n] &= %[mask]" : [n] "+r"(n) : [mask] "i"(datasz - 1));
-	if (n && win_bytes(&w->win, w->buf, m->data, n, src - w->buf))
+	if (n && win_data(&w->win, w->buf, m->data, n, src - w->buf))
 		n = 0;
 	m->n = n;
 	/* the rows counted so far travel with this record */
