@@ -604,9 +604,10 @@ static __always_inline __u64 inst_slot(struct stack_buf *sb, __u64 obj, __u64 va
 /*
  * The Connection (the first local of its frame just added, or greenlet_spawn's): its type, and
  * if userspace has said where that type keeps `engine`, the engine, read now while the
- * Connection surely lives.
- * Field by field, on every kernel: a version reading the object in one read (ob_load, 2 reads
- * fewer) made the kernel verify the bpf_loop programs ~45 ms longer at each attach.
+ * Connection surely lives. Field by field: the bounded-loop kernels (their verifier budget);
+ * sa_engine_of_ob, the same in one read or two, for the others (its plain loads from the copy:
+ * with a branch per field, as ob64 has, the kernel verified the bpf_loop programs ~80 ms longer
+ * at each attach).
  */
 static __always_inline void sa_engine_of(struct py_cfg *cfg, struct stack_buf *sb, __u64 conn)
 {
