@@ -36,23 +36,6 @@ struct {
 	__type(value, struct scratch);
 } scratches SEC(".maps");
 
-/*
- * Kernels 6.1+ with bpf_loop (the loader sets it): the scratch areas live in task local storage
- * instead (scratches_ts): found from the task itself, no hashing and no bucket to miss in a
- * cache-cold traced thread (ab.py: up to -0.2 µs a statement), created zeroed, freed with the
- * thread. Elsewhere the loader makes it a one-entry hash map that no program reaches (the
- * verifier drops the branch). The Python stack's stackbufs stay a hash map: in task storage
- * too, the call site cost more, not less.
- */
-const volatile bool task_storage = false;
-
-struct {
-	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct scratch);
-} scratches_ts SEC(".maps");
-
 /* zeroes to create a thread's entries from (never written) */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -67,9 +50,8 @@ struct {
  * the BPF backend then reads byte by byte: ~22 instructions a field, in the stack walk's every
  * frame.
  */
-#define AL64(a, off)  (((const __u64 *)__builtin_assume_aligned((a), 8))[(off) / 8])
-#define AL32(a, off)  (((const __u32 *)__builtin_assume_aligned((a), 4))[(off) / 4])
-#define AL64W(a, off) (((__u64 *)__builtin_assume_aligned((a), 8))[(off) / 8])
+#define AL64(a, off) (((const __u64 *)__builtin_assume_aligned((a), 8))[(off) / 8])
+#define AL32(a, off) (((const __u32 *)__builtin_assume_aligned((a), 4))[(off) / 4])
 
 /*
  * The registers the current syscall saved at its entry: a syscall exit's arguments (a typed
@@ -96,12 +78,6 @@ static __always_inline void *thread_entry(void *map)
 	return bpf_map_lookup_elem(map, &tid);
 }
 
-/* The calling thread's area in map `name`, or in its task storage twin name##_ts. */
-#define THREAD_AREA(name)                                                                          \
-	(task_storage ? bpf_task_storage_get(&name##_ts, bpf_get_current_task_btf(), 0,            \
-					     BPF_LOCAL_STORAGE_GET_F_CREATE)                       \
-		      : thread_entry(&name))
-
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, ST__COUNT);
@@ -121,7 +97,7 @@ static __always_inline void *rec_reserve(__u32 size)
 {
 	if (use_ringbuf)
 		return bpf_ringbuf_reserve(&events, size, 0);
-	return THREAD_AREA(scratches);
+	return thread_entry(&scratches);
 }
 
 /*
@@ -174,13 +150,13 @@ static __always_inline long rec_output(void *ctx, void *rec, __u64 size)
 
 static __always_inline void *scratch_get(void)
 {
-	return THREAD_AREA(scratches);
+	return thread_entry(&scratches);
 }
 
 /* The same, as a call of its own: the caller's stack stays small (see request.bpf.h). */
 static __noinline struct scratch *scratch_area(void)
 {
-	return THREAD_AREA(scratches);
+	return thread_entry(&scratches);
 }
 
 static __always_inline void rec_discard(void *rec)
@@ -270,36 +246,12 @@ struct win {
 	__u8 bytes[2 * WIN_BYTES];
 };
 
-/*
- * Buffers up to this long are read onto the program's stack, then copied: the kernel checks
- * where a read of user memory lands (hardened usercopy), and for a map value (heap or vmalloc)
- * that check reads global variables a cache-cold traced thread misses (~0.2 µs a read, perf
- * samples in is_vmalloc_addr, __virt_addr_valid, __check_object_size); on the stack it stops at
- * the stack's bounds. Under the 64 bytes of stack a function may use (see request.bpf.h).
- */
-#define WIN_STACK 40
-
 /* Copy the first bytes of the n at buf. */
 static __noinline void win_fill(struct win *wn, __u64 buf, __u32 n)
 {
-	__u64 tmp[WIN_STACK / 8] = {};
 	__u32 k = n < WIN_BYTES ? n : WIN_BYTES;
 
 	k = ((k - 1) & (WIN_BYTES - 1)) + 1; /* as it was: 1 to WIN_BYTES, the verifier sure */
-	if (n && n <= WIN_STACK) {
-		/* k = n, bounded where the verifier sees it */
-		k = ((n - 1) & 63) + 1;
-		asm volatile("if %[k] <= %[max] goto +1; %[k] = %[max]"
-			     : [k] "+r"(k)
-			     : [max] "i"(WIN_STACK));
-		wn->len = 0;
-		if (bpf_probe_read_user(tmp, k, (const void *)buf))
-			return;
-		for (int i = 0; i < WIN_STACK / 8; i++)
-			AL64W(wn->bytes, i * 8) = tmp[i];
-		wn->len = k;
-		return;
-	}
 	wn->len = n && !bpf_probe_read_user(wn->bytes, k, (const void *)buf) ? k : 0;
 }
 

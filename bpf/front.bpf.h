@@ -72,12 +72,9 @@ _Static_assert(FWALK_AT >= PY_WIN, "the send walk clear of the Python stack's wi
 /* The calling thread's send walk; NULL if its scratch area cannot be had. */
 static __always_inline struct fwalk *thread_fwalk(void)
 {
-	struct scratch *s = THREAD_AREA(scratches);
+	struct scratch *s = thread_entry(&scratches);
 
-	if (!s)
-		return NULL;
-	barrier_var(s); /* the offset added after the check (the verifier's rule) */
-	return (struct fwalk *)&s->bytes[FWALK_AT];
+	return s ? (struct fwalk *)&s->bytes[FWALK_AT] : NULL;
 }
 
 /* The scratch area a send walk lives in (the verifier follows the constant offset back). */

@@ -41,7 +41,7 @@ _Static_assert(WALK_AT >= sizeof(struct ev_msgs) + SQLSPAN_MSGS_MAX + sizeof(str
 				  SQLSPAN_MSG_LONG,
 	       "the walk clear of the batch");
 
-/* The thread's walk, in its scratch area s (THREAD_AREA(scratches)). */
+/* The thread's walk, in its scratch area s (thread_entry(&scratches)). */
 static __always_inline struct walk *walk_in(struct scratch *s)
 {
 	return (struct walk *)&s->bytes[WALK_AT];
@@ -50,12 +50,9 @@ static __always_inline struct walk *walk_in(struct scratch *s)
 /* The calling thread's walk; NULL if its scratch area cannot be had. */
 static __always_inline struct walk *thread_walk(void)
 {
-	struct scratch *s = THREAD_AREA(scratches);
+	struct scratch *s = thread_entry(&scratches);
 
-	if (!s)
-		return NULL;
-	barrier_var(s); /* the offset added after the check (the verifier's rule) */
-	return walk_in(s);
+	return s ? walk_in(s) : NULL;
 }
 
 /* The scratch area a walk lives in (the verifier follows the constant offset back). */

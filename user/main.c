@@ -706,30 +706,6 @@ static void size_maps(struct tracer *t)
 	vlog(t, "socket maps allocated as they fill (kernel %s)", un.release);
 }
 
-/*
- * The threads' scratch areas in task local storage (buffer.bpf.h), on bpf_loop kernels 6.1+
- * (whose task storage allocates safely in any program; the LRU hash map then keeps one entry);
- * elsewhere in the LRU hash map, and the task storage map, which no program then reaches, becomes
- * a one-entry hash map (older kernels have no such map type).
- */
-static void use_task_storage(struct tracer *t)
-{
-	struct sqlspan_bpf *skel = t->skel;
-	struct utsname un;
-	bool on = t->use_loop && !uname(&un) && kernel_at_least(un.release, 6, 1) &&
-		  libbpf_probe_bpf_map_type(BPF_MAP_TYPE_TASK_STORAGE, NULL) == 1;
-
-	skel->rodata->task_storage = on;
-	if (on) {
-		bpf_map__set_max_entries(skel->maps.scratches, 1);
-	} else {
-		bpf_map__set_type(skel->maps.scratches_ts, BPF_MAP_TYPE_HASH);
-		bpf_map__set_map_flags(skel->maps.scratches_ts, 0);
-		bpf_map__set_max_entries(skel->maps.scratches_ts, 1);
-	}
-	vlog(t, "scratch areas in %s", on ? "task local storage" : "an LRU hash map");
-}
-
 static int open_and_load(struct tracer *t)
 {
 	struct sqlspan_bpf *skel = sqlspan_bpf__open();
@@ -757,7 +733,6 @@ static int open_and_load(struct tracer *t)
 	probes_autoload(t);
 	size_maps(t);
 	bpf_program__set_autoload(skel->progs.tp_exit_send_loop, t->use_loop);
-	use_task_storage(t);
 	/* syscall entries: only where the exits cannot read the arguments (see tp_exit_close) */
 	bpf_program__set_autoload(skel->progs.tp_exit_connect, t->use_loop);
 	bpf_program__set_autoload(skel->progs.tp_enter_close, !t->use_loop);
