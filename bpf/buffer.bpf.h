@@ -53,6 +53,10 @@ struct {
 #define AL64(a, off) (((const __u64 *)__builtin_assume_aligned((a), 8))[(off) / 8])
 #define AL32(a, off) (((const __u32 *)__builtin_assume_aligned((a), 4))[(off) / 4])
 
+/* The 8 bytes at p + off (off a constant), wherever p points: one load, not clang's bytes. */
+#define LOAD64U(v, p, off)                                                                         \
+	asm volatile("%[v] = *(u64 *)(%[s] + %[o])" : [v] "=r"(v) : [s] "r"(p), [o] "i"(off))
+
 /*
  * The registers the current syscall saved at its entry: a syscall exit's arguments (a typed
  * pointer: its fields are plain loads, no helper call). bpf_loop kernels only (5.15+ have
@@ -302,9 +306,7 @@ static __always_inline long win_data(struct win *wn, __u64 buf, void *dst, __u32
 		return win_read(wn, buf, dst, n, off);
 #pragma unroll
 	for (int i = 0; i < WIN_DATA_WORDS; i++) {
-		asm volatile("%[v] = *(u64 *)(%[s] + %[o])"
-			     : [v] "=r"(v)
-			     : [s] "r"(src), [o] "i"(i * 8));
+		LOAD64U(v, src, i * 8);
 		d[i] = v;
 	}
 	/* (n a multiple of 8: the word after the data, all kept) */

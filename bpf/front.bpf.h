@@ -116,9 +116,10 @@ static __always_inline __u32 be32(const __u8 *b)
 #define FRONT_NAME_WORDS 8
 
 /*
- * The length (with its NUL, at most SQLSPAN_NAME_LEN) of the string at offset off; <= 0: fault.
- * In the window, its NUL is looked for by plain loads, a word at a time (a zero byte in word v
- * sets bit 8k+7 of (v - 0x01..01) & ~v & 0x80..80 for the first one, k its place): no helper call.
+ * The length (with its NUL) of the string at offset off, if the window holds it whole; else -1
+ * (front_strlen_user reads it). Its NUL is looked for by plain loads, a word at a time (a zero byte
+ * in word v sets bit 8k+7 of (v - 0x01..01) & ~v & 0x80..80 for the first one, k its place): no
+ * helper call.
  */
 static __always_inline long front_strlen(struct fwalk *w, __u32 off)
 {
@@ -128,9 +129,7 @@ static __always_inline long front_strlen(struct fwalk *w, __u32 off)
 	if (off < WIN_BYTES) {
 #pragma unroll
 		for (int i = 0; i < FRONT_NAME_WORDS; i++) {
-			asm volatile("%[v] = *(u64 *)(%[s] + %[o])"
-				     : [v] "=r"(v)
-				     : [s] "r"(src), [o] "i"(i * 8));
+			LOAD64U(v, src, i * 8);
 			z = (v - 0x0101010101010101ULL) & ~v & 0x8080808080808080ULL;
 			if (z) {
 				/* z & -z: bit 8k+7 alone; times 0x0807..01: top byte 8 - k */
@@ -143,7 +142,7 @@ static __always_inline long front_strlen(struct fwalk *w, __u32 off)
 	return -1;
 }
 
-/* The same, read from the process where the window has not got it. */
+/* The length (with its NUL, at most SQLSPAN_NAME_LEN) of the string at offset off; <= 0: fault. */
 static __noinline long front_strlen_user(struct fwalk *w, __u32 off)
 {
 	long r = front_strlen(w, off);

@@ -284,7 +284,7 @@ static long thread_cb(__u32 i, void *data)
 		if (!sb->fsbase)                                                                   \
 			return;                                                                    \
 		/* bpf_loop kernels: the thread's own stack_buf remembers it (no lookup) */        \
-		/* (its thread id and frame pointer in one read: ob_load, ob64) */                 \
+		/* (its thread id and frame pointer in one read: ob_load, OB64) */                 \
 		if (LOOPED && sb->tstate_seen && sb->tstate_tgid == sb->h.pid &&                   \
 		    ob_load(sb, sb->tstate_seen, tstate_read(cfg)) &&                              \
 		    OB64(sb, cfg->tstate_thread_id) == sb->fsbase) {                               \
